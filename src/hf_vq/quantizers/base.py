@@ -1,0 +1,61 @@
+"""The one interface every quantizer implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class QuantizerOutput:
+    """What a quantizer returns for a latent map.
+
+    Attributes:
+        quantized: (B, D, H, W) codes with straight-through gradient to the input.
+        indices: (B, H, W) long code indices.
+        losses: named scalar losses (already weighted); training-only terms (entropy) are absent in eval mode.
+        usage: fraction of the codebook used in the recent window (a float tensor), when tracked.
+    """
+
+    quantized: torch.Tensor
+    indices: torch.Tensor
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    usage: torch.Tensor | None = None
+
+
+class Quantizer(nn.Module):
+    """Base class: maps (B, D, H, W) latents to codes and indices, and indices back to codes."""
+
+    codebook_size: int
+    dim: int
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """(B, H, W) long indices -> (B, D, H, W) codes."""
+        raise NotImplementedError
+
+    def check_latents(self, z: torch.Tensor) -> None:
+        """Raise a clear error unless z is a floating-point (B, dim, H, W) map."""
+        if z.ndim != 4 or z.shape[1] != self.dim:
+            raise ValueError(
+                f"{type(self).__name__} expects latents of shape (B, {self.dim}, H, W), got {tuple(z.shape)}; "
+                f"make the layer before the quantizer output {self.dim} channels"
+            )
+        if not z.dtype.is_floating_point:
+            raise TypeError(f"latents must be a floating-point tensor, got {z.dtype}")
+
+    def check_indices(self, indices: torch.Tensor, ndim: int | None = None) -> None:
+        """Raise a clear error for indices that are not integers in [0, codebook_size) (with `ndim` dims if given)."""
+        if ndim is not None and indices.ndim != ndim:
+            raise ValueError(f"indices must have {ndim} dimensions, got shape {tuple(indices.shape)}")
+        if indices.dtype.is_floating_point or indices.dtype == torch.bool:
+            raise TypeError(f"indices must be an integer tensor, got {indices.dtype}")
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
+            raise ValueError(
+                f"indices must lie in [0, {self.codebook_size}), got values in "
+                f"[{int(indices.min())}, {int(indices.max())}]"
+            )
