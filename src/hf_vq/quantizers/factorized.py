@@ -1,4 +1,4 @@
-"""Factorized quantization (FQGAN): k independent sub-codebooks, one per latent map, kept apart by a disentanglement loss."""
+"""Factorized quantization (FQGAN): k sub-codebooks, one per latent map, kept apart by a disentanglement loss."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 class FSQ(Quantizer):
-    """Channel i takes `levels[i]` values in [-1, 1]; the implicit codebook is their product (no parameters, no loss)."""
+    """Channel i takes `levels[i]` values in [-1, 1]; the implicit codebook is their product (no parameters or loss)."""
 
     def __init__(self, levels: Sequence[int], eps: float = 1e-3):
         super().__init__()

@@ -39,7 +39,7 @@ class LFQ(Quantizer):
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """Quantize (B, D, H, W) latents to signs."""
         self.check_latents(z)
-        # fp32 throughout: the entropy logits reach +-2*dim*100 and overflow fp16.
+        # fp32 throughout: a softmax over logits as large as 2 * dim * inverse_temperature is not safe in fp16.
         with torch.autocast(z.device.type, enabled=False):
             x = z.permute(0, 2, 3, 1).float()
             quantized = x + (torch.where(x > 0, 1.0, -1.0) - x).detach()

@@ -22,7 +22,8 @@ def entropy_loss(logits: torch.Tensor, temperature: float, diversity_gamma: floa
 
 def _squared_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """(N, D) x (K, D) -> (N, K) squared Euclidean distances, ||x||^2 + ||e||^2 - 2 x.e."""
-    return x.pow(2).sum(dim=1, keepdim=True) + codebook.pow(2).sum(dim=1) - 2 * x @ codebook.t()
+    # addmm fuses the (N, K) product with the codebook term, saving two passes over the largest tensor.
+    return torch.addmm(codebook.pow(2).sum(dim=1), x, codebook.t(), alpha=-2).add_(x.pow(2).sum(dim=1, keepdim=True))
 
 
 def _sample_rows(x: torch.Tensor, num: int) -> torch.Tensor:
