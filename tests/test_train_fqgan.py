@@ -1,0 +1,81 @@
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hf_vq import FQGANTokenizer
+from hf_vq.training.checkpointing import list_checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+train_fqgan = load_script("train_fqgan")
+
+TINY = dict(
+    in_channels=1, out_channels=1, base_channels=32, channel_multipliers=[1, 2], num_res_blocks=1, z_channels=32,
+    num_codebooks=2, codebook_size=32, codebook_embed_dim=4, sample_size=8, adapter_layers=1, adapter_heads=2,
+    entropy_loss_ratio=0.03,
+)
+
+
+@pytest.fixture
+def imagefolder(tmp_path):
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(tmp_path / "data" / label / f"{i}.png")
+    return tmp_path / "data"
+
+
+def run(tmp_path, data, *extra, config=TINY):
+    cfg = tmp_path / "tok.json"
+    cfg.write_text(json.dumps(config))
+    args = ["--tokenizer_config", str(cfg), "--dataset", str(data), "--resolution", "8", "--output_dir",
+            str(tmp_path / "out"), "--perceptual_weight", "0", "--train_batch_size", "4", "--report_to", "none",
+            "--disc_start", "2", "--disc_channels", "8", "--disc_layers", "1", "--logging_steps", "1", *extra]
+    train_fqgan.main(args)
+    return tmp_path / "out"
+
+
+def test_trains_saves_and_resumes(tmp_path, imagefolder):
+    out = run(tmp_path, imagefolder, "--max_train_steps", "3", "--checkpointing_steps", "2", "--validation_steps",
+              "2", "--use_ema", "--gradient_accumulation_steps", "2")
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-3"]
+    assert (out / "samples" / "step-0000002.png").exists()
+    model = FQGANTokenizer.from_pretrained(out / "tokenizer")
+    assert model.tokenize(torch.zeros(1, 1, 8, 8)).shape == (1, 2, 4, 4)
+    # a finished run resumes to the same final step without training further
+    run(tmp_path, imagefolder, "--max_train_steps", "5", "--checkpointing_steps", "2", "--validation_steps", "100",
+        "--use_ema", "--gradient_accumulation_steps", "2", "--resume_from_checkpoint", "latest",
+        "--checkpoints_total_limit", "2")
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-4", "checkpoint-5"]
+
+
+def test_bad_runs_fail_before_training(tmp_path, imagefolder):
+    with pytest.raises(SystemExit, match="LPIPS"):
+        run(tmp_path, imagefolder, "--perceptual_weight", "1.0")
+    run(tmp_path, imagefolder, "--max_train_steps", "1", "--checkpointing_steps", "1")
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        run(tmp_path, imagefolder, "--max_train_steps", "1")
+    with pytest.raises(ValueError, match="holds a different run"):
+        run(tmp_path, imagefolder, "--max_train_steps", "1", config={**TINY, "codebook_size": 16})
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        run(tmp_path, imagefolder, "--resume_from_checkpoint", str(tmp_path / "nope"))
+    (imagefolder / "a" / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "x").mkdir()
+    with pytest.raises(ValueError, match="broken.png"):
+        run(tmp_path / "x", imagefolder, "--max_train_steps", "1")
