@@ -32,10 +32,10 @@ from hf_vq.training.checkpointing import (
     checkpoint_step,
     prepare_run_dir,
     save_checkpoint,
-    save_pretrained_atomic,
     write_run_identity,
 )
 from hf_vq.training.data import ImageTransform, collate, load_image_dataset, with_image_transform
+from hf_vq.utils import save_pretrained_atomic
 from hf_vq.training.losses import LPIPS, LPIPS_DOWNLOAD_HINT, PatchGANDiscriminator, hinge_d_loss, hinge_g_loss
 
 

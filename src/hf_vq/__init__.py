@@ -2,14 +2,27 @@
 
 __version__ = "0.1.0"
 
+from .generators import (
+    FARConfig,
+    FARForClassConditionalGeneration,
+    MaskGITConfig,
+    MaskGITForClassConditionalGeneration,
+)
+from .pipelines import FQGANPipeline, assemble_pipeline
 from .quantizers import FSQ, LFQ, FactorizedQuantizer, VectorQuantizer
 from .tokenizers import FQGANTokenizer, FrozenTeacher
 
 __all__ = [
-    "FSQ",
-    "LFQ",
+    "FARConfig",
+    "FARForClassConditionalGeneration",
+    "FQGANPipeline",
     "FQGANTokenizer",
+    "FSQ",
     "FactorizedQuantizer",
     "FrozenTeacher",
+    "LFQ",
+    "MaskGITConfig",
+    "MaskGITForClassConditionalGeneration",
     "VectorQuantizer",
+    "assemble_pipeline",
 ]

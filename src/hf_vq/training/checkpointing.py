@@ -97,15 +97,3 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, ste
     accelerator.wait_for_everyone()
     return final
 
-
-def save_pretrained_atomic(model, path: str | os.PathLike) -> Path:
-    """`model.save_pretrained` into a temp folder beside `path`, then swap it in."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-    return path

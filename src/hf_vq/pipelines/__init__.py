@@ -1,0 +1,16 @@
+"""Pipelines, and the registration that lets diffusers load hf_vq components (also from the Hub)."""
+
+from diffusers.pipelines import pipeline_loading_utils
+
+from .pipeline_fqgan import FQGANPipeline, assemble_pipeline, check_components, load_id2label
+
+# diffusers only loads components from libraries it knows; register hf_vq's classes (and their load/save methods)
+# so model_index.json entries ["hf_vq", "FQGANTokenizer"] resolve, from a local folder and from the Hub.
+_HF_VQ_CLASSES = {
+    name: ["save_pretrained", "from_pretrained"]
+    for name in ("FQGANTokenizer", "FARForClassConditionalGeneration", "MaskGITForClassConditionalGeneration")
+}
+pipeline_loading_utils.LOADABLE_CLASSES["hf_vq"] = _HF_VQ_CLASSES
+pipeline_loading_utils.ALL_IMPORTABLE_CLASSES.update(_HF_VQ_CLASSES)
+
+__all__ = ["FQGANPipeline", "assemble_pipeline", "check_components", "load_id2label"]

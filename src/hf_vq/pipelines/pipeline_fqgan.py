@@ -1,0 +1,160 @@
+"""FQGANPipeline: class-conditional token sampling (AR or NAR) followed by detokenization."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from collections.abc import Sequence
+
+import torch
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
+
+from ..generators import FARForClassConditionalGeneration, MaskGITForClassConditionalGeneration
+from ..tokenizers import FQGANTokenizer
+from ..utils import save_pretrained_atomic
+
+IMAGENET_LABELS_REPO = "huggingface/label-files"
+IMAGENET_LABELS_FILE = "imagenet-1k-id2label.json"
+
+
+def load_id2label(path: str | os.PathLike | None = None) -> dict[int, str]:
+    """ImageNet id -> name from the Hub's `huggingface/label-files` (or from a local JSON file when given)."""
+    if path is None:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(IMAGENET_LABELS_REPO, IMAGENET_LABELS_FILE, repo_type="dataset")
+    with open(path) as f:
+        return {int(k): v for k, v in json.load(f).items()}
+
+
+def check_components(vqvae: FQGANTokenizer, transformer) -> None:
+    """Raise when the tokenizer and the generator disagree on codebooks, codebook size or grid."""
+    t, v = transformer.config, vqvae.config
+    if t.num_codebooks != v.num_codebooks:
+        raise ValueError(f"vqvae has {v.num_codebooks} sub-codebooks but transformer predicts {t.num_codebooks}")
+    if any(size != t.vocab_size for size in vqvae.codebook_sizes):
+        raise ValueError(f"vqvae codebook sizes {vqvae.codebook_sizes} != transformer vocab_size {t.vocab_size}")
+    if vqvae.has_adapters and t.grid_size != vqvae.grid_size:
+        raise ValueError(
+            f"transformer samples a {t.grid_size}x{t.grid_size} grid but the vqvae's adapters take "
+            f"{vqvae.grid_size}x{vqvae.grid_size}"
+        )
+
+
+class FQGANPipeline(DiffusionPipeline):
+    """Class-conditional image generation with an FQGAN/VQGAN tokenizer and a FAR/GPT or MaskGIT generator.
+
+    Components:
+        vqvae: an `FQGANTokenizer`.
+        transformer: a `FARForClassConditionalGeneration` (AR) or `MaskGITForClassConditionalGeneration` (NAR).
+        id2label: class id -> name(s) (comma-separated synonyms allowed, as ImageNet's), saved in model_index.json.
+    """
+
+    model_cpu_offload_seq = "transformer->vqvae"
+
+    def __init__(self, vqvae: FQGANTokenizer, transformer, id2label: dict | None = None):
+        super().__init__()
+        check_components(vqvae, transformer)
+        self.register_modules(vqvae=vqvae, transformer=transformer)
+        id2label = {int(k): v for k, v in (id2label or {}).items()}
+        self.register_to_config(id2label=id2label)
+        self.labels = {
+            name.strip().lower(): int(i) for i, names in id2label.items() for name in names.split(",") if name.strip()
+        }
+        self.image_processor = VaeImageProcessor(do_resize=False)
+
+    @property
+    def is_autoregressive(self) -> bool:
+        """True for FAR/GPT (one position at a time), False for MaskGIT."""
+        return isinstance(self.transformer, FARForClassConditionalGeneration)
+
+    def get_label_ids(self, labels: int | str | Sequence[int | str]) -> list[int]:
+        """Class names (case-insensitive) or ids -> ids, with a clear error listing close matches."""
+        labels = [labels] if isinstance(labels, (int, str)) else list(labels)
+        num_classes = self.transformer.config.num_classes
+        ids = []
+        for label in labels:
+            if isinstance(label, str) and not label.strip().isdigit():
+                key = label.strip().lower()
+                if key not in self.labels:
+                    close = difflib.get_close_matches(key, self.labels, n=5, cutoff=0.5)
+                    hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
+                    raise ValueError(f"Unknown class label {label!r}.{hint}")
+                ids.append(self.labels[key])
+                continue
+            label = int(label)
+            if not 0 <= label < num_classes:
+                raise ValueError(f"class id {label} is out of range [0, {num_classes})")
+            ids.append(label)
+        return ids
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | str | Sequence[int | str],
+        num_images_per_label: int = 1,
+        guidance_scale: float = 2.0,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+        num_inference_steps: int = 12,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate `num_images_per_label` images for each class label.
+
+        Args:
+            class_labels: ids or names (see `get_label_ids`).
+            guidance_scale: classifier-free guidance scale (1.0 = none).
+            temperature, top_k, top_p: sampling knobs per sub-token (top_k=0 and top_p=1.0 disable them).
+            generator: a `torch.Generator` for reproducible samples.
+            num_inference_steps: parallel decoding steps (MaskGIT only).
+            output_type: "pil", "np" or "pt"; images are in [0, 1].
+        """
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        if num_images_per_label < 1:
+            raise ValueError(f"num_images_per_label must be >= 1, got {num_images_per_label}")
+        ids = torch.tensor(self.get_label_ids(class_labels), device=self._execution_device)
+        ids = ids.repeat_interleave(num_images_per_label)
+        knobs = dict(guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p,
+                     generator=generator)
+        steps = self.transformer.config.grid_size**2 if self.is_autoregressive else num_inference_steps
+        if not self.is_autoregressive:
+            knobs["num_steps"] = num_inference_steps
+
+        with self.progress_bar(total=steps) as bar:
+            tokens = self.transformer.sample(ids, callback=lambda *_: bar.update(), **knobs)
+        grid = self.transformer.config.grid_size
+        images = self.vqvae.detokenize(tokens.view(len(ids), -1, grid, grid))
+        images = self.image_processor.postprocess(images.float().clamp(-1, 1), output_type=output_type)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+
+def assemble_pipeline(
+    vqvae: str | os.PathLike | FQGANTokenizer,
+    transformer: str | os.PathLike | torch.nn.Module,
+    output_dir: str | os.PathLike,
+    id2label: dict[int, str] | str | os.PathLike | None = None,
+) -> FQGANPipeline:
+    """Build a pipeline from saved (or in-memory) components and labels, and save it to `output_dir`.
+
+    `id2label` may be a dict, a JSON file, or None for the ImageNet names from the Hub.
+    """
+    from transformers import AutoModel
+
+    if not isinstance(vqvae, FQGANTokenizer):
+        vqvae = FQGANTokenizer.from_pretrained(vqvae)
+    if not isinstance(transformer, torch.nn.Module):
+        transformer = AutoModel.from_pretrained(transformer)
+    if not isinstance(transformer, (FARForClassConditionalGeneration, MaskGITForClassConditionalGeneration)):
+        raise TypeError(f"transformer must be a FAR/GPT or MaskGIT model, got {type(transformer).__name__}")
+    if not isinstance(id2label, dict):
+        id2label = load_id2label(id2label)
+    pipe = FQGANPipeline(vqvae=vqvae, transformer=transformer, id2label=id2label)
+    save_pretrained_atomic(pipe, output_dir)
+    return pipe

@@ -1,0 +1,142 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from hf_vq import (
+    FARConfig,
+    FARForClassConditionalGeneration,
+    FQGANPipeline,
+    FQGANTokenizer,
+    MaskGITConfig,
+    MaskGITForClassConditionalGeneration,
+    assemble_pipeline,
+)
+
+LABELS = {0: "T-shirt/top", 1: "Trouser", 2: "Sneaker, trainer"}
+
+
+def tokenizer(k: int = 2, codebook_size: int = 32) -> FQGANTokenizer:
+    torch.manual_seed(0)
+    return FQGANTokenizer(
+        in_channels=1, out_channels=1, base_channels=32, channel_multipliers=(1, 2), num_res_blocks=1, z_channels=32,
+        num_codebooks=k, codebook_size=codebook_size, codebook_embed_dim=4, sample_size=8, adapter_layers=1,
+        adapter_heads=2,
+    ).eval()
+
+
+def far(k: int = 2, vocab: int = 32, grid: int = 4) -> FARForClassConditionalGeneration:
+    torch.manual_seed(0)
+    config = FARConfig(vocab_size=vocab, num_codebooks=k, num_classes=3, hidden_size=32, num_hidden_layers=1,
+                       num_attention_heads=2, num_head_layers=1, grid_size=grid)
+    return FARForClassConditionalGeneration(config).eval()
+
+
+def maskgit(k: int = 2) -> MaskGITForClassConditionalGeneration:
+    torch.manual_seed(0)
+    config = MaskGITConfig(vocab_size=32, num_codebooks=k, num_classes=3, hidden_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, grid_size=4)
+    return MaskGITForClassConditionalGeneration(config).eval()
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return FQGANPipeline(vqvae=tokenizer(), transformer=far(), id2label=LABELS)
+
+
+@pytest.mark.parametrize("output_type", ["pil", "np", "pt"])
+def test_generates_requested_count_size_and_type(pipe, output_type):
+    out = pipe(["trouser", 2], num_images_per_label=2, output_type=output_type, generator=torch.manual_seed(0))
+    images = out.images
+    assert len(images) == 4
+    if output_type == "pil":
+        assert all(isinstance(im, PIL.Image.Image) and im.size == (8, 8) for im in images)
+    elif output_type == "np":
+        assert isinstance(images, np.ndarray) and images.shape == (4, 8, 8, 1)
+        assert images.min() >= 0 and images.max() <= 1
+    else:
+        assert images.shape == (4, 1, 8, 8) and images.min() >= 0 and images.max() <= 1
+
+
+def test_same_seed_same_images_and_synonyms(pipe):
+    a = pipe([1, "Sneaker"], output_type="pt", generator=torch.manual_seed(3)).images
+    b = pipe(["TROUSER", "trainer"], output_type="pt", generator=torch.manual_seed(3)).images
+    assert torch.equal(a, b)
+
+
+def test_nar_pipeline():
+    pipe = FQGANPipeline(vqvae=tokenizer(), transformer=maskgit(), id2label=LABELS)
+    images = pipe([0, 1], num_inference_steps=3, output_type="pt", generator=torch.manual_seed(0)).images
+    assert images.shape == (2, 1, 8, 8)
+
+
+def test_round_trip_through_save_and_load(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "pipe")
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    assert index["vqvae"] == ["hf_vq", "FQGANTokenizer"]
+    assert index["transformer"] == ["hf_vq", "FARForClassConditionalGeneration"]
+    loaded = FQGANPipeline.from_pretrained(tmp_path / "pipe")
+    assert loaded.get_label_ids("sneaker") == [2]
+    kwargs = dict(class_labels=[0, 2], output_type="pt")
+    torch.testing.assert_close(loaded(**kwargs, generator=torch.manual_seed(1)).images,
+                               pipe(**kwargs, generator=torch.manual_seed(1)).images)
+
+
+def test_loads_from_hub_id_offline(pipe, tmp_path):
+    """Lay the saved folder out as a Hub cache snapshot and load it by repo id with HF_HUB_OFFLINE=1."""
+    repo = tmp_path / "hf" / "hub" / "models--org--fqgan-tiny"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    pipe.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    script = textwrap.dedent(
+        """
+        import torch
+        from hf_vq import FQGANPipeline
+        pipe = FQGANPipeline.from_pretrained("org/fqgan-tiny")
+        images = pipe(["Trouser"], num_images_per_label=2, output_type="pt", generator=torch.manual_seed(0)).images
+        print(tuple(images.shape))
+        """
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "(2, 1, 8, 8)"
+
+
+def test_assemble_pipeline_folder(tmp_path):
+    tokenizer().save_pretrained(tmp_path / "tok")
+    far().save_pretrained(tmp_path / "far")
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({str(k): v for k, v in LABELS.items()}))
+    assemble_pipeline(tmp_path / "tok", tmp_path / "far", tmp_path / "pipe", id2label=labels)
+    assert FQGANPipeline.from_pretrained(tmp_path / "pipe").get_label_ids(["T-shirt/top"]) == [0]
+
+
+def test_bad_input(pipe):
+    with pytest.raises(ValueError, match="Did you mean: 'sneaker'"):
+        pipe(["sneakers"])
+    with pytest.raises(ValueError, match="out of range"):
+        pipe([3])
+    with pytest.raises(ValueError, match="output_type"):
+        pipe([0], output_type="jpeg")
+    with pytest.raises(ValueError):
+        pipe([0], guidance_scale=-1.0)
+    with pytest.raises(ValueError):
+        pipe([0], top_k=33)
+    with pytest.raises(ValueError):
+        pipe([0], top_p=0.0)
+    with pytest.raises(ValueError, match="sub-codebooks"):
+        FQGANPipeline(vqvae=tokenizer(k=3), transformer=far(k=2))
+    with pytest.raises(ValueError, match="codebook sizes"):
+        FQGANPipeline(vqvae=tokenizer(codebook_size=64), transformer=far())
+    with pytest.raises(ValueError, match="grid"):
+        FQGANPipeline(vqvae=tokenizer(), transformer=far(grid=3))
