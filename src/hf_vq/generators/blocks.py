@@ -1,0 +1,327 @@
+"""The LlamaGen transformer block and its pieces, shared by the FAR/GPT and MaskGIT generators.
+
+Module names (`attention.wqkv`, `feed_forward.w1`, `attention_norm`, ...) follow LlamaGen so official
+state dicts load without renaming.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def round_up(n: int, multiple: int) -> int:
+    """Smallest multiple of `multiple` that is >= n."""
+    return -(-n // multiple) * multiple
+
+
+def rope_2d_table(grid_size: int, head_dim: int, theta: float, num_prefix: int) -> torch.Tensor:
+    """LlamaGen's 2D rotary table: (num_prefix + grid_size**2, head_dim // 2) complex64.
+
+    Row `num_prefix + t` rotates image token t (raster order): the first head_dim/4 pairs by its row index,
+    the rest by its column index. The `num_prefix` condition rows are zero, not identity, so the condition's
+    rotated q and k vanish and it reaches other tokens only through its values.
+    """
+    half = head_dim // 2
+    freqs = 1.0 / (theta ** (torch.arange(0, half, 2)[: half // 2].float() / half))
+    angles = torch.outer(torch.arange(grid_size, dtype=torch.float32), freqs)
+    grid = torch.cat(
+        [
+            angles[:, None, :].expand(-1, grid_size, -1),  # row index
+            angles[None, :, :].expand(grid_size, -1, -1),  # column index
+        ],
+        dim=-1,
+    ).flatten(0, 1)
+    table = torch.complex(torch.cos(grid), torch.sin(grid))
+    return torch.cat([torch.zeros(num_prefix, half, dtype=table.dtype), table])
+
+
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs (x[2j], x[2j+1]) of x (B, S, ..., head_dim) by rope (S, head_dim // 2), in fp32."""
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    rope = rope.view(rope.shape[0], *([1] * (x.dim() - 3)), rope.shape[1])
+    return torch.view_as_real(pairs * rope).flatten(-2).type_as(x)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32; the weight is applied in the input dtype (as LlamaGen)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
+
+
+def mkl_prepack_available() -> bool:
+    """Whether this torch build has the MKL prepacked-GEMM ops that Linear.prepack uses."""
+    return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+
+
+class Linear(nn.Linear):
+    """nn.Linear that can multiply by an MKL-prepacked copy of its weight.
+
+    While prepacked for `rows`, inputs with exactly that many rows use the packed GEMM (CPU, fp32): the small
+    row counts of token-by-token decoding run about twice as fast. Anything else takes the plain path.
+    """
+
+    packed: torch.Tensor | None = None
+    packed_rows = 0
+
+    def prepack(self, rows: int) -> None:
+        """Pack the weight for inputs of `rows` rows (a copy; `unpack` frees it)."""
+        self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight.detach(), rows)
+        self.packed_rows = rows
+
+    def unpack(self) -> None:
+        self.packed, self.packed_rows = None, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None and x.numel() == self.packed_rows * self.in_features:
+            out = torch.ops.mkl._mkl_linear(x.reshape(self.packed_rows, -1), self.packed, self.weight, self.bias, self.packed_rows)
+            return out.view(*x.shape[:-1], self.out_features)
+        return super().forward(x)
+
+
+@contextmanager
+def prepacked_linears(model: nn.Module, rows: int) -> Iterator[None]:
+    """Prepack every `Linear` of a CPU fp32 model for `rows`-row inputs inside the block (else do nothing)."""
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
+    usable = (
+        mkl_prepack_available()
+        and not torch.is_grad_enabled()
+        and all(m.weight.device.type == "cpu" and m.weight.dtype == torch.float32 for m in linears)
+    )
+    if usable:
+        for m in linears:
+            m.prepack(rows)
+    try:
+        yield
+    finally:
+        for m in linears:
+            m.unpack()
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float):
+        super().__init__()
+        self.w1 = Linear(dim, hidden_dim, bias=False)
+        self.w3 = Linear(dim, hidden_dim, bias=False)
+        self.w2 = Linear(hidden_dim, dim, bias=False)
+        self.ffn_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class StaticKVCache:
+    """Keys and values of a stack of attention layers, preallocated once and written in place.
+
+    `keys[layer]` is (batch, heads, max_length, head_dim); keys are stored after RoPE.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_heads: int,
+        max_length: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ):
+        shape = (num_layers, batch_size, num_heads, max_length, head_dim)
+        self.max_length = max_length
+        # Per-layer views made once, so a decode step does no indexing or allocation here.
+        self.keys = list(torch.zeros(shape, dtype=dtype, device=device).unbind(0))
+        self.values = list(torch.zeros(shape, dtype=dtype, device=device).unbind(0))
+
+    def update(
+        self, layer_idx: int, start: int, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write (B, H, S, hd) key/value at [start, start + S) and return views of everything up to there."""
+        end = start + key.shape[2]
+        if end > self.max_length:
+            raise ValueError(f"KV cache holds {self.max_length} positions, asked to write up to {end}")
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        keys[:, :, start:end].copy_(key)
+        values[:, :, start:end].copy_(value)
+        return keys[:, :, :end], values[:, :, :end]
+
+
+class Attention(nn.Module):
+    """Multi-head attention with a fused [q; k; v] projection, 2D RoPE and SDPA."""
+
+    def __init__(self, dim: int, num_heads: int, attention_dropout: float, resid_dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.attention_dropout = attention_dropout
+        self.wqkv = Linear(dim, 3 * dim, bias=False)
+        self.wo = Linear(dim, dim, bias=False)
+        self.resid_dropout = nn.Dropout(resid_dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: torch.Tensor,
+        causal: bool,
+        cache: StaticKVCache | None = None,
+        layer_idx: int = 0,
+        start: int = 0,
+    ) -> torch.Tensor:
+        batch, length, dim = x.shape
+        qkv = self.wqkv(x).view(batch, length, 3, self.num_heads, self.head_dim)
+        qk = apply_rope(qkv[:, :, :2], rope)
+        q, k, v = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+        mask = None
+        if cache is not None:
+            k, v = cache.update(layer_idx, start, k, v)
+            if causal and length > 1 and start > 0:
+                # SDPA's is_causal aligns top-left; a chunk after a cached prefix needs a bottom-right mask.
+                mask = torch.ones(length, start + length, dtype=torch.bool, device=x.device).tril(start)
+                causal = False
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+            is_causal=causal and length > 1,
+        )
+        return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(batch, length, dim)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then + ffn(norm(.))."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        intermediate_size: int,
+        eps: float,
+        attention_dropout: float,
+        resid_dropout: float,
+        ffn_dropout: float,
+    ):
+        super().__init__()
+        self.attention = Attention(dim, num_heads, attention_dropout, resid_dropout)
+        self.feed_forward = FeedForward(dim, intermediate_size, ffn_dropout)
+        self.attention_norm = RMSNorm(dim, eps)
+        self.ffn_norm = RMSNorm(dim, eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: torch.Tensor,
+        causal: bool,
+        cache: StaticKVCache | None = None,
+        layer_idx: int = 0,
+        start: int = 0,
+    ) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, causal, cache, layer_idx, start)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class LabelEmbedder(nn.Module):
+    """Class table with num_classes + 1 rows; the last row is the null (unconditional) class."""
+
+    def __init__(self, num_classes: int, dim: int, dropout_prob: float):
+        super().__init__()
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+        self.embedding_table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        """(B,) long -> (B, 1, dim); in training, labels are dropped to the null class with dropout_prob."""
+        if self.training and self.dropout_prob > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < self.dropout_prob
+            labels = torch.where(drop, self.num_classes, labels)
+        return self.embedding_table(labels).unsqueeze(1)
+
+
+def make_blocks(config, num_layers: int) -> nn.ModuleList:
+    """`num_layers` TransformerBlocks sized from a FAR/MaskGIT config."""
+    return nn.ModuleList(
+        TransformerBlock(
+            config.hidden_size,
+            config.num_attention_heads,
+            config.intermediate_size,
+            config.rms_norm_eps,
+            config.attention_dropout,
+            config.resid_dropout,
+            config.ffn_dropout,
+        )
+        for _ in range(num_layers)
+    )
+
+
+def token_module_names(prefix: str, num_codebooks: int) -> list[str]:
+    """LlamaGen/FAR attribute names for per-codebook modules: `prefix` for k=1, `prefix_1..k` otherwise."""
+    if num_codebooks == 1:
+        return [prefix]
+    return [f"{prefix}_{j}" for j in range(1, num_codebooks + 1)]
+
+
+class TokenGridMixin:
+    """Per-sub-codebook embeddings and output heads of a generator over (B, k, N) token grids.
+
+    Modules are attributes named as in the official files (`tok_embeddings` / `tok_embeddings_{1..k}`,
+    `aggregation_layer`, `output` / `output_{1..k}`) so official state dicts load key for key.
+    """
+
+    def _add_token_modules(self, embedding_rows: int) -> None:
+        c = self.config
+        self._embedding_names = token_module_names("tok_embeddings", c.num_codebooks)
+        for name in self._embedding_names:
+            self.add_module(name, nn.Embedding(embedding_rows, c.hidden_size))
+        if c.num_codebooks > 1:
+            self.aggregation_layer = nn.Linear(c.num_codebooks * c.hidden_size, c.hidden_size)
+        self._output_names = token_module_names("output", c.num_codebooks)
+        for name in self._output_names:
+            self.add_module(name, Linear(c.hidden_size, c.vocab_size, bias=False))
+
+    @property
+    def token_embeddings(self) -> list[nn.Embedding]:
+        """The k sub-codebook embedding tables, vis first."""
+        return [getattr(self, name) for name in self._embedding_names]
+
+    @property
+    def output_heads(self) -> list[nn.Linear]:
+        """The k output projections; head j predicts sub-token j."""
+        return [getattr(self, name) for name in self._output_names]
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, k, S) ids -> (B, S, D): the sub-token embeddings, concatenated and projected when k > 1."""
+        embeddings = [table(input_ids[:, j]) for j, table in enumerate(self.token_embeddings)]
+        if len(embeddings) == 1:
+            return embeddings[0]
+        return self.aggregation_layer(torch.cat(embeddings, dim=-1))
+
+    def _check_token_ids(self, input_ids: torch.Tensor, min_length: int) -> None:
+        c = self.config
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype.is_floating_point or input_ids.dim() != 3:
+            raise ValueError(
+                "input_ids must be an integer tensor (batch, num_codebooks, sequence), got "
+                f"{getattr(input_ids, 'dtype', type(input_ids))} of shape {tuple(getattr(input_ids, 'shape', ()))}"
+            )
+        _, k, length = input_ids.shape
+        if k != c.num_codebooks:
+            raise ValueError(f"input_ids has {k} codebooks on dim 1, the model has num_codebooks={c.num_codebooks}")
+        if not min_length <= length <= c.num_image_tokens:
+            raise ValueError(
+                f"input_ids has {length} positions on dim 2; the model takes {min_length} to "
+                f"grid_size**2 = {c.num_image_tokens}"
+            )
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= c.vocab_size:
+            raise ValueError(f"input_ids must lie in [0, {c.vocab_size}), got values in [{low}, {high}]")

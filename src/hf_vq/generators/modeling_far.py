@@ -1,0 +1,275 @@
+"""FAR (FQGAN's factorized AR generator) and LlamaGen's class-conditional GPT (FAR with one codebook)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .blocks import (
+    LabelEmbedder,
+    RMSNorm,
+    StaticKVCache,
+    TokenGridMixin,
+    make_blocks,
+    prepacked_linears,
+    rope_2d_table,
+)
+from .configuration_far import FARConfig
+from .sampling import (
+    check_class_labels,
+    check_sampling_args,
+    eval_mode,
+    guidance_scale_at,
+    guide,
+    logits_warpers,
+    sample_from_logits,
+)
+
+# Module names match the official LlamaGen GPT (gpt.py) and FQGAN FAR (far_dual.py / far_triple.py) files:
+# `cls_embedding.embedding_table.weight`, `tok_embeddings.weight` (k=1) or `tok_embeddings_{1..k}.weight`,
+# `aggregation_layer.{weight,bias}` (k>1), `layers.{n}.{attention.wqkv, attention.wo, feed_forward.w1/w2/w3,
+# attention_norm, ffn_norm}.weight`, `ar_head.{n}.*` (k>1), `norm.weight`, `output.weight` (k=1) or
+# `output_{1..k}.weight`. So official keys map to themselves; these official entries are not weights and
+# are dropped: the precomputed RoPE table and KV-cache buffers left by a sampling run.
+OFFICIAL_DROPPED_KEYS = re.compile(r"^(freqs_cis|causal_mask)$|\.kv_cache\.[kv]_cache$")
+
+
+def official_key_to_hf(key: str) -> str | None:
+    """Our state-dict key for an official LlamaGen GPT / FAR key, or None for one dropped on purpose."""
+    return None if OFFICIAL_DROPPED_KEYS.search(key) else key
+
+
+@dataclass
+class FAROutput(ModelOutput):
+    """Teacher-forced output.
+
+    Attributes:
+        loss: mean over the k sub-codebooks of the cross-entropy on all image tokens (when labels are given).
+        logits: (B, k, N, vocab_size) float32 logits; logits[:, j, i] predicts sub-token j of position i.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+
+
+class _CausalStepper:
+    """Runs a causal block stack one new position per call.
+
+    With a static KV cache each call costs one position; without (`use_cache=False`) it re-runs the whole
+    prefix, which is the reference the cache is checked against.
+    """
+
+    def __init__(
+        self,
+        blocks: nn.ModuleList,
+        rope: torch.Tensor,
+        batch_size: int,
+        max_length: int,
+        config: FARConfig,
+        dtype: torch.dtype,
+        device: torch.device,
+        use_cache: bool,
+    ):
+        self.blocks, self.rope, self.position = blocks, rope, 0
+        self.cache = self.inputs = None
+        if use_cache:
+            self.cache = StaticKVCache(
+                len(blocks), batch_size, config.num_attention_heads, max_length, config.head_dim, dtype, device
+            )
+        else:
+            self.inputs = torch.empty(batch_size, max_length, config.hidden_size, dtype=dtype, device=device)
+
+    def reset(self) -> None:
+        """Start again at position 0 (cached entries are overwritten, never read before rewritten)."""
+        self.position = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, D) input at the next position -> (B, 1, D) output there."""
+        p = self.position
+        self.position += 1
+        if self.cache is not None:
+            rope = self.rope[p : p + 1]
+            for i, block in enumerate(self.blocks):
+                x = block(x, rope, True, self.cache, i, p)
+            return x
+        self.inputs[:, p : p + 1] = x
+        x = self.inputs[:, : p + 1]
+        for block in self.blocks:
+            x = block(x, self.rope[: p + 1], True)
+        return x[:, -1:]
+
+
+class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
+    """Class-conditional AR generator over (B, k, N) token grids.
+
+    k = 1 is LlamaGen's GPT: [class, tok_0 .. tok_{N-2}] -> next token. k > 1 is FAR: the k sub-token
+    embeddings of a position are concatenated and projected (`aggregation_layer`), and at each position a
+    small causal transformer (`ar_head`) predicts the k sub-tokens in turn from [h_i, E1[t1_i], ...].
+    """
+
+    config: FARConfig
+    config_class = FARConfig
+    main_input_name = "input_ids"
+    _no_split_modules = ["TransformerBlock"]
+    _supports_sdpa = True
+
+    def __init__(self, config: FARConfig):
+        super().__init__(config)
+        self.cls_embedding = LabelEmbedder(config.num_classes, config.hidden_size, config.class_dropout_prob)
+        self.tok_dropout = nn.Dropout(config.token_dropout)
+        self.layers = make_blocks(config, config.num_hidden_layers)
+        if config.num_codebooks > 1:
+            self.ar_head = make_blocks(config, config.num_head_layers)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self._add_token_modules(config.vocab_size)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if module is self:
+            # LlamaGen/FAR start from zero logits (children are initialised before their parent).
+            for head in self.output_heads:
+                init.zeros_(head.weight)
+
+    def rope_table(self, device: torch.device) -> torch.Tensor:
+        """(cls_token_num + N, head_dim // 2) complex 2D RoPE rows, the condition row zeroed."""
+        c = self.config
+        return rope_2d_table(c.grid_size, c.head_dim, c.rope_theta, c.cls_token_num).to(device)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        class_labels: torch.LongTensor,
+        labels: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+    ) -> FAROutput | tuple:
+        r"""Teacher-forced logits for all positions, and the loss when `labels` are given.
+
+        Args:
+            input_ids: (B, k, N) token ids, sub-codebooks in FAR order (vis first).
+            class_labels: (B,) class ids; num_classes is the null class. In training they are dropped to the
+                null class with probability class_dropout_prob.
+            labels: (B, k, N) targets, normally `input_ids` itself; -100 entries are ignored.
+        """
+        self._check_token_ids(input_ids, min_length=1)
+        class_labels = check_class_labels(class_labels, self.config.num_classes, input_ids.device, input_ids.shape[0])
+        if labels is not None and labels.shape != input_ids.shape:
+            raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+        batch, k, length = input_ids.shape
+        rope = self.rope_table(input_ids.device)
+
+        x = torch.cat([self.cls_embedding(class_labels), self.embed_tokens(input_ids[:, :, :-1])], dim=1)
+        x = self.tok_dropout(x)
+        for layer in self.layers:
+            x = layer(x, rope[:length], causal=True)
+
+        if k == 1:
+            hidden = x.unsqueeze(2)
+        else:
+            # Mini-sequence per position: [h_i, E1[t1_i], ..., E_{k-1}[t_{k-1,i}]], on RoPE rows 0..k-1.
+            embedded = [table(input_ids[:, j]) for j, table in enumerate(self.token_embeddings[:-1])]
+            hidden = torch.stack([x, *embedded], dim=2).flatten(0, 1)
+            for block in self.ar_head:
+                hidden = block(hidden, rope[:k], causal=True)
+            hidden = hidden.view(batch, length, k, -1)
+        hidden = self.norm(hidden)
+        logits = torch.stack([head(hidden[:, :, j]) for j, head in enumerate(self.output_heads)], dim=1).float()
+
+        loss = None
+        if labels is not None:
+            losses = [F.cross_entropy(logits[:, j].flatten(0, 1), labels[:, j].flatten()) for j in range(k)]
+            loss = torch.stack(losses).mean()
+        if return_dict is False:
+            return (loss, logits) if loss is not None else (logits,)
+        return FAROutput(loss=loss, logits=logits)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        class_labels: torch.Tensor | Sequence[int],
+        guidance_scale: float = 1.0,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+        cfg_schedule: str = "constant",
+        use_cache: bool = True,
+        callback: Callable[[int, torch.Tensor], None] | None = None,
+    ) -> torch.LongTensor:
+        """Sample (B, k, N) token grids for the given class ids.
+
+        Args:
+            class_labels: B class ids; num_classes gives unconditional samples.
+            guidance_scale: classifier-free guidance s, logits = u + s (c - u) on a batched [cond; null] pass;
+                1.0 turns guidance (and the null pass) off.
+            temperature, top_k, top_p: applied in that order to every sub-token's logits (top_k=0, top_p=1 off).
+            generator: torch.Generator for the multinomial draws; the same seed gives the same tokens.
+            cfg_schedule: "constant", or "linear" (the scale ramps from 1 to s with the fraction of tokens done).
+            use_cache: decode on preallocated static KV caches; False re-runs the whole prefix every step
+                (a slow reference that gives the same tokens).
+            callback: called as callback(position, tokens) after each position, e.g. for a progress bar.
+        """
+        c = self.config
+        labels = check_class_labels(class_labels, c.num_classes, self.norm.weight.device)
+        check_sampling_args(guidance_scale, temperature, top_k, top_p, c.vocab_size, cfg_schedule)
+        warpers = logits_warpers(temperature, top_k, top_p)
+        batch = labels.shape[0]
+        if guidance_scale != 1.0:
+            labels = torch.cat([labels, torch.full_like(labels, c.num_classes)])
+
+        with eval_mode(self), prepacked_linears(self, labels.shape[0]):
+            tokens = self._decode(labels, batch, guidance_scale, warpers, generator, cfg_schedule, use_cache, callback)
+        return tokens
+
+    def _decode(
+        self,
+        labels: torch.Tensor,
+        batch: int,
+        guidance_scale: float,
+        warpers: list,
+        generator: torch.Generator | None,
+        cfg_schedule: str,
+        use_cache: bool,
+        callback: Callable[[int, torch.Tensor], None] | None,
+    ) -> torch.LongTensor:
+        c = self.config
+        device, dtype = self.norm.weight.device, self.norm.weight.dtype
+        k, length, rows = c.num_codebooks, c.num_image_tokens, labels.shape[0]
+        use_cfg = rows != batch
+        rope = self.rope_table(device)
+        backbone = _CausalStepper(self.layers, rope, rows, length, c, dtype, device, use_cache)
+        head = _CausalStepper(self.ar_head, rope, rows, k, c, dtype, device, use_cache) if k > 1 else None
+        tables, outputs = self.token_embeddings, self.output_heads
+        tokens = torch.empty(batch, k, length, dtype=torch.long, device=device)
+
+        x = self.cls_embedding(labels)
+        for i in range(length):
+            scale = guidance_scale_at(guidance_scale, cfg_schedule, (i + 1) / length)
+            h = backbone(x)
+            if head is not None:
+                head.reset()
+            embedded = []
+            for j in range(k):
+                if head is not None:
+                    h = head(h)
+                logits = outputs[j](self.norm(h[:, 0])).float()
+                if use_cfg:
+                    logits = guide(logits, scale)
+                tokens[:, j, i] = sample_from_logits(logits, warpers, generator)
+                embedded.append(tables[j](tokens[:, j, i : i + 1]))
+                if j < k - 1:
+                    h = torch.cat([embedded[j]] * 2) if use_cfg else embedded[j]
+            x = embedded[0] if k == 1 else self.aggregation_layer(torch.cat(embedded, dim=-1))
+            if use_cfg:
+                x = torch.cat([x, x])
+            if callback is not None:
+                callback(i, tokens)
+        return tokens

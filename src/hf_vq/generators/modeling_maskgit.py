@@ -1,0 +1,187 @@
+"""MaskGIT-style non-autoregressive class-conditional generator on LlamaGen blocks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .blocks import LabelEmbedder, RMSNorm, TokenGridMixin, make_blocks, rope_2d_table
+from .configuration_maskgit import MaskGITConfig
+from .sampling import (
+    check_class_labels,
+    check_sampling_args,
+    eval_mode,
+    guidance_scale_at,
+    guide,
+    logits_warpers,
+    masking_schedule,
+    warp,
+)
+
+
+@dataclass
+class MaskGITOutput(ModelOutput):
+    """Masked-token prediction output.
+
+    Attributes:
+        loss: mean over the k sub-codebooks of the label-smoothed cross-entropy on the masked positions.
+        logits: (B, k, N, vocab_size) float32 logits at every position.
+        masked_positions: (B, N) bool, the positions that were masked (all k sub-tokens together).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    masked_positions: torch.BoolTensor | None = None
+
+
+class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
+    """Bidirectional transformer over [class, position_0 .. position_{N-1}] that predicts masked positions.
+
+    A position's input is the aggregation of its k sub-token embeddings (each table has an extra mask row);
+    k output heads predict its sub-tokens. Sampling starts fully masked and reveals positions on a cosine
+    schedule, most confident first.
+    """
+
+    config: MaskGITConfig
+    config_class = MaskGITConfig
+    main_input_name = "input_ids"
+    _no_split_modules = ["TransformerBlock"]
+    _supports_sdpa = True
+
+    def __init__(self, config: MaskGITConfig):
+        super().__init__(config)
+        self.cls_embedding = LabelEmbedder(config.num_classes, config.hidden_size, config.class_dropout_prob)
+        self.tok_dropout = nn.Dropout(config.token_dropout)
+        self.layers = make_blocks(config, config.num_hidden_layers)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self._add_token_modules(config.vocab_size + 1)
+        self.post_init()
+
+    def predict(self, input_ids: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        """(B, k, N) ids, masked positions holding config.mask_token -> (B, k, N, vocab_size) float32 logits."""
+        c = self.config
+        rope = rope_2d_table(c.grid_size, c.head_dim, c.rope_theta, 1).to(input_ids.device)
+        x = torch.cat([self.cls_embedding(class_labels), self.embed_tokens(input_ids)], dim=1)
+        x = self.tok_dropout(x)
+        for layer in self.layers:
+            x = layer(x, rope, causal=False)
+        x = self.norm(x[:, 1:])
+        return torch.stack([head(x) for head in self.output_heads], dim=1).float()
+
+    def random_mask(
+        self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> torch.BoolTensor:
+        """(B, N) training mask: r ~ U[0, 1), ceil(cos(pi r / 2) N) random positions per sample."""
+        n = self.config.num_image_tokens
+        r = torch.rand(batch_size, device=device, generator=generator)
+        num_masked = torch.ceil(torch.cos(math.pi / 2 * r) * n).clamp(1, n)
+        ranks = torch.rand(batch_size, n, device=device, generator=generator).argsort(dim=1).argsort(dim=1)
+        return ranks < num_masked[:, None]
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        class_labels: torch.LongTensor,
+        masked_positions: torch.BoolTensor | None = None,
+        generator: torch.Generator | None = None,
+        return_dict: bool | None = None,
+    ) -> MaskGITOutput | tuple:
+        r"""Mask whole positions of clean token grids and return the loss of predicting them.
+
+        Args:
+            input_ids: (B, k, N) clean token ids, sub-codebooks in FAR order.
+            class_labels: (B,) class ids; dropped to the null class (num_classes) with class_dropout_prob in training.
+            masked_positions: (B, N) bool positions to mask; drawn with `random_mask` when None.
+            generator: torch.Generator for the random mask.
+        """
+        c = self.config
+        self._check_token_ids(input_ids, min_length=c.num_image_tokens)
+        batch = input_ids.shape[0]
+        class_labels = check_class_labels(class_labels, c.num_classes, input_ids.device, batch)
+        if masked_positions is None:
+            masked_positions = self.random_mask(batch, input_ids.device, generator)
+        elif masked_positions.shape != (batch, c.num_image_tokens) or masked_positions.dtype != torch.bool:
+            raise ValueError(
+                f"masked_positions must be a bool tensor of shape ({batch}, {c.num_image_tokens}), got "
+                f"{masked_positions.dtype} {tuple(masked_positions.shape)}"
+            )
+        logits = self.predict(input_ids.masked_fill(masked_positions[:, None], c.mask_token), class_labels)
+        targets = input_ids.masked_fill(~masked_positions[:, None], -100)
+        losses = [
+            F.cross_entropy(logits[:, j].flatten(0, 1), targets[:, j].flatten(), label_smoothing=c.label_smoothing)
+            for j in range(c.num_codebooks)
+        ]
+        loss = torch.stack(losses).mean()
+        if return_dict is False:
+            return loss, logits, masked_positions
+        return MaskGITOutput(loss=loss, logits=logits, masked_positions=masked_positions)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        class_labels: torch.Tensor | Sequence[int],
+        num_steps: int = 12,
+        guidance_scale: float = 1.0,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        choice_temperature: float = 4.5,
+        generator: torch.Generator | None = None,
+        cfg_schedule: str = "constant",
+        callback: Callable[[int, torch.Tensor], None] | None = None,
+    ) -> torch.LongTensor:
+        """Sample (B, k, N) token grids in `num_steps` parallel decoding steps.
+
+        Each step samples every masked position (temperature, top-k, top-p per sub-token, CFG as the AR model),
+        then keeps the `masking_schedule` number of least confident positions masked. Confidence is the sum of
+        a position's k sub-token log-probabilities plus Gumbel noise scaled by
+        choice_temperature * (1 - (t + 1) / num_steps); revealed positions are never masked again.
+
+        Args:
+            callback: called as callback(step, tokens) after each step; masked entries hold config.mask_token.
+        """
+        c = self.config
+        device = self.norm.weight.device
+        labels = check_class_labels(class_labels, c.num_classes, device)
+        check_sampling_args(guidance_scale, temperature, top_k, top_p, c.vocab_size, cfg_schedule)
+        if not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+        if not choice_temperature >= 0:
+            raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature}")
+        warpers = logits_warpers(temperature, top_k, top_p)
+        use_cfg = guidance_scale != 1.0
+        batch, k, n = labels.shape[0], c.num_codebooks, c.num_image_tokens
+        if use_cfg:
+            labels = torch.cat([labels, torch.full_like(labels, c.num_classes)])
+
+        tokens = torch.full((batch, k, n), c.mask_token, dtype=torch.long, device=device)
+        unknown = torch.ones(batch, n, dtype=torch.bool, device=device)
+        with eval_mode(self):
+            for step, num_masked in enumerate(masking_schedule(n, num_steps)):
+                logits = self.predict(torch.cat([tokens, tokens]) if use_cfg else tokens, labels)
+                if use_cfg:
+                    logits = guide(logits, guidance_scale_at(guidance_scale, cfg_schedule, 1 - num_masked / n))
+                logits = warp(logits.flatten(0, 2), warpers)
+                sampled = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+                log_probs = logits.log_softmax(-1).gather(-1, sampled).view(batch, k, n).sum(1)
+                sampled = torch.where(unknown[:, None], sampled.view(batch, k, n), tokens)
+                if num_masked == 0:
+                    tokens = sampled
+                else:
+                    noise = torch.rand(batch, n, device=device, generator=generator)
+                    gumbel = -torch.log(-torch.log(noise.clamp_min(torch.finfo(noise.dtype).tiny)))
+                    confidence = log_probs + choice_temperature * (1 - (step + 1) / num_steps) * gumbel
+                    confidence = confidence.masked_fill(~unknown, math.inf)
+                    least = confidence.topk(num_masked, dim=1, largest=False).indices
+                    unknown = torch.zeros_like(unknown).scatter_(1, least, True)
+                    tokens = sampled.masked_fill(unknown[:, None], c.mask_token)
+                if callback is not None:
+                    callback(step, tokens)
+        return tokens

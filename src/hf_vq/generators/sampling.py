@@ -1,0 +1,131 @@
+"""Sampling utilities shared by the AR (FAR/GPT) and NAR (MaskGIT) generators."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from transformers.generation.logits_process import (
+    LogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+CFG_SCHEDULES = ("constant", "linear")
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run the body in eval mode (no dropout, no label dropout), then restore the previous mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def check_class_labels(
+    class_labels: torch.Tensor | Sequence[int],
+    num_classes: int,
+    device: torch.device,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Class ids as a (B,) long tensor on `device`; ids lie in [0, num_classes], num_classes is the null class."""
+    labels = torch.as_tensor(class_labels, device=device)
+    if labels.dim() != 1 or labels.numel() == 0:
+        raise ValueError(f"class_labels must be a non-empty 1-D list or tensor of ids, got shape {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"class_labels must hold integer class ids, got dtype {labels.dtype}")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high > num_classes:
+        raise ValueError(
+            f"class_labels must lie in [0, {num_classes - 1}] (or {num_classes} for unconditional samples), "
+            f"got values in [{low}, {high}]"
+        )
+    if batch_size is not None and labels.shape[0] != batch_size:
+        raise ValueError(f"class_labels has {labels.shape[0]} entries for a batch of {batch_size}")
+    return labels.long()
+
+
+def check_sampling_args(
+    guidance_scale: float,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    vocab_size: int,
+    cfg_schedule: str = "constant",
+) -> None:
+    """Raise a clear error for sampling settings that cannot be honoured."""
+    if not guidance_scale >= 0:
+        raise ValueError(f"guidance_scale must be >= 0 (1.0 disables guidance), got {guidance_scale}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0 <= top_k <= vocab_size:
+        raise ValueError(f"top_k must lie in [0, {vocab_size}] (0 disables it), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must lie in (0, 1] (1 disables it), got {top_p}")
+    if cfg_schedule not in CFG_SCHEDULES:
+        raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {cfg_schedule!r}")
+
+
+def logits_warpers(temperature: float, top_k: int, top_p: float) -> list[LogitsProcessor]:
+    """Temperature, then top-k, then top-p (LlamaGen's order); settings that change nothing are left out."""
+    warpers: list[LogitsProcessor] = []
+    if temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+    if top_k > 0:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    return warpers
+
+
+def warp(logits: torch.Tensor, warpers: list[LogitsProcessor]) -> torch.Tensor:
+    """Apply the warpers to (rows, vocab) logits."""
+    for warper in warpers:
+        logits = warper(None, logits)
+    return logits
+
+
+def guidance_scale_at(guidance_scale: float, cfg_schedule: str, fraction_done: float) -> float:
+    """Guidance scale for a step after which `fraction_done` of the tokens are known.
+
+    "linear" ramps from 1 towards `guidance_scale` with the fraction of known tokens (as MAR).
+    """
+    if cfg_schedule == "constant":
+        return guidance_scale
+    return 1.0 + (guidance_scale - 1.0) * fraction_done
+
+
+def guide(logits: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance on a [cond; uncond] batch: u + s * (c - u), written as c + (s - 1)(c - u)
+    so that s = 1 returns the conditional logits exactly."""
+    cond, uncond = logits.chunk(2)
+    return cond + (scale - 1.0) * (cond - uncond)
+
+
+def sample_from_logits(
+    logits: torch.Tensor, warpers: list[LogitsProcessor], generator: torch.Generator | None
+) -> torch.Tensor:
+    """One multinomial draw per row of (rows, vocab) logits after the warpers -> (rows,) long."""
+    probs = torch.softmax(warp(logits.float(), warpers), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def masking_schedule(num_tokens: int, num_steps: int) -> list[int]:
+    """MaskGIT's number of still-masked positions after each step (cosine schedule).
+
+    floor(N cos(pi/2 (t+1)/T)), kept in [1, previous - 1] so each step reveals at least one position while one
+    stays masked for the next; the last step reveals everything.
+    """
+    masked, schedule = num_tokens, []
+    for step in range(num_steps - 1):
+        target = math.floor(num_tokens * math.cos(math.pi / 2 * (step + 1) / num_steps))
+        masked = max(1, min(masked - 1, target))
+        schedule.append(masked)
+    return schedule + [0]
