@@ -1,26 +1,11 @@
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from conftest import load_script
 from hf_vq import FQGANTokenizer
 from hf_vq.training.checkpointing import list_checkpoints
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 train_fqgan = load_script("train_fqgan")
 
@@ -29,16 +14,6 @@ TINY = dict(
     num_codebooks=2, codebook_size=32, codebook_embed_dim=4, sample_size=8, adapter_layers=1, adapter_heads=2,
     entropy_loss_ratio=0.03,
 )
-
-
-@pytest.fixture
-def imagefolder(tmp_path):
-    rng = np.random.default_rng(0)
-    for label in ("a", "b"):
-        (tmp_path / "data" / label).mkdir(parents=True)
-        for i in range(8):
-            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(tmp_path / "data" / label / f"{i}.png")
-    return tmp_path / "data"
 
 
 def run(tmp_path, data, *extra, config=TINY):

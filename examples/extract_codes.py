@@ -1,0 +1,85 @@
+"""Tokenize an image dataset (each image and its horizontal flip) into a `datasets` dataset of codes and labels.
+
+    python examples/extract_codes.py --tokenizer runs/fmnist-tokenizer/tokenizer --dataset fashion-mnist \
+        --resolution 28 --output_dir runs/fmnist-codes
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+from datasets import Array2D, ClassLabel, Dataset, Features, Value
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from hf_vq import FQGANTokenizer
+from hf_vq.training.data import ImageTransform, collate, id2label_from_dataset, load_image_dataset, with_image_transform
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokenizer", required=True, help="an FQGANTokenizer folder or Hub id")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--split", default="train")
+    p.add_argument("--image_column", default=None)
+    p.add_argument("--label_column", default=None)
+    p.add_argument("--skip_corrupt", action="store_true")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--no_flip", action="store_true", help="do not add the horizontally flipped copy")
+    p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument("--overwrite", action="store_true")
+    return p.parse_args(argv)
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"{output_dir} is not empty; pass --overwrite or choose another --output_dir")
+    tokenizer = FQGANTokenizer.from_pretrained(args.tokenizer).eval()
+    dataset = load_image_dataset(args.dataset, args.split, args.image_column, args.label_column, args.skip_corrupt)
+    if "label" not in dataset.column_names:
+        raise ValueError("class-conditional generators need labels: the dataset has no label column")
+    id2label = id2label_from_dataset(dataset)
+    transform = ImageTransform(args.resolution, channels=tokenizer.config.in_channels)
+    loader = DataLoader(with_image_transform(dataset, transform), batch_size=args.batch_size, collate_fn=collate)
+
+    codes, labels, flipped = [], [], []
+    for batch in tqdm(loader, desc="tokenizing"):
+        views = [(batch["pixel_values"], False)]
+        if not args.no_flip:
+            views.append((batch["pixel_values"].flip(-1), True))
+        for pixels, is_flip in views:
+            indices = tokenizer.tokenize(pixels)
+            codes.append(indices.flatten(2).to(torch.int32))
+            labels.append(batch["class_labels"])
+            flipped += [is_flip] * len(pixels)
+    codes = torch.cat(codes)
+    k, n = codes.shape[1:]
+    features = Features({
+        "codes": Array2D(shape=(k, n), dtype="int32"),
+        "label": ClassLabel(names=[id2label[i] for i in sorted(id2label)]),
+        "flipped": Value("bool"),
+    })
+    table = Dataset.from_dict(
+        {"codes": codes.numpy(), "label": torch.cat(labels).tolist(), "flipped": flipped}, features=features
+    )
+    tmp = output_dir.with_name(f".tmp-{output_dir.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    table.save_to_disk(str(tmp))
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    tmp.rename(output_dir)
+    print(f"saved {len(table)} code grids of shape ({k}, {n}) to {output_dir}")
+    return output_dir
+
+
+if __name__ == "__main__":
+    main()

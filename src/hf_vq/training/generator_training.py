@@ -1,0 +1,213 @@
+"""The training loop shared by examples/train_far.py (AR) and examples/train_maskgit.py (NAR).
+
+Reads a codes dataset written by examples/extract_codes.py, trains the generator with AdamW (weight decay on
+matrices only), label dropout for CFG, EMA, gradient clipping and atomic checkpoints, saves sample grids during
+training, and ends with a complete FQGANPipeline folder (tokenizer + generator + class names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from datasets import load_from_disk
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from diffusers.utils import make_image_grid
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..generators import FARConfig, FARForClassConditionalGeneration, MaskGITConfig, MaskGITForClassConditionalGeneration
+from ..pipelines import FQGANPipeline
+from ..tokenizers import FQGANTokenizer
+from ..utils import save_pretrained_atomic
+from .checkpointing import checkpoint_step, prepare_run_dir, save_checkpoint, write_run_identity
+
+GENERATORS = {
+    "far": (FARConfig, FARForClassConditionalGeneration),
+    "maskgit": (MaskGITConfig, MaskGITForClassConditionalGeneration),
+}
+
+
+def parse_args(kind: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """Flags shared by both generator scripts."""
+    p = argparse.ArgumentParser(description=f"Train a {kind} generator on extracted codes with Accelerate.")
+    p.add_argument("--codes_dir", required=True, help="output of examples/extract_codes.py")
+    p.add_argument("--tokenizer", required=True, help="the FQGANTokenizer the codes came from (folder or Hub id)")
+    p.add_argument("--model_config", required=True,
+                   help="JSON of config kwargs; vocab_size, num_codebooks, grid_size and num_classes default to "
+                        "what the codes and tokenizer say")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--train_batch_size", type=int, default=64, help="per device")
+    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    p.add_argument("--max_train_steps", type=int, default=10000)
+    p.add_argument("--max_minutes", type=float, default=None, help="stop (and save) after this much wall time")
+    p.add_argument("--learning_rate", type=float, default=1e-4)
+    p.add_argument("--weight_decay", type=float, default=0.05)
+    p.add_argument("--adam_beta1", type=float, default=0.9)
+    p.add_argument("--adam_beta2", type=float, default=0.95)
+    p.add_argument("--lr_scheduler", default="constant", help="any diffusers.optimization scheduler name")
+    p.add_argument("--lr_warmup_steps", type=int, default=0)
+    p.add_argument("--max_grad_norm", type=float, default=1.0)
+    p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    p.add_argument("--use_ema", action="store_true")
+    p.add_argument("--ema_decay", type=float, default=0.999)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance_scale", type=float, default=2.0, help="for the sample grids")
+    p.add_argument("--checkpointing_steps", type=int, default=1000)
+    p.add_argument("--checkpoints_total_limit", type=int, default=2)
+    p.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
+    p.add_argument("--validation_steps", type=int, default=1000, help="save a sample grid every N steps")
+    p.add_argument("--logging_steps", type=int, default=50)
+    p.add_argument("--report_to", default="tensorboard", help="'tensorboard' or 'none'")
+    p.add_argument("--push_to_hub", action="store_true")
+    p.add_argument("--hub_model_id", default=None)
+    return p.parse_args(argv)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices (>= 2-D: linear and embedding weights) only, as LlamaGen."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+@torch.no_grad()
+def save_sample_grid(pipe: FQGANPipeline, num_classes: int, guidance_scale: float, path: Path, seed: int) -> None:
+    """One row per class (up to 10), 8 samples each."""
+    classes = list(range(min(num_classes, 10)))
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(classes, num_images_per_label=8, guidance_scale=guidance_scale,
+                  generator=torch.Generator(pipe.device).manual_seed(seed)).images
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_image_grid(images, rows=len(classes), cols=8).save(path)
+
+
+def main(kind: str, argv: list[str] | None = None) -> Path:
+    """Train a `kind` ("far" or "maskgit") generator; returns the pipeline folder."""
+    config_cls, model_cls = GENERATORS[kind]
+    args = parse_args(kind, argv)
+    output_dir = Path(args.output_dir)
+
+    # ---- everything that can fail on bad input fails here, before any training work
+    codes = load_from_disk(args.codes_dir)
+    for column in ("codes", "label"):
+        if column not in codes.column_names:
+            raise ValueError(f"{args.codes_dir} has no {column!r} column (columns: {codes.column_names}); "
+                             "write it with examples/extract_codes.py")
+    id2label = dict(enumerate(codes.features["label"].names))
+    tokenizer = FQGANTokenizer.from_pretrained(args.tokenizer).eval()
+    k, n = codes.features["codes"].shape
+    grid = int(round(n**0.5))
+    model_kwargs = json.loads(Path(args.model_config).read_text())
+    derived = dict(vocab_size=tokenizer.codebook_sizes[0], num_codebooks=k, grid_size=grid, num_classes=len(id2label))
+    for name, value in derived.items():
+        if model_kwargs.setdefault(name, value) != value:
+            raise ValueError(f"--model_config sets {name}={model_kwargs[name]} but the codes/tokenizer give {value}")
+    config = config_cls(**model_kwargs)
+    run_identity = {"kind": kind, "model_config": model_kwargs, "codes_dir": str(args.codes_dir)}
+    resume = prepare_run_dir(output_dir, run_identity, args.resume_from_checkpoint)
+
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=str(output_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        write_run_identity(output_dir, run_identity)
+        accelerator.init_trackers(f"train_{kind}", config={k_: v for k_, v in vars(args).items() if v is not None})
+
+    model = model_cls(config)
+    accelerator.print(f"{kind}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+                      f"{len(codes)} code grids of shape ({k}, {n})")
+    loader = DataLoader(codes.with_format("torch", columns=["codes", "label"]), batch_size=args.train_batch_size,
+                        shuffle=True, drop_last=True)
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.learning_rate,
+                                  betas=(args.adam_beta1, args.adam_beta2))
+    scheduler = get_scheduler(args.lr_scheduler, optimizer,
+                              num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                              num_training_steps=args.max_train_steps * accelerator.num_processes)
+    ema = EMAModel(model.parameters(), decay=args.ema_decay) if args.use_ema else None
+    model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    tokenizer.to(accelerator.device)
+
+    global_step = 0
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        global_step = checkpoint_step(resume)
+        accelerator.print(f"resumed from {resume} at step {global_step}")
+
+    def pipeline() -> FQGANPipeline:
+        """The current generator (its EMA weights when kept) with the tokenizer."""
+        generator = accelerator.unwrap_model(model)
+        if ema is not None:
+            generator = model_cls(config).to(accelerator.device)
+            generator.load_state_dict(accelerator.unwrap_model(model).state_dict())
+            ema.copy_to(generator.parameters())
+        return FQGANPipeline(vqvae=tokenizer, transformer=generator.eval(), id2label=id2label)
+
+    batches_per_epoch = len(loader)
+    start = time.monotonic()
+    progress = tqdm(total=args.max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
+                    desc=f"train_{kind}")
+    model.train()
+    done = global_step >= args.max_train_steps
+    while not done:
+        epoch, skip = divmod(global_step * args.gradient_accumulation_steps, batches_per_epoch)
+        loader.set_epoch(epoch)
+        for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
+            with accelerator.accumulate(model):
+                tokens = batch["codes"].long()
+                targets = {"labels": tokens} if kind == "far" else {}
+                loss = model(input_ids=tokens, class_labels=batch["label"], **targets).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            progress.update(1)
+            if ema is not None:
+                ema.step(model.parameters())
+            if global_step % args.logging_steps == 0:
+                logs = {"loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0]}
+                progress.set_postfix(loss=f"{logs['loss']:.4f}")
+                accelerator.log(logs, step=global_step)
+            timed_out = args.max_minutes is not None and time.monotonic() - start > 60 * args.max_minutes
+            done = global_step >= args.max_train_steps or timed_out
+            if global_step % args.checkpointing_steps == 0 or done:
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            if accelerator.is_main_process and (global_step % args.validation_steps == 0 or done):
+                save_sample_grid(pipeline(), config.num_classes, args.guidance_scale,
+                                 output_dir / "samples" / f"step-{global_step:07d}.png", args.seed)
+                model.train()
+            if done:
+                break
+
+    progress.close()
+    accelerator.wait_for_everyone()
+    pipe_dir = output_dir / "pipeline"
+    if accelerator.is_main_process:
+        pipe = pipeline()
+        save_pretrained_atomic(pipe, pipe_dir)
+        if args.push_to_hub:
+            pipe.push_to_hub(args.hub_model_id or output_dir.name)
+        accelerator.print(f"saved {pipe_dir} after {global_step} steps ({(time.monotonic() - start) / 60:.1f} min)")
+    accelerator.end_training()
+    return pipe_dir

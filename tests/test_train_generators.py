@@ -1,0 +1,54 @@
+import json
+
+import pytest
+import torch
+from datasets import load_from_disk
+
+from hf_vq import FQGANPipeline
+from hf_vq.training import generator_training
+from hf_vq.training.checkpointing import list_checkpoints
+from test_pipeline import tokenizer
+from conftest import load_script
+
+extract_codes = load_script("extract_codes")
+
+
+@pytest.fixture
+def codes(tmp_path, imagefolder):
+    tokenizer().save_pretrained(tmp_path / "tok")
+    extract_codes.main(["--tokenizer", str(tmp_path / "tok"), "--dataset", str(imagefolder), "--resolution", "8",
+                        "--output_dir", str(tmp_path / "codes"), "--batch_size", "5"])
+    return tmp_path
+
+
+def test_extract_codes_writes_flipped_codes(codes):
+    table = load_from_disk(str(codes / "codes"))
+    assert len(table) == 32 and table.features["label"].names == ["a", "b"]
+    assert sum(table["flipped"]) == 16
+    grids = torch.tensor(table["codes"])
+    assert grids.shape == (32, 2, 16) and int(grids.max()) < 32
+    with pytest.raises(FileExistsError, match="not empty"):
+        extract_codes.main(["--tokenizer", str(codes / "tok"), "--dataset", str(codes / "data"), "--output_dir",
+                            str(codes / "codes")])
+
+
+@pytest.mark.parametrize("kind", ["far", "maskgit"])
+def test_generator_training_ends_with_a_pipeline(codes, kind):
+    config = codes / "model.json"
+    extra = {"num_head_layers": 1} if kind == "far" else {}
+    config.write_text(json.dumps({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, **extra}))
+    args = ["--codes_dir", str(codes / "codes"), "--tokenizer", str(codes / "tok"), "--model_config", str(config),
+            "--output_dir", str(codes / kind), "--train_batch_size", "4", "--max_train_steps", "3",
+            "--checkpointing_steps", "2", "--validation_steps", "2", "--use_ema", "--report_to", "none",
+            "--learning_rate", "1e-3"]
+    pipe_dir = generator_training.main(kind, args)
+    assert [p.name for p in list_checkpoints(codes / kind)] == ["checkpoint-2", "checkpoint-3"]
+    assert (codes / kind / "samples" / "step-0000002.png").exists()
+    pipe = FQGANPipeline.from_pretrained(pipe_dir)
+    assert pipe.get_label_ids(["b"]) == [1]
+    images = pipe(["a"], num_images_per_label=2, num_inference_steps=2, output_type="pt").images
+    assert images.shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match="codes/tokenizer give"):
+        config.write_text(json.dumps({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                      "vocab_size": 99}))
+        generator_training.main(kind, args[:-2] + ["--output_dir", str(codes / "other")])
