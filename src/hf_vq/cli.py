@@ -1,0 +1,159 @@
+"""`hf-vq`: generate, reconstruct, convert, assemble and push from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+BUNDLED_MODEL = "fmnist-fqgan-dual-far"
+
+
+def bundled_model_path() -> Path:
+    """The Fashion-MNIST pipeline (FQGAN-Dual tokenizer + FAR) that ships inside the package."""
+    return Path(str(files("hf_vq") / "assets" / BUNDLED_MODEL))
+
+
+def _save_image(image, out: str) -> None:
+    """Write a PIL image atomically (temp file in the same folder, then rename)."""
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".tmp-{out_path.name}")
+    image.save(tmp, format=(out_path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
+    os.replace(tmp, out_path)
+
+
+def generate(args: argparse.Namespace) -> None:
+    """Sample a grid: one row per label, `-n` images per row."""
+    import torch
+    from diffusers.utils import make_image_grid
+
+    from .pipelines import FQGANPipeline
+
+    if args.n < 1:
+        raise SystemExit(f"-n must be >= 1, got {args.n}")
+    suffix = Path(args.out).suffix.lower()
+    if suffix not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise SystemExit(f"--out must end in .png, .jpg or .webp, got {args.out!r}")
+    model = args.model or bundled_model_path()
+    if args.model is None and not Path(model).is_dir():
+        raise SystemExit(f"the bundled model is missing from this install ({model}); pass --model")
+    pipe = FQGANPipeline.from_pretrained(model).to(args.device)
+    labels = [int(x) if x.isdigit() else x for x in args.labels]
+    pipe.get_label_ids(labels)  # fail on a bad label before any sampling
+    images = pipe(labels, num_images_per_label=args.n, guidance_scale=args.guidance_scale,
+                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                  num_inference_steps=args.steps, generator=torch.Generator(args.device).manual_seed(args.seed)).images
+    grid = make_image_grid(images, rows=len(labels), cols=args.n)
+    _save_image(grid, args.out)
+    print(f"wrote {args.out} ({len(labels)} labels x {args.n} images)")
+
+
+def reconstruct(args: argparse.Namespace) -> None:
+    """Tokenize an image and decode it back; prints the token grid shape and PSNR."""
+    import numpy as np
+    import torch
+    from diffusers.image_processor import VaeImageProcessor
+    from PIL import Image
+
+    from .evaluation.metrics import psnr
+    from .tokenizers import FQGANTokenizer
+
+    tokenizer = FQGANTokenizer.from_pretrained(args.tokenizer).eval()
+    if not Path(args.image).is_file():
+        raise SystemExit(f"no such image: {args.image}")
+    image = Image.open(args.image).convert("L" if tokenizer.config.in_channels == 1 else "RGB")
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).reshape(image.height, image.width, -1)
+    x = x.permute(2, 0, 1)[None]
+    indices = tokenizer.tokenize(x)
+    recon = tokenizer.detokenize(indices).clamp(-1, 1)
+    _save_image(VaeImageProcessor().postprocess(recon, output_type="pil")[0], args.out)
+    print(f"tokens {tuple(indices.shape)}, PSNR {float(psnr(recon, x)):.2f} dB, wrote {args.out}")
+
+
+def convert(args: argparse.Namespace) -> None:
+    """Official .pt checkpoint -> save_pretrained folder."""
+    from .conversion import run_convert
+
+    sys.exit(run_convert(args))
+
+
+def assemble(args: argparse.Namespace) -> None:
+    """Tokenizer + generator + labels -> one FQGANPipeline folder."""
+    from .pipelines import assemble_pipeline
+
+    assemble_pipeline(args.tokenizer, args.transformer, args.output_dir, id2label=args.labels)
+    print(f"wrote pipeline folder {args.output_dir}")
+
+
+def push(args: argparse.Namespace) -> None:
+    """Upload a saved folder (pipeline, tokenizer or generator) to the Hub."""
+    from huggingface_hub import create_repo, upload_folder
+
+    if not Path(args.folder).is_dir():
+        raise SystemExit(f"no such folder: {args.folder}")
+    create_repo(args.repo_id, private=args.private, exist_ok=True)
+    url = upload_folder(repo_id=args.repo_id, folder_path=args.folder, commit_message=args.message)
+    print(f"pushed {args.folder} to {url}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `hf-vq` argument parser."""
+    from .conversion import add_convert_arguments
+
+    parser = argparse.ArgumentParser(prog="hf-vq", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="class-conditional samples as an image grid")
+    g.add_argument("--model", default=None, help="pipeline folder or Hub id (default: the bundled Fashion-MNIST model)")
+    g.add_argument("--labels", nargs="+", required=True, help="class names or ids")
+    g.add_argument("-n", type=int, default=4, help="images per label")
+    g.add_argument("--out", default="grid.png")
+    g.add_argument("--guidance-scale", type=float, default=2.0)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--steps", type=int, default=12, help="decoding steps (MaskGIT only)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="cpu")
+    g.set_defaults(func=generate)
+
+    r = sub.add_parser("reconstruct", help="tokenize and decode an image")
+    r.add_argument("--tokenizer", required=True)
+    r.add_argument("--image", required=True)
+    r.add_argument("--out", default="reconstruction.png")
+    r.set_defaults(func=reconstruct)
+
+    c = sub.add_parser("convert", help="official checkpoint -> save_pretrained folder")
+    add_convert_arguments(c)
+    c.set_defaults(func=convert)
+
+    a = sub.add_parser("assemble", help="tokenizer + generator -> pipeline folder")
+    a.add_argument("--tokenizer", required=True)
+    a.add_argument("--transformer", required=True)
+    a.add_argument("--labels", default=None, help="id2label JSON (default: ImageNet names from the Hub)")
+    a.add_argument("output_dir")
+    a.set_defaults(func=assemble)
+
+    p = sub.add_parser("push", help="upload a folder to the Hub")
+    p.add_argument("folder")
+    p.add_argument("repo_id")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--message", default="Upload with hf-vq")
+    p.set_defaults(func=push)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `hf-vq`."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
+        raise SystemExit(f"hf-vq {args.command}: {err}") from err
+
+
+if __name__ == "__main__":
+    main()

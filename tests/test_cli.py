@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hf_vq import FQGANPipeline
+from hf_vq.cli import main
+from test_pipeline import LABELS, far, tokenizer
+
+
+@pytest.fixture(scope="module")
+def pipe_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "pipe"
+    FQGANPipeline(vqvae=tokenizer(), transformer=far(), id2label=LABELS).save_pretrained(path)
+    return path
+
+
+def test_generate_writes_a_grid(pipe_dir, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    main(["generate", "--model", str(pipe_dir), "--labels", "Trouser", "2", "-n", "3", "--out", str(out)])
+    assert Image.open(out).size == (3 * 8, 2 * 8)
+    assert "2 labels x 3 images" in capsys.readouterr().out
+
+
+def test_generate_bad_input(pipe_dir, tmp_path):
+    with pytest.raises(SystemExit, match="Did you mean"):
+        main(["generate", "--model", str(pipe_dir), "--labels", "Trousers", "--out", str(tmp_path / "g.png")])
+    with pytest.raises(SystemExit, match="-n must be"):
+        main(["generate", "--model", str(pipe_dir), "--labels", "0", "-n", "0"])
+    with pytest.raises(SystemExit, match="--out must end"):
+        main(["generate", "--model", str(pipe_dir), "--labels", "0", "--out", str(tmp_path / "g.txt")])
+    assert not list(tmp_path.iterdir())
+
+
+def test_reconstruct(tmp_path, capsys):
+    tokenizer().save_pretrained(tmp_path / "tok")
+    Image.fromarray(np.full((8, 8), 128, dtype=np.uint8)).save(tmp_path / "in.png")
+    main(["reconstruct", "--tokenizer", str(tmp_path / "tok"), "--image", str(tmp_path / "in.png"), "--out",
+          str(tmp_path / "out.png")])
+    assert Image.open(tmp_path / "out.png").size == (8, 8)
+    assert "tokens (1, 2, 4, 4)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no such image"):
+        main(["reconstruct", "--tokenizer", str(tmp_path / "tok"), "--image", str(tmp_path / "missing.png")])
