@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from .conversion import convert_checkpoint
 from .generators import (
     FARConfig,
     FARForClassConditionalGeneration,
@@ -25,4 +26,5 @@ __all__ = [
     "MaskGITForClassConditionalGeneration",
     "VectorQuantizer",
     "assemble_pipeline",
+    "convert_checkpoint",
 ]
