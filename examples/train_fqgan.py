@@ -132,7 +132,8 @@ def save_reconstruction_grid(model: FQGANTokenizer, images: torch.Tensor, path: 
     make_image_grid(pil, rows=2, cols=len(images)).save(path)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> FQGANTokenizer:
+    """Train; returns the final (EMA when kept) tokenizer, on every rank."""
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
     model_config = json.loads(Path(args.tokenizer_config).read_text())
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     resume = prepare_run_dir(output_dir, run_identity, args.resume_from_checkpoint)
     if args.perceptual_weight > 0 and not (args.vgg16_path and args.lpips_path):
         raise SystemExit(f"--perceptual_weight {args.perceptual_weight} needs LPIPS weights. {LPIPS_DOWNLOAD_HINT}")
+    set_seed(args.seed)
     model = FQGANTokenizer(**model_config)
     teachers = load_teachers(args, model_config)
     lpips = LPIPS.from_files(args.vgg16_path, args.lpips_path) if args.perceptual_weight > 0 else None
@@ -154,7 +156,6 @@ def main(argv: list[str] | None = None) -> None:
         project_dir=str(output_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
-    set_seed(args.seed)
     if accelerator.is_main_process:
         write_run_identity(output_dir, run_identity)
         accelerator.init_trackers("train_fqgan", config={k: v for k, v in vars(args).items() if v is not None
@@ -182,13 +183,13 @@ def main(argv: list[str] | None = None) -> None:
         # Same seed, same first batch on every rank, so k-means gives every rank the same codebook.
         with torch.no_grad():
             model.train().encode(preview)
-    ema = EMAModel(model.parameters(), decay=args.ema_decay, model_cls=FQGANTokenizer, model_config=model.config) \
-        if args.use_ema else None
-
     model, disc, opt_g, opt_d, sched_g, sched_d, loader = accelerator.prepare(
         model, disc, opt_g, opt_d, sched_g, sched_d, loader
     )
-    if ema is not None:
+    ema = None
+    if args.use_ema:  # after prepare, so every rank starts from rank 0's (broadcast) weights
+        ema = EMAModel(model.parameters(), decay=args.ema_decay, model_cls=FQGANTokenizer,
+                       model_config=accelerator.unwrap_model(model).config)
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
     for teacher in teachers:
@@ -277,16 +278,17 @@ def main(argv: list[str] | None = None) -> None:
 
     progress.close()
     accelerator.wait_for_everyone()
+    final = accelerator.unwrap_model(model)
+    if ema is not None:
+        ema.copy_to(final.parameters())
     if accelerator.is_main_process:
-        final = accelerator.unwrap_model(model)
-        if ema is not None:
-            ema.copy_to(final.parameters())
         save_pretrained_atomic(final, output_dir / "tokenizer")
         if args.push_to_hub:
             final.push_to_hub(args.hub_model_id or output_dir.name)
         accelerator.print(f"saved {output_dir / 'tokenizer'} after {global_step} steps "
                           f"({(time.monotonic() - start) / 60:.1f} min)")
     accelerator.end_training()
+    return final
 
 
 if __name__ == "__main__":

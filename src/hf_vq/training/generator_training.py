@@ -90,8 +90,9 @@ def save_sample_grid(pipe: FQGANPipeline, num_classes: int, guidance_scale: floa
     make_image_grid(images, rows=len(classes), cols=8).save(path)
 
 
-def main(kind: str, argv: list[str] | None = None) -> Path:
-    """Train a `kind` ("far" or "maskgit") generator; returns the pipeline folder."""
+def main(kind: str, argv: list[str] | None = None) -> torch.nn.Module:
+    """Train a `kind` ("far" or "maskgit") generator; saves <output_dir>/pipeline and returns the final generator
+    (EMA weights when kept) on every rank."""
     config_cls, model_cls = GENERATORS[kind]
     args = parse_args(kind, argv)
     output_dir = Path(args.output_dir)
@@ -122,11 +123,11 @@ def main(kind: str, argv: list[str] | None = None) -> Path:
         project_dir=str(output_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
-    set_seed(args.seed)
     if accelerator.is_main_process:
         write_run_identity(output_dir, run_identity)
         accelerator.init_trackers(f"train_{kind}", config={k_: v for k_, v in vars(args).items() if v is not None})
 
+    set_seed(args.seed)
     model = model_cls(config)
     accelerator.print(f"{kind}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
                       f"{len(codes)} code grids of shape ({k}, {n})")
@@ -137,9 +138,10 @@ def main(kind: str, argv: list[str] | None = None) -> Path:
     scheduler = get_scheduler(args.lr_scheduler, optimizer,
                               num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                               num_training_steps=args.max_train_steps * accelerator.num_processes)
-    ema = EMAModel(model.parameters(), decay=args.ema_decay) if args.use_ema else None
     model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
-    if ema is not None:
+    ema = None
+    if args.use_ema:  # after prepare, so every rank starts from rank 0's (broadcast) weights
+        ema = EMAModel(model.parameters(), decay=args.ema_decay)
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
     tokenizer.to(accelerator.device)
@@ -203,11 +205,11 @@ def main(kind: str, argv: list[str] | None = None) -> Path:
     progress.close()
     accelerator.wait_for_everyone()
     pipe_dir = output_dir / "pipeline"
+    pipe = pipeline()
     if accelerator.is_main_process:
-        pipe = pipeline()
         save_pretrained_atomic(pipe, pipe_dir)
         if args.push_to_hub:
             pipe.push_to_hub(args.hub_model_id or output_dir.name)
         accelerator.print(f"saved {pipe_dir} after {global_step} steps ({(time.monotonic() - start) / 60:.1f} min)")
     accelerator.end_training()
-    return pipe_dir
+    return pipe.transformer
