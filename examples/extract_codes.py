@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import torch
@@ -16,6 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from hf_vq import FQGANTokenizer
+from hf_vq.utils import atomic_directory
 from hf_vq.training.data import ImageTransform, collate, id2label_from_dataset, load_image_dataset, with_image_transform
 
 
@@ -70,13 +70,8 @@ def main(argv: list[str] | None = None) -> Path:
     table = Dataset.from_dict(
         {"codes": codes.numpy(), "label": torch.cat(labels).tolist(), "flipped": flipped}, features=features
     )
-    tmp = output_dir.with_name(f".tmp-{output_dir.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    table.save_to_disk(str(tmp))
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    tmp.rename(output_dir)
+    with atomic_directory(output_dir) as tmp:
+        table.save_to_disk(str(tmp))
     print(f"saved {len(table)} code grids of shape ({k}, {n}) to {output_dir}")
     return output_dir
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 from hf_vq import FQGANPipeline
 from hf_vq.cli import bundled_model_path
+from hf_vq.utils import atomic_directory
 
 CARD = Path(__file__).resolve().parents[1] / "model_cards" / "pipeline_card_template.md"
 MAX_BYTES = 25 * 1024 * 1024
@@ -44,18 +44,12 @@ def main(argv: list[str] | None = None) -> Path:
     pipe = FQGANPipeline.from_pretrained(args.pipeline)
     evaluation = json.loads(Path(args.evaluation).read_text())
     target = Path(args.output_dir) if args.output_dir else bundled_model_path()
-    tmp = target.with_name(f".tmp-{target.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    pipe.save_pretrained(tmp)
-    (tmp / "README.md").write_text(render_card(pipe, args.repo_id, args.training, evaluation, args.limitations))
-    size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
-    if size > MAX_BYTES:
-        shutil.rmtree(tmp)
-        raise SystemExit(f"the pipeline is {size / 2**20:.1f} MiB; package data is limited to 25 MiB")
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+    with atomic_directory(target) as tmp:
+        pipe.save_pretrained(tmp)
+        (tmp / "README.md").write_text(render_card(pipe, args.repo_id, args.training, evaluation, args.limitations))
+        size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+        if size > MAX_BYTES:
+            raise SystemExit(f"the pipeline is {size / 2**20:.1f} MiB; package data is limited to 25 MiB")
     print(f"bundled {args.pipeline} -> {target} ({size / 2**20:.1f} MiB)")
     return target
 
