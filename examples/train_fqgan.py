@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import set_seed
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -29,10 +27,12 @@ from tqdm.auto import tqdm
 
 from hf_vq import FQGANTokenizer, FrozenTeacher
 from hf_vq.training.checkpointing import (
-    checkpoint_step,
+    add_run_arguments,
+    batches_from,
     prepare_run_dir,
+    resume_step,
     save_checkpoint,
-    write_run_identity,
+    start_run,
 )
 from hf_vq.training.data import ImageTransform, collate, load_image_dataset, with_image_transform
 from hf_vq.utils import save_pretrained_atomic
@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer_config", required=True, help="JSON file of FQGANTokenizer config kwargs")
-    p.add_argument("--output_dir", required=True)
+    add_run_arguments(p, checkpointing_steps=500)
     # data
     p.add_argument("--dataset", default="fashion-mnist", help="'fashion-mnist', an imagefolder path or a Hub id")
     p.add_argument("--split", default="train")
@@ -53,24 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--random_flip", action="store_true")
     p.add_argument("--dataloader_num_workers", type=int, default=0)
-    # optimisation
-    p.add_argument("--train_batch_size", type=int, default=32, help="per device")
-    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    p.add_argument("--max_train_steps", type=int, default=1000)
-    p.add_argument("--max_minutes", type=float, default=None, help="stop (and save) after this much wall time")
+    # optimisation (Adam, as FQGAN)
     p.add_argument("--learning_rate", type=float, default=2e-4)
     p.add_argument("--disc_learning_rate", type=float, default=None, help="defaults to --learning_rate")
     p.add_argument("--adam_beta1", type=float, default=0.9)
     p.add_argument("--adam_beta2", type=float, default=0.95)
     p.add_argument("--weight_decay", type=float, default=0.0)
-    p.add_argument("--lr_scheduler", default="constant", help="any diffusers.optimization scheduler name")
-    p.add_argument("--lr_warmup_steps", type=int, default=0)
-    p.add_argument("--max_grad_norm", type=float, default=1.0)
-    p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
     p.add_argument("--gradient_checkpointing", action="store_true")
-    p.add_argument("--use_ema", action="store_true")
-    p.add_argument("--ema_decay", type=float, default=0.999)
-    p.add_argument("--seed", type=int, default=0)
     # losses
     p.add_argument("--reconstruction_loss", choices=["l2", "l1"], default="l2")
     p.add_argument("--reconstruction_weight", type=float, default=1.0)
@@ -85,15 +74,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--teachers", nargs="*", default=None,
         help="one teacher (Hub id or local path, or 'none') per sub-codebook; default: the config's teacher_models",
     )
-    # bookkeeping
-    p.add_argument("--checkpointing_steps", type=int, default=500)
-    p.add_argument("--checkpoints_total_limit", type=int, default=2)
-    p.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
-    p.add_argument("--validation_steps", type=int, default=500, help="save a reconstruction grid every N steps")
-    p.add_argument("--logging_steps", type=int, default=10)
-    p.add_argument("--report_to", default="tensorboard", help="'tensorboard' or 'none'")
-    p.add_argument("--push_to_hub", action="store_true")
-    p.add_argument("--hub_model_id", default=None)
     return p.parse_args(argv)
 
 
@@ -149,17 +129,7 @@ def main(argv: list[str] | None = None) -> FQGANTokenizer:
     lpips = LPIPS.from_files(args.vgg16_path, args.lpips_path) if args.perceptual_weight > 0 else None
     dataset = load_image_dataset(args.dataset, args.split, args.image_column, args.label_column, args.skip_corrupt)
 
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_dir=str(output_dir),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    if accelerator.is_main_process:
-        write_run_identity(output_dir, run_identity)
-        accelerator.init_trackers("train_fqgan", config={k: v for k, v in vars(args).items() if v is not None
-                                                          and not isinstance(v, list)})
+    accelerator = start_run(args, "train_fqgan", run_identity)
 
     channels = model_config.get("in_channels", 3)
     transform = ImageTransform(args.resolution, channels=channels, random_flip=args.random_flip)
@@ -199,82 +169,74 @@ def main(argv: list[str] | None = None) -> FQGANTokenizer:
         lpips.to(accelerator.device)
     unwrapped_disc = accelerator.unwrap_model(disc)
 
-    global_step = 0
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        global_step = checkpoint_step(resume)
-        accelerator.print(f"resumed from {resume} at step {global_step}")
-    batches_per_epoch = len(loader)
+    global_step = resume_step(accelerator, resume)
     start = time.monotonic()
     progress = tqdm(total=args.max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
                     desc="train_fqgan")
     model.train()
     disc.train()
-    done = global_step >= args.max_train_steps
-    while not done:
-        consumed = global_step * args.gradient_accumulation_steps
-        epoch, skip = divmod(consumed, batches_per_epoch)
-        loader.set_epoch(epoch)
-        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
-        for batch in epoch_loader:
-            x = batch["pixel_values"]
-            use_gan = global_step >= args.disc_start and args.disc_weight > 0
-            with accelerator.accumulate(model, disc):
-                feats = [t(x) if t is not None else None for t in teachers]
-                out = model(x, teacher_features=feats if any(f is not None for f in feats) else None)
-                logs = {name: v.detach() for name, v in out.losses.items()}
-                logs["reconstruction_loss"] = pixel_loss(args.reconstruction_loss, x, out.sample)
-                loss = args.reconstruction_weight * logs["reconstruction_loss"] + sum(out.losses.values())
-                if lpips is not None:
-                    logs["perceptual_loss"] = lpips(x, out.sample)
-                    loss = loss + args.perceptual_weight * logs["perceptual_loss"]
-                if use_gan:
-                    # Detached discriminator weights: the generator's loss must not train the discriminator.
-                    params = {n: p.detach() for n, p in unwrapped_disc.named_parameters()}
-                    buffers = dict(unwrapped_disc.named_buffers())
-                    logs["generator_adv_loss"] = hinge_g_loss(functional_call(unwrapped_disc, (params, buffers), (out.sample,)))
-                    loss = loss + args.disc_weight * logs["generator_adv_loss"]
-                accelerator.backward(loss)
+    for batch in batches_from(accelerator, loader, global_step, args.gradient_accumulation_steps):
+        if global_step >= args.max_train_steps:
+            break
+        x = batch["pixel_values"]
+        use_gan = global_step >= args.disc_start and args.disc_weight > 0
+        with accelerator.accumulate(model, disc):
+            feats = [t(x) if t is not None else None for t in teachers]
+            out = model(x, teacher_features=feats if any(f is not None for f in feats) else None)
+            logs = {name: v.detach() for name, v in out.losses.items()}
+            logs["reconstruction_loss"] = pixel_loss(args.reconstruction_loss, x, out.sample)
+            loss = args.reconstruction_weight * logs["reconstruction_loss"] + sum(out.losses.values())
+            if lpips is not None:
+                logs["perceptual_loss"] = lpips(x, out.sample)
+                loss = loss + args.perceptual_weight * logs["perceptual_loss"]
+            if use_gan:
+                # Detached discriminator weights: the generator's loss must not train the discriminator.
+                params = {n: p.detach() for n, p in unwrapped_disc.named_parameters()}
+                buffers = dict(unwrapped_disc.named_buffers())
+                logits_fake = functional_call(unwrapped_disc, (params, buffers), (out.sample,))
+                logs["generator_adv_loss"] = hinge_g_loss(logits_fake)
+                loss = loss + args.disc_weight * logs["generator_adv_loss"]
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            opt_g.step()
+            sched_g.step()
+            opt_g.zero_grad(set_to_none=True)
+
+            if use_gan:
+                d_loss = args.disc_weight * hinge_d_loss(disc(x), disc(out.sample.detach()))
+                logs["discriminator_loss"] = d_loss.detach()
+                accelerator.backward(d_loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                opt_g.step()
-                sched_g.step()
-                opt_g.zero_grad(set_to_none=True)
+                    accelerator.clip_grad_norm_(disc.parameters(), args.max_grad_norm)
+                opt_d.step()
+                sched_d.step()
+                opt_d.zero_grad(set_to_none=True)
 
-                if use_gan:
-                    d_loss = args.disc_weight * hinge_d_loss(disc(x), disc(out.sample.detach()))
-                    logs["discriminator_loss"] = d_loss.detach()
-                    accelerator.backward(d_loss)
-                    if accelerator.sync_gradients and args.max_grad_norm:
-                        accelerator.clip_grad_norm_(disc.parameters(), args.max_grad_norm)
-                    opt_d.step()
-                    sched_d.step()
-                    opt_d.zero_grad(set_to_none=True)
-
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            progress.update(1)
-            if ema is not None:
-                ema.step(model.parameters())
-            if global_step % args.logging_steps == 0:
-                logs = {k: float(v.detach()) for k, v in logs.items()}
-                logs["loss"] = float(loss.detach())
-                for i, usage in enumerate(out.usage or []):
-                    if usage is not None:
-                        logs[f"{i}/usage"] = float(usage)
-                logs["lr"] = sched_g.get_last_lr()[0]
-                progress.set_postfix(loss=f"{logs['loss']:.4f}", rec=f"{logs['reconstruction_loss']:.4f}")
-                accelerator.log(logs, step=global_step)
-            timed_out = args.max_minutes is not None and time.monotonic() - start > 60 * args.max_minutes
-            done = global_step >= args.max_train_steps or timed_out
-            if global_step % args.checkpointing_steps == 0 or done:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-            if accelerator.is_main_process and (global_step % args.validation_steps == 0 or done):
-                save_reconstruction_grid(accelerator.unwrap_model(model), preview.to(accelerator.device),
-                                         output_dir / "samples" / f"step-{global_step:07d}.png")
-            if done:
-                break
+        if not accelerator.sync_gradients:
+            continue
+        global_step += 1
+        progress.update(1)
+        if ema is not None:
+            ema.step(model.parameters())
+        if global_step % args.logging_steps == 0:
+            logs = {k: float(v.detach()) for k, v in logs.items()}
+            logs["loss"] = float(loss.detach())
+            for i, usage in enumerate(out.usage or []):
+                if usage is not None:
+                    logs[f"{i}/usage"] = float(usage)
+            logs["lr"] = sched_g.get_last_lr()[0]
+            progress.set_postfix(loss=f"{logs['loss']:.4f}", rec=f"{logs['reconstruction_loss']:.4f}")
+            accelerator.log(logs, step=global_step)
+        timed_out = args.max_minutes is not None and time.monotonic() - start > 60 * args.max_minutes
+        done = global_step >= args.max_train_steps or timed_out
+        if global_step % args.checkpointing_steps == 0 or done:
+            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+        if accelerator.is_main_process and (global_step % args.validation_steps == 0 or done):
+            save_reconstruction_grid(accelerator.unwrap_model(model), preview.to(accelerator.device),
+                                     output_dir / "samples" / f"step-{global_step:07d}.png")
+        if done:
+            break
 
     progress.close()
     accelerator.wait_for_everyone()

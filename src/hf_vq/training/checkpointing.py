@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 RUN_FILE = "run_config.json"
@@ -97,3 +100,62 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, ste
     accelerator.wait_for_everyone()
     return final
 
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, checkpointing_steps: int = 500) -> None:
+    """Flags every training script shares: batch and steps, precision, EMA, checkpoints, logging, Hub."""
+    p = parser
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--train_batch_size", type=int, default=32, help="per device")
+    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    p.add_argument("--max_train_steps", type=int, default=10000)
+    p.add_argument("--max_minutes", type=float, default=None, help="stop (and save) after this much wall time")
+    p.add_argument("--lr_scheduler", default="constant", help="any diffusers.optimization scheduler name")
+    p.add_argument("--lr_warmup_steps", type=int, default=0)
+    p.add_argument("--max_grad_norm", type=float, default=1.0)
+    p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    p.add_argument("--use_ema", action="store_true")
+    p.add_argument("--ema_decay", type=float, default=0.999)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpointing_steps", type=int, default=checkpointing_steps)
+    p.add_argument("--checkpoints_total_limit", type=int, default=2)
+    p.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
+    p.add_argument("--validation_steps", type=int, default=checkpointing_steps, help="save a sample grid every N steps")
+    p.add_argument("--logging_steps", type=int, default=50)
+    p.add_argument("--report_to", default="tensorboard", help="'tensorboard' or 'none'")
+    p.add_argument("--push_to_hub", action="store_true")
+    p.add_argument("--hub_model_id", default=None)
+
+
+def start_run(args: argparse.Namespace, name: str, run_identity: dict) -> Accelerator:
+    """The Accelerator of a run (seedable data order, trackers on the main process) and the run's identity file."""
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=args.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    if accelerator.is_main_process:
+        write_run_identity(args.output_dir, run_identity)
+        hparams = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(name, config=hparams)
+    return accelerator
+
+
+def resume_step(accelerator: Accelerator, checkpoint: Path | None) -> int:
+    """Load a checkpoint's state (models, optimizers, schedulers, EMA, RNG) and return its step (0 without one)."""
+    if checkpoint is None:
+        return 0
+    accelerator.load_state(str(checkpoint))
+    accelerator.print(f"resumed from {checkpoint}")
+    return checkpoint_step(checkpoint)
+
+
+def batches_from(accelerator: Accelerator, loader, step: int, gradient_accumulation_steps: int) -> Iterator:
+    """Endless batches continuing the data order exactly where optimizer step `step` left it (epoch and position)."""
+    epoch, skip = divmod(step * gradient_accumulation_steps, len(loader))
+    while True:
+        loader.set_epoch(epoch)
+        yield from accelerator.skip_first_batches(loader, skip) if skip else loader
+        epoch, skip = epoch + 1, 0

@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import set_seed
 from datasets import load_from_disk
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -26,7 +25,14 @@ from ..generators import FARConfig, FARForClassConditionalGeneration, MaskGITCon
 from ..pipelines import FQGANPipeline
 from ..tokenizers import FQGANTokenizer
 from ..utils import save_pretrained_atomic
-from .checkpointing import checkpoint_step, prepare_run_dir, save_checkpoint, write_run_identity
+from .checkpointing import (
+    add_run_arguments,
+    batches_from,
+    prepare_run_dir,
+    resume_step,
+    save_checkpoint,
+    start_run,
+)
 
 GENERATORS = {
     "far": (FARConfig, FARForClassConditionalGeneration),
@@ -42,31 +48,12 @@ def parse_args(kind: str, argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model_config", required=True,
                    help="JSON of config kwargs; vocab_size, num_codebooks, grid_size and num_classes default to "
                         "what the codes and tokenizer say")
-    p.add_argument("--output_dir", required=True)
-    p.add_argument("--train_batch_size", type=int, default=64, help="per device")
-    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    p.add_argument("--max_train_steps", type=int, default=10000)
-    p.add_argument("--max_minutes", type=float, default=None, help="stop (and save) after this much wall time")
+    add_run_arguments(p, checkpointing_steps=1000)
     p.add_argument("--learning_rate", type=float, default=1e-4)
     p.add_argument("--weight_decay", type=float, default=0.05)
     p.add_argument("--adam_beta1", type=float, default=0.9)
     p.add_argument("--adam_beta2", type=float, default=0.95)
-    p.add_argument("--lr_scheduler", default="constant", help="any diffusers.optimization scheduler name")
-    p.add_argument("--lr_warmup_steps", type=int, default=0)
-    p.add_argument("--max_grad_norm", type=float, default=1.0)
-    p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
-    p.add_argument("--use_ema", action="store_true")
-    p.add_argument("--ema_decay", type=float, default=0.999)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance_scale", type=float, default=2.0, help="for the sample grids")
-    p.add_argument("--checkpointing_steps", type=int, default=1000)
-    p.add_argument("--checkpoints_total_limit", type=int, default=2)
-    p.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
-    p.add_argument("--validation_steps", type=int, default=1000, help="save a sample grid every N steps")
-    p.add_argument("--logging_steps", type=int, default=50)
-    p.add_argument("--report_to", default="tensorboard", help="'tensorboard' or 'none'")
-    p.add_argument("--push_to_hub", action="store_true")
-    p.add_argument("--hub_model_id", default=None)
     return p.parse_args(argv)
 
 
@@ -116,16 +103,7 @@ def main(kind: str, argv: list[str] | None = None) -> torch.nn.Module:
     run_identity = {"kind": kind, "model_config": model_kwargs, "codes_dir": str(args.codes_dir)}
     resume = prepare_run_dir(output_dir, run_identity, args.resume_from_checkpoint)
 
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_dir=str(output_dir),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    if accelerator.is_main_process:
-        write_run_identity(output_dir, run_identity)
-        accelerator.init_trackers(f"train_{kind}", config={k_: v for k_, v in vars(args).items() if v is not None})
+    accelerator = start_run(args, f"train_{kind}", run_identity)
 
     set_seed(args.seed)
     model = model_cls(config)
@@ -146,11 +124,7 @@ def main(kind: str, argv: list[str] | None = None) -> torch.nn.Module:
         accelerator.register_for_checkpointing(ema)
     tokenizer.to(accelerator.device)
 
-    global_step = 0
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        global_step = checkpoint_step(resume)
-        accelerator.print(f"resumed from {resume} at step {global_step}")
+    global_step = resume_step(accelerator, resume)
 
     def pipeline() -> FQGANPipeline:
         """The current generator (its EMA weights when kept) with the tokenizer."""
@@ -161,46 +135,43 @@ def main(kind: str, argv: list[str] | None = None) -> torch.nn.Module:
             ema.copy_to(generator.parameters())
         return FQGANPipeline(vqvae=tokenizer, transformer=generator.eval(), id2label=id2label)
 
-    batches_per_epoch = len(loader)
     start = time.monotonic()
     progress = tqdm(total=args.max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
                     desc=f"train_{kind}")
     model.train()
-    done = global_step >= args.max_train_steps
-    while not done:
-        epoch, skip = divmod(global_step * args.gradient_accumulation_steps, batches_per_epoch)
-        loader.set_epoch(epoch)
-        for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
-            with accelerator.accumulate(model):
-                tokens = batch["codes"].long()
-                targets = {"labels": tokens} if kind == "far" else {}
-                loss = model(input_ids=tokens, class_labels=batch["label"], **targets).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            progress.update(1)
-            if ema is not None:
-                ema.step(model.parameters())
-            if global_step % args.logging_steps == 0:
-                logs = {"loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0]}
-                progress.set_postfix(loss=f"{logs['loss']:.4f}")
-                accelerator.log(logs, step=global_step)
-            timed_out = args.max_minutes is not None and time.monotonic() - start > 60 * args.max_minutes
-            done = global_step >= args.max_train_steps or timed_out
-            if global_step % args.checkpointing_steps == 0 or done:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-            if accelerator.is_main_process and (global_step % args.validation_steps == 0 or done):
-                save_sample_grid(pipeline(), config.num_classes, args.guidance_scale,
-                                 output_dir / "samples" / f"step-{global_step:07d}.png", args.seed)
-                model.train()
-            if done:
-                break
+    for batch in batches_from(accelerator, loader, global_step, args.gradient_accumulation_steps):
+        if global_step >= args.max_train_steps:
+            break
+        with accelerator.accumulate(model):
+            tokens = batch["codes"].long()
+            targets = {"labels": tokens} if kind == "far" else {}
+            loss = model(input_ids=tokens, class_labels=batch["label"], **targets).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        if not accelerator.sync_gradients:
+            continue
+        global_step += 1
+        progress.update(1)
+        if ema is not None:
+            ema.step(model.parameters())
+        if global_step % args.logging_steps == 0:
+            logs = {"loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0]}
+            progress.set_postfix(loss=f"{logs['loss']:.4f}")
+            accelerator.log(logs, step=global_step)
+        timed_out = args.max_minutes is not None and time.monotonic() - start > 60 * args.max_minutes
+        done = global_step >= args.max_train_steps or timed_out
+        if global_step % args.checkpointing_steps == 0 or done:
+            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+        if accelerator.is_main_process and (global_step % args.validation_steps == 0 or done):
+            save_sample_grid(pipeline(), config.num_classes, args.guidance_scale,
+                             output_dir / "samples" / f"step-{global_step:07d}.png", args.seed)
+            model.train()
+        if done:
+            break
 
     progress.close()
     accelerator.wait_for_everyone()
