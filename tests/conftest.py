@@ -4,9 +4,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Tiny models are faster on one thread, and the suite must not fight other work for the 2 cores.
+torch.set_num_threads(1)
 
 
 def load_script(name: str):

@@ -41,7 +41,8 @@ def test_generator_training_ends_with_a_pipeline(codes, kind):
             "--output_dir", str(codes / kind), "--train_batch_size", "4", "--max_train_steps", "3",
             "--checkpointing_steps", "2", "--validation_steps", "2", "--use_ema", "--report_to", "none",
             "--learning_rate", "1e-3"]
-    pipe_dir = generator_training.main(kind, args)
+    generator_training.main(kind, args)
+    pipe_dir = codes / kind / "pipeline"
     assert [p.name for p in list_checkpoints(codes / kind)] == ["checkpoint-2", "checkpoint-3"]
     assert (codes / kind / "samples" / "step-0000002.png").exists()
     pipe = FQGANPipeline.from_pretrained(pipe_dir)
