@@ -4,7 +4,7 @@ from transformers import AutoConfig, AutoModel
 
 from .configuration_far import FAR_PRESETS, FARConfig
 from .configuration_maskgit import MaskGITConfig
-from .modeling_far import FAROutput, FARForClassConditionalGeneration, official_key_to_hf
+from .modeling_far import FARForClassConditionalGeneration, FAROutput, official_key_to_hf
 from .modeling_maskgit import MaskGITForClassConditionalGeneration, MaskGITOutput
 
 # exist_ok: importing twice (e.g. a module reload) must not fail.

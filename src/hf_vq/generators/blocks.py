@@ -6,9 +6,6 @@ state dicts load without renaming.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,56 +53,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one fused op on the hot path
         return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
-
-
-def mkl_prepack_available() -> bool:
-    """Whether this torch build has the MKL prepacked-GEMM ops that Linear.prepack uses."""
-    return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
-
-
-class Linear(nn.Linear):
-    """nn.Linear that can multiply by an MKL-prepacked copy of its weight.
-
-    While prepacked for `rows`, inputs with exactly that many rows use the packed GEMM (CPU, fp32): the small
-    row counts of token-by-token decoding run about twice as fast. Anything else takes the plain path.
-    """
-
-    packed: torch.Tensor | None = None
-    packed_rows = 0
-
-    def prepack(self, rows: int) -> None:
-        """Pack the weight for inputs of `rows` rows (a copy; `unpack` frees it)."""
-        self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight.detach(), rows)
-        self.packed_rows = rows
-
-    def unpack(self) -> None:
-        self.packed, self.packed_rows = None, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None and x.numel() == self.packed_rows * self.in_features:
-            out = torch.ops.mkl._mkl_linear(x.reshape(self.packed_rows, -1), self.packed, self.weight, self.bias, self.packed_rows)
-            return out.view(*x.shape[:-1], self.out_features)
-        return super().forward(x)
-
-
-@contextmanager
-def prepacked_linears(model: nn.Module, rows: int) -> Iterator[None]:
-    """Prepack every `Linear` of a CPU fp32 model for `rows`-row inputs inside the block (else do nothing)."""
-    linears = [m for m in model.modules() if isinstance(m, Linear)]
-    usable = (
-        mkl_prepack_available()
-        and not torch.is_grad_enabled()
-        and all(m.weight.device.type == "cpu" and m.weight.dtype == torch.float32 for m in linears)
-    )
-    if usable:
-        for m in linears:
-            m.prepack(rows)
-    try:
-        yield
-    finally:
-        for m in linears:
-            m.unpack()
 
 
 class FeedForward(nn.Module):
@@ -113,9 +63,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, dropout: float):
         super().__init__()
-        self.w1 = Linear(dim, hidden_dim, bias=False)
-        self.w3 = Linear(dim, hidden_dim, bias=False)
-        self.w2 = Linear(hidden_dim, dim, bias=False)
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
         self.ffn_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,11 +88,10 @@ class StaticKVCache:
         dtype: torch.dtype,
         device: torch.device,
     ):
-        shape = (num_layers, batch_size, num_heads, max_length, head_dim)
+        shape = (batch_size, num_heads, max_length, head_dim)
         self.max_length = max_length
-        # Per-layer views made once, so a decode step does no indexing or allocation here.
-        self.keys = list(torch.zeros(shape, dtype=dtype, device=device).unbind(0))
-        self.values = list(torch.zeros(shape, dtype=dtype, device=device).unbind(0))
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
 
     def update(
         self, layer_idx: int, start: int, key: torch.Tensor, value: torch.Tensor
@@ -165,8 +114,8 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.attention_dropout = attention_dropout
-        self.wqkv = Linear(dim, 3 * dim, bias=False)
-        self.wo = Linear(dim, dim, bias=False)
+        self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
         self.resid_dropout = nn.Dropout(resid_dropout)
 
     def forward(
@@ -288,7 +237,7 @@ class TokenGridMixin:
             self.aggregation_layer = nn.Linear(c.num_codebooks * c.hidden_size, c.hidden_size)
         self._output_names = token_module_names("output", c.num_codebooks)
         for name in self._output_names:
-            self.add_module(name, Linear(c.hidden_size, c.vocab_size, bias=False))
+            self.add_module(name, nn.Linear(c.hidden_size, c.vocab_size, bias=False))
 
     @property
     def token_embeddings(self) -> list[nn.Embedding]:

@@ -13,15 +13,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .blocks import (
-    LabelEmbedder,
-    RMSNorm,
-    StaticKVCache,
-    TokenGridMixin,
-    make_blocks,
-    prepacked_linears,
-    rope_2d_table,
-)
+from .blocks import LabelEmbedder, RMSNorm, StaticKVCache, TokenGridMixin, make_blocks, rope_2d_table
 from .configuration_far import FARConfig
 from .sampling import (
     check_class_labels,
@@ -52,7 +44,8 @@ class FAROutput(ModelOutput):
     """Teacher-forced output.
 
     Attributes:
-        loss: mean over the k sub-codebooks of the cross-entropy on all image tokens (when labels are given).
+        loss: cross-entropy averaged over all (non-ignored) sub-tokens, i.e. the mean of the k per-codebook
+            losses (when labels are given).
         logits: (B, k, N, vocab_size) float32 logits; logits[:, j, i] predicts sub-token j of position i.
     """
 
@@ -134,10 +127,8 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if module is self:
-            # LlamaGen/FAR start from zero logits (children are initialised before their parent).
-            for head in self.output_heads:
-                init.zeros_(head.weight)
+        if any(module is head for head in self.output_heads):
+            init.zeros_(module.weight)  # LlamaGen/FAR start from zero logits
 
     def rope_table(self, device: torch.device) -> torch.Tensor:
         """(cls_token_num + N, head_dim // 2) complex 2D RoPE rows, the condition row zeroed."""
@@ -162,7 +153,9 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         self._check_token_ids(input_ids, min_length=1)
         class_labels = check_class_labels(class_labels, self.config.num_classes, input_ids.device, input_ids.shape[0])
         if labels is not None and labels.shape != input_ids.shape:
-            raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+            raise ValueError(
+                f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}"
+            )
         batch, k, length = input_ids.shape
         rope = self.rope_table(input_ids.device)
 
@@ -185,8 +178,9 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
 
         loss = None
         if labels is not None:
-            losses = [F.cross_entropy(logits[:, j].flatten(0, 1), labels[:, j].flatten()) for j in range(k)]
-            loss = torch.stack(losses).mean()
+            # Every codebook has N targets, so this is FAR's mean of the k per-codebook losses; with -100
+            # entries it stays a per-token mean instead of dividing by zero for a fully ignored codebook.
+            loss = F.cross_entropy(logits.flatten(0, 2), labels.flatten())
         if return_dict is False:
             return (loss, logits) if loss is not None else (logits,)
         return FAROutput(loss=loss, logits=logits)
@@ -225,7 +219,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         if guidance_scale != 1.0:
             labels = torch.cat([labels, torch.full_like(labels, c.num_classes)])
 
-        with eval_mode(self), prepacked_linears(self, labels.shape[0]):
+        with eval_mode(self):
             tokens = self._decode(labels, batch, guidance_scale, warpers, generator, cfg_schedule, use_cache, callback)
         return tokens
 

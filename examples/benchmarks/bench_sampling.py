@@ -1,0 +1,249 @@
+"""Sampling throughput on CPU: hf_vq's FAR / GPT samplers vs the official FQGAN / LlamaGen samplers.
+
+Models: a small FAR (width 512, 8 layers, 8 heads, 2 AR-head layers, k=2, vocab 1024, 8x8 grid) and a plain
+LlamaGen GPT of the same width (k=1); batch 8 with classifier-free guidance 2.0, in fp32 and with bf16
+weights. The official models get our random weights (the state-dict keys are the same), so both sample the
+same distribution and, fed the same global seed, give the same tokens. Contenders run in turn inside every
+run (the order rotates) and the table shows medians, so load from other processes hits all of them alike;
+CPU seconds (process time) are shown next to wall seconds because the machine may be shared.
+
+    python examples/benchmarks/bench_sampling.py
+    python examples/benchmarks/bench_sampling.py --official-fqgan /path/to/showlab+FQGAN \\
+        --official-llamagen /path/to/FoundationVision+LlamaGen --runs 5 --profile
+
+It also checks: fp32 cached sampling == full recompute (same seed), and bf16 vs fp32 teacher-forced logits
+(top-1 agreement and mean KL). Peak memory is the process's peak RSS during one call minus its RSS before it
+(Linux /proc/self/clear_refs). The official code is imported from the given paths at run time only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+
+from hf_vq import FARConfig, FARForClassConditionalGeneration
+
+SMALL = dict(
+    vocab_size=1024,
+    num_classes=1000,
+    hidden_size=512,
+    num_hidden_layers=8,
+    num_attention_heads=8,
+    num_head_layers=2,
+    grid_size=8,
+)
+
+
+@dataclass
+class Contender:
+    name: str
+    sample: Callable[[], torch.Tensor]
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    memory: list[float] = field(default_factory=list)
+
+
+def _status_kib(name: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{name} missing from /proc/self/status")
+
+
+def timed(contender: Contender, seed: int) -> torch.Tensor:
+    """One sampling call: wall and CPU seconds, and peak RSS above the RSS it started from."""
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (the peak) to the current RSS
+    start_rss = _status_kib("VmRSS")
+    torch.manual_seed(seed)  # the official samplers draw from the global generator
+    wall, cpu = time.perf_counter(), time.process_time()
+    tokens = contender.sample()
+    contender.wall.append(time.perf_counter() - wall)
+    contender.cpu.append(time.process_time() - cpu)
+    contender.memory.append((_status_kib("VmHWM") - start_rss) / 1024)
+    return tokens
+
+
+def random_model(k: int, seed: int) -> FARForClassConditionalGeneration:
+    """The small model with random weights; output heads get std 0.05 (not zero) so logits are peaked."""
+    torch.manual_seed(seed)
+    model = FARForClassConditionalGeneration(FARConfig(num_codebooks=k, **SMALL)).eval()
+    for head in model.output_heads:
+        torch.nn.init.normal_(head.weight, std=0.05)
+    return model
+
+
+def import_official(root: Path, modules: list[str]) -> list[ModuleType]:
+    """Import modules from an official checkout; both repositories name their packages `autoregressive`/`utils`."""
+    for name in list(sys.modules):
+        if name.split(".")[0] in ("autoregressive", "utils"):
+            del sys.modules[name]
+    sys.path.insert(0, str(root))
+    try:
+        return [__import__(name, fromlist=["_"]) for name in modules]
+    except ImportError as e:
+        raise SystemExit(f"cannot import {modules} from {root}: {e}") from e
+    finally:
+        sys.path.remove(str(root))
+
+
+def official_sampler(
+    root: Path, ours: FARForClassConditionalGeneration, labels: torch.Tensor, scale: float
+) -> Callable[[], torch.Tensor]:
+    """The official FAR (k=2) or GPT (k=1) with `ours`'s weights, as a () -> (B, k, N) sampler."""
+    c = ours.config
+    n = c.num_image_tokens
+    args = dict(
+        dim=c.hidden_size,
+        n_layer=c.num_hidden_layers,
+        n_head=c.num_attention_heads,
+        vocab_size=c.vocab_size,
+        block_size=n,
+        num_classes=c.num_classes,
+    )
+    if c.num_codebooks == 1:
+        gpt, generate = import_official(root, ["autoregressive.models.gpt", "autoregressive.models.generate"])
+        model = gpt.Transformer(gpt.ModelArgs(**args))
+
+        def sample() -> torch.Tensor:
+            return generate.generate(model, labels, n, cfg_scale=scale)[:, None]
+
+    else:
+        far, generate = import_official(root, ["autoregressive.models.far_dual", "autoregressive.models.generate_dual"])
+        model = far.Transformer(far.ModelArgs(ar_n_layer=c.num_head_layers, **args))
+        knobs = dict(cfg_scale=[scale] * 2, temperature=[1.0] * 2, top_k=[0] * 2, top_p=[1.0] * 2)
+
+        def sample() -> torch.Tensor:
+            return torch.stack(generate.generate_fq(model, labels, n, **knobs), dim=1)
+
+    model.load_state_dict(ours.state_dict())  # same key names
+    model.to(ours.dtype).eval()
+    return sample
+
+
+def check_bf16(model: FARForClassConditionalGeneration, tokens: torch.Tensor, labels: torch.Tensor) -> str:
+    """Teacher-forced logits of bf16 weights vs fp32 on sampled tokens: top-1 agreement and mean KL."""
+    bf16 = random_model(model.config.num_codebooks, 0).to(torch.bfloat16)
+    bf16.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        ref = model(tokens, labels).logits.log_softmax(-1)
+        low = bf16(tokens, labels).logits.log_softmax(-1)
+    flipped = ref.argmax(-1) != low.argmax(-1)
+    top1 = 1 - flipped.float().mean().item()
+    kl = F.kl_div(low, ref, log_target=True, reduction="none").sum(-1).mean().item()
+    verdict = "ok" if top1 >= 0.99 and kl <= 1e-3 else "FAILS (>= 99% and <= 1e-3 wanted)"
+    line = f"bf16 vs fp32 teacher-forced logits: top-1 agreement {100 * top1:.2f}%, mean KL {kl:.2e} -> {verdict}"
+    if flipped.any():
+        top2 = ref.topk(2, dim=-1).values
+        gap = (top2[..., 0] - top2[..., 1])[flipped].max().item()
+        line += f"\n  (disagreements are near-ties: fp32 top-2 log-prob gap <= {gap:.3f} where they differ)"
+    return line
+
+
+def bench_model(k: int, args: argparse.Namespace) -> None:
+    name = "FAR (k=2)" if k == 2 else "GPT (k=1)"
+    root = args.official_fqgan if k == 2 else args.official_llamagen
+    labels = torch.arange(args.batch) % SMALL["num_classes"]
+    ours = random_model(k, args.seed)
+
+    fp32_tokens = ours.sample(labels[:2], guidance_scale=args.cfg, generator=torch.Generator().manual_seed(0))
+    full = ours.sample(labels[:2], guidance_scale=args.cfg, generator=torch.Generator().manual_seed(0), use_cache=False)
+    print(f"\n{name}: fp32 cached tokens == full recompute: {torch.equal(fp32_tokens, full)}")
+    print(
+        check_bf16(
+            ours, ours.sample(labels, guidance_scale=args.cfg, generator=torch.Generator().manual_seed(1)), labels
+        )
+    )
+
+    runners, models = [], {}
+    for dtype in args.dtype:
+        model = ours if dtype == "fp32" else random_model(k, args.seed).to(torch.bfloat16)
+        model.load_state_dict(ours.state_dict())
+        models[dtype] = model
+        runners.append(Contender(f"hf_vq {dtype}", lambda m=model: m.sample(labels, guidance_scale=args.cfg)))
+        if root is not None:
+            runners.append(Contender(f"official {dtype}", official_sampler(root, model, labels, args.cfg)))
+
+    outputs = {c.name: timed(c, args.seed) for c in runners}  # warm-up; same seed -> comparable tokens
+    for run in range(args.runs):
+        shift = run % len(runners)
+        for c in runners[shift:] + runners[:shift]:
+            timed(c, args.seed)
+
+    n_tokens = args.batch * k * SMALL["grid_size"] ** 2
+    params = ours.num_parameters() / 1e6
+    print(
+        f"{name}, {params:.1f}M params, batch {args.batch}, cfg {args.cfg}, median of {args.runs} runs, "
+        f"{torch.get_num_threads()} threads"
+    )
+    reference = {
+        dtype: statistics.median(c.wall) for c in runners for dtype in args.dtype if c.name == f"official {dtype}"
+    }
+    header = f"{'contender':<16}{'images/s':>10}{'tokens/s':>10}{'wall s':>9}{'cpu s':>8}{'peak MiB':>10}"
+    header += f"{'x official (same dtype)':>25}" if reference else ""
+    print(header + "\n" + "-" * len(header))
+    for c in runners:
+        wall = statistics.median(c.wall)
+        row = f"{c.name:<16}{args.batch / wall:>10.2f}{n_tokens / wall:>10.0f}{wall:>9.2f}"
+        row += f"{statistics.median(c.cpu):>8.2f}{statistics.median(c.memory):>10.0f}"
+        dtype = c.name.split()[-1]
+        if dtype in reference:
+            row += f"{reference[dtype] / wall:>25.2f}"
+        print(row)
+    for dtype in args.dtype:
+        if f"official {dtype}" in outputs:
+            same = torch.equal(outputs[f"hf_vq {dtype}"], outputs[f"official {dtype}"].long())
+            print(f"hf_vq {dtype} tokens == official {dtype} tokens (same weights, same seed): {same}")
+    if args.profile:
+        profile(runners, args.seed)
+
+
+def profile(runners: list[Contender], seed: int) -> None:
+    """Where the time goes: the heaviest operators of one call per contender."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    for c in runners:
+        torch.manual_seed(seed)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            c.sample()
+        print(f"\nprofile: {c.name}")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--official-fqgan", type=Path, help="local checkout of showlab/FQGAN (FAR sampler)")
+    parser.add_argument("--official-llamagen", type=Path, help="local checkout of FoundationVision/LlamaGen")
+    parser.add_argument("--models", nargs="+", type=int, default=[2, 1], choices=[1, 2], help="k: 2 = FAR, 1 = GPT")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--cfg", type=float, default=2.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table per contender")
+    args = parser.parse_args()
+    if args.runs < 3:
+        parser.error("--runs must be at least 3 (the table reports medians)")
+    if args.cfg <= 1.0 and args.official_fqgan is not None:
+        parser.error("the official FAR sampler needs --cfg > 1")
+    for flag in ("official_fqgan", "official_llamagen"):
+        path = getattr(args, flag)
+        if path is not None and not path.is_dir():
+            parser.error(f"--{flag.replace('_', '-')} {path} is not a folder")
+    torch.set_num_threads(args.threads)
+    for k in args.models:
+        bench_model(k, args)
+
+
+if __name__ == "__main__":
+    main()

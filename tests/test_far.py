@@ -1,0 +1,380 @@
+"""FAR / LlamaGen GPT generator: layout, maths, sampling, serialisation."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel
+
+from hf_vq.generators import FARConfig, FARForClassConditionalGeneration, modeling_far, official_key_to_hf
+from hf_vq.generators.blocks import StaticKVCache, rope_2d_table
+from hf_vq.generators.sampling import guide
+
+VOCAB, CLASSES, GRID = 16, 4, 3
+
+
+def tiny_config(k: int = 2, **overrides) -> FARConfig:
+    kwargs = dict(
+        vocab_size=VOCAB,
+        num_codebooks=k,
+        num_classes=CLASSES,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_head_layers=2,
+        grid_size=GRID,
+    )
+    return FARConfig(**{**kwargs, **overrides})
+
+
+def tiny_model(k: int = 2, seed: int = 0, **overrides) -> FARForClassConditionalGeneration:
+    torch.manual_seed(seed)
+    model = FARForClassConditionalGeneration(tiny_config(k, **overrides)).eval()
+    for head in model.output_heads:  # zero-initialised heads would make every distribution uniform
+        torch.nn.init.normal_(head.weight, std=0.5)
+    return model
+
+
+def random_ids(k: int, batch: int = 3, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, k, GRID**2), generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- layout
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_state_dict_uses_official_key_names(k):
+    model = FARForClassConditionalGeneration(tiny_config(k))
+    keys = set(model.state_dict())
+    suffix = [""] if k == 1 else [f"_{j}" for j in range(1, k + 1)]
+    expected = {"cls_embedding.embedding_table.weight", "norm.weight"}
+    expected |= {f"tok_embeddings{s}.weight" for s in suffix} | {f"output{s}.weight" for s in suffix}
+    block = ["attention.wqkv", "attention.wo", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3"]
+    block += ["attention_norm", "ffn_norm"]
+    expected |= {f"layers.{n}.{name}.weight" for n in range(2) for name in block}
+    if k > 1:
+        expected |= {"aggregation_layer.weight", "aggregation_layer.bias"}
+        expected |= {f"ar_head.{n}.{name}.weight" for n in range(2) for name in block}
+    assert keys == expected
+    assert model.cls_embedding.embedding_table.weight.shape == (CLASSES + 1, 32)
+    assert model.layers[0].attention.wqkv.weight.shape == (96, 32)
+    assert all(torch.count_nonzero(head.weight) == 0 for head in model.output_heads)
+
+
+def test_official_key_mapping_keeps_weights_and_drops_buffers():
+    assert official_key_to_hf("layers.3.attention.wqkv.weight") == "layers.3.attention.wqkv.weight"
+    assert official_key_to_hf("output_2.weight") == "output_2.weight"
+    assert official_key_to_hf("freqs_cis") is None
+    assert official_key_to_hf("layers.0.attention.kv_cache.k_cache") is None
+    assert official_key_to_hf("ar_head.1.attention.kv_cache.v_cache") is None
+
+
+def test_presets_and_intermediate_size():
+    assert FARConfig(hidden_size=768).intermediate_size == 2048
+    assert FARConfig(hidden_size=1024, num_attention_heads=16).intermediate_size == 2816
+    config = FARConfig.from_preset("FAR-Large", num_codebooks=3)
+    assert (config.num_hidden_layers, config.num_attention_heads, config.hidden_size) == (36, 20, 1280)
+    assert (config.num_head_layers, config.num_codebooks) == (4, 3)
+    with torch.device("meta"):
+        gpt_b = FARForClassConditionalGeneration(FARConfig.from_preset("GPT-B"))
+        far_b = FARForClassConditionalGeneration(FARConfig.from_preset("FAR-Base"))
+    assert round(gpt_b.num_parameters() / 1e6, 1) == 110.9  # LlamaGen's GPT-B count
+    assert 405e6 < far_b.num_parameters() < 425e6  # FQGAN reports 415M for FAR-Base
+    with pytest.raises(ValueError, match="Unknown preset"):
+        FARConfig.from_preset("GPT-Z")
+
+
+def test_config_rejects_unbuildable_sizes():
+    with pytest.raises(Exception, match="multiple of num_attention_heads"):
+        tiny_config(hidden_size=30)
+    with pytest.raises(Exception, match="multiple of 4"):
+        tiny_config(hidden_size=24, num_attention_heads=4)
+    with pytest.raises(Exception, match="num_head_layers"):
+        tiny_config(num_head_layers=0)
+
+
+# ---------------------------------------------------------------- maths
+
+
+def test_rope_table_rows():
+    head_dim, grid = 8, 3
+    table = rope_2d_table(grid, head_dim, 10000.0, num_prefix=1)
+    assert table.shape == (1 + grid * grid, head_dim // 2)
+    assert torch.count_nonzero(table[0]) == 0  # the condition row is zero, not identity
+    assert torch.equal(table[1], torch.ones(head_dim // 2, dtype=table.dtype))  # grid (0, 0)
+    freqs = [10000.0 ** (-2 * i / (head_dim // 2)) for i in range(head_dim // 4)]
+    row, col = 2, 1
+    angles = torch.tensor([row * f for f in freqs] + [col * f for f in freqs])
+    expected = torch.complex(torch.cos(angles), torch.sin(angles))
+    torch.testing.assert_close(table[1 + row * grid + col], expected)
+
+
+def test_static_kv_cache_chunks_equal_full_causal_attention():
+    torch.manual_seed(0)
+    block = tiny_model(2).layers[0]
+    x, rope = torch.randn(2, 6, 32), rope_2d_table(GRID, 8, 10000.0, 1)[:6]
+    full = block(x, rope, causal=True)
+    cache = StaticKVCache(1, 2, 4, 6, 8, torch.float32, torch.device("cpu"))
+    chunks = [block(x[:, a:b], rope[a:b], True, cache, 0, a) for a, b in [(0, 3), (3, 5), (5, 6)]]
+    torch.testing.assert_close(torch.cat(chunks, 1), full)
+    with pytest.raises(ValueError, match="KV cache holds 6 positions"):
+        block(x[:, :2], rope[:2], True, cache, 0, 5)
+
+
+def reference_logits(model: FARForClassConditionalGeneration, ids: torch.Tensor, labels: torch.Tensor):
+    """A plain re-implementation: explicit pair rotation, explicit causal softmax, per-position loops."""
+    c = model.config
+    heads, hd = c.num_attention_heads, c.head_dim
+    table = rope_2d_table(c.grid_size, hd, c.rope_theta, 1)
+    cos, sin = table.real, table.imag
+
+    def rms(x, weight):
+        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + c.rms_norm_eps) * weight
+
+    def rotate(x, positions):  # x (S, heads, hd): pair (2j, 2j+1) rotated by the angle of its row
+        out = torch.empty_like(x)
+        cs, sn = cos[positions][:, None, :], sin[positions][:, None, :]
+        out[..., 0::2] = x[..., 0::2] * cs - x[..., 1::2] * sn
+        out[..., 1::2] = x[..., 1::2] * cs + x[..., 0::2] * sn
+        return out
+
+    def block(layer, x, positions):
+        s = x.shape[0]
+        q, k, v = (layer.attention.wqkv.weight @ rms(x, layer.attention_norm.weight).T).T.split(c.hidden_size, -1)
+        q, k = rotate(q.view(s, heads, hd), positions), rotate(k.view(s, heads, hd), positions)
+        v = v.view(s, heads, hd)
+        scores = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(hd)
+        scores = scores.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(1), float("-inf"))
+        attended = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(s, -1)
+        x = x + attended @ layer.attention.wo.weight.T
+        ff = layer.feed_forward
+        h = rms(x, layer.ffn_norm.weight)
+        return x + (F.silu(h @ ff.w1.weight.T) * (h @ ff.w3.weight.T)) @ ff.w2.weight.T
+
+    k, n = ids.shape[1], ids.shape[2]
+    out = torch.empty(ids.shape[0], k, n, c.vocab_size)
+    tables = model.token_embeddings
+    for b in range(ids.shape[0]):
+        emb = torch.cat([tables[j].weight[ids[b, j]] for j in range(k)], -1)
+        if k > 1:
+            emb = emb @ model.aggregation_layer.weight.T + model.aggregation_layer.bias
+        x = torch.cat([model.cls_embedding.embedding_table.weight[labels[b]][None], emb[:-1]])
+        for layer in model.layers:
+            x = block(layer, x, torch.arange(n))
+        for i in range(n):
+            mini = torch.stack([x[i]] + [tables[j].weight[ids[b, j, i]] for j in range(k - 1)])
+            for layer in model.ar_head if k > 1 else []:
+                mini = block(layer, mini, torch.arange(k))
+            for j in range(k):
+                out[b, j, i] = model.output_heads[j].weight @ rms(mini[j], model.norm.weight)
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_forward_matches_plain_reference(k):
+    model = tiny_model(k)
+    ids, labels = random_ids(k, batch=2), torch.tensor([1, CLASSES])
+    with torch.no_grad():
+        logits = model(ids, labels).logits
+        expected = reference_logits(model, ids, labels)
+    assert logits.shape == (2, k, GRID**2, VOCAB) and logits.dtype == torch.float32
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_loss_is_mean_of_per_codebook_losses_and_skips_minus_100():
+    model = tiny_model(2)
+    ids, labels = random_ids(2), torch.tensor([0, 1, 2])
+    out = model(ids, labels, labels=ids)
+    ce = [F.cross_entropy(out.logits[:, j].reshape(-1, VOCAB), ids[:, j].reshape(-1)) for j in range(2)]
+    torch.testing.assert_close(out.loss, (ce[0] + ce[1]) / 2)
+    targets = ids.clone()
+    targets[:, 1, :4] = -100
+    kept = targets != -100
+    per_token = F.cross_entropy(out.logits.permute(0, 3, 1, 2), ids, reduction="none")
+    torch.testing.assert_close(model(ids, labels, labels=targets).loss, per_token[kept].mean())
+
+
+def test_predictions_depend_only_on_earlier_tokens():
+    model = tiny_model(3)
+    ids, labels = random_ids(3, batch=1), torch.tensor([2])
+    base = model(ids, labels).logits
+    j, i = 1, 4  # change sub-token 1 of position 4
+    changed = ids.clone()
+    changed[0, j, i] = (changed[0, j, i] + 1) % VOCAB
+    diff = (model(changed, labels).logits - base).abs().amax(-1)[0]  # (k, N)
+    affected = torch.zeros_like(diff, dtype=torch.bool)
+    affected[:, i + 1 :] = True  # every later position
+    affected[j + 1 :, i] = True  # later sub-tokens of the same position
+    assert torch.all(diff[~affected] == 0)
+    assert torch.all(diff[affected] > 0)
+
+
+def test_label_dropout_only_in_training():
+    model = tiny_model(2, class_dropout_prob=1.0, token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0)
+    ids = random_ids(2)
+    null = model(ids, torch.full((3,), CLASSES)).logits
+    assert not torch.allclose(model(ids, torch.tensor([0, 1, 2])).logits, null)
+    model.train()
+    torch.testing.assert_close(model(ids, torch.tensor([0, 1, 2])).logits, null)
+
+
+def test_forward_rejects_bad_input():
+    model = tiny_model(2)
+    ids, labels = random_ids(2), torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match="codebooks"):
+        model(ids[:, :1], labels)
+    with pytest.raises(ValueError, match="positions"):
+        model(torch.zeros(3, 2, GRID**2 + 1, dtype=torch.long), labels)
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 16\)"):
+        model(ids + VOCAB, labels)
+    with pytest.raises(ValueError, match="integer tensor"):
+        model(ids.float(), labels)
+    with pytest.raises(ValueError, match="class_labels must lie"):
+        model(ids, torch.tensor([0, 1, CLASSES + 1]))
+    with pytest.raises(ValueError, match="3 entries for a batch of 2"):
+        model(ids[:2], labels)
+
+
+# ---------------------------------------------------------------- sampling
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("settings", [dict(), dict(guidance_scale=3.0, temperature=0.8, top_k=10, top_p=0.9)])
+def test_cached_sampling_equals_full_recompute(k, settings):
+    model = tiny_model(k)
+    labels = [0, 3, CLASSES]
+    cached = model.sample(labels, generator=torch.Generator().manual_seed(0), **settings)
+    full = model.sample(labels, generator=torch.Generator().manual_seed(0), use_cache=False, **settings)
+    assert cached.shape == (3, k, GRID**2) and cached.dtype == torch.long
+    assert 0 <= int(cached.min()) and int(cached.max()) < VOCAB
+    assert torch.equal(cached, full)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_greedy_sampling_follows_teacher_forced_argmax(k):
+    model = tiny_model(k)
+    labels = torch.tensor([1, 2])
+    tokens = model.sample(labels, top_k=1)
+    assert torch.equal(tokens, model(tokens, labels).logits.argmax(-1))
+
+
+def test_same_seed_same_tokens():
+    model = tiny_model(2)
+    a = model.sample([0, 1], guidance_scale=2.0, generator=torch.Generator().manual_seed(7))
+    b = model.sample([0, 1], guidance_scale=2.0, generator=torch.Generator().manual_seed(7))
+    c = model.sample([0, 1], guidance_scale=2.0, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_guidance_formula_and_its_end_points():
+    cond, uncond = torch.randn(2, 5), torch.randn(2, 5)
+    both = torch.cat([cond, uncond])
+    assert torch.equal(guide(both, 1.0), cond)
+    torch.testing.assert_close(guide(both, 0.0), uncond)
+    torch.testing.assert_close(guide(both, 3.0), uncond + 3.0 * (cond - uncond))
+
+
+def test_guidance_one_is_unguided_and_zero_is_unconditional():
+    model = tiny_model(2)
+    labels = [0, 1, 2]
+
+    def run(scale, class_labels=labels):
+        return model.sample(class_labels, guidance_scale=scale, generator=torch.Generator().manual_seed(3))
+
+    assert torch.equal(run(1.0), model.sample(labels, generator=torch.Generator().manual_seed(3)))
+    # scale 0 goes through the batched [cond; null] pass and must reduce to the null class alone
+    assert torch.equal(run(0.0), run(1.0, [CLASSES] * 3))
+    assert not torch.equal(run(0.0), run(1.0))
+
+
+def test_guidance_sharpens_a_trained_class_preference():
+    """Train a tiny GPT on data where each class prefers one token; guidance must raise that preference."""
+    torch.manual_seed(0)
+    config = tiny_config(1, vocab_size=8, grid_size=2, num_hidden_layers=1, class_dropout_prob=0.2)
+    model = FARForClassConditionalGeneration(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        labels = torch.randint(0, CLASSES, (64,))
+        ids = torch.randint(0, 8, (64, 1, 4))
+        preferred = torch.rand(64, 1, 4) < 0.5
+        ids = torch.where(preferred, labels[:, None, None], ids)  # class c prefers token c
+        loss = model(ids, labels, labels=ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    labels = torch.arange(CLASSES).repeat(16)
+
+    def preferred_fraction(scale):
+        tokens = model.sample(labels, guidance_scale=scale, generator=torch.Generator().manual_seed(0))
+        return (tokens == labels[:, None, None]).float().mean().item()
+
+    fractions = [preferred_fraction(s) for s in (0.0, 1.0, 3.0)]
+    assert fractions[0] < 0.4 < fractions[1] < fractions[2]
+
+
+def test_linear_cfg_schedule_ramps_towards_the_scale(monkeypatch):
+    seen = []
+    real_guide = modeling_far.guide
+    monkeypatch.setattr(modeling_far, "guide", lambda logits, scale: seen.append(scale) or real_guide(logits, scale))
+    tiny_model(1).sample([0], guidance_scale=3.0, cfg_schedule="linear")
+    n = GRID**2
+    assert seen == pytest.approx([1 + 2.0 * (i + 1) / n for i in range(n)])
+
+
+def test_sample_rejects_bad_settings_before_any_work():
+    model = tiny_model(2)
+    for kwargs, message in [
+        (dict(guidance_scale=-1.0), "guidance_scale"),
+        (dict(top_k=VOCAB + 1), "top_k"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(cfg_schedule="cosine"), "cfg_schedule"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            model.sample([0], **kwargs)
+    with pytest.raises(ValueError, match="class_labels must lie"):
+        model.sample([CLASSES + 1])
+    with pytest.raises(TypeError, match="integer class ids"):
+        model.sample(torch.tensor([0.5]))
+
+
+def test_sample_reports_progress_and_restores_training_mode():
+    model = tiny_model(2).train()
+    steps = []
+    model.sample([0], callback=lambda i, tokens: steps.append(i))
+    assert steps == list(range(GRID**2)) and model.training
+
+
+# ---------------------------------------------------------------- serialisation
+
+
+def test_save_load_round_trip_is_exact_and_auto_classes_work(tmp_path):
+    model = tiny_model(2)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(loaded, FARForClassConditionalGeneration)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), FARConfig)
+    assert loaded.config.num_classes == CLASSES and loaded.config.num_codebooks == 2
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    seed = torch.Generator().manual_seed(5)
+    tokens = model.sample([1, 2], guidance_scale=2.0, generator=seed)
+    assert torch.equal(tokens, loaded.sample([1, 2], guidance_scale=2.0, generator=torch.Generator().manual_seed(5)))
+    assert isinstance(AutoModel.from_config(tiny_config(1)), FARForClassConditionalGeneration)
+
+
+def test_bf16_load_runs_and_agrees_with_fp32(tmp_path):
+    model = tiny_model(2)
+    model.save_pretrained(tmp_path)
+    bf16 = FARForClassConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
+    ids, labels = random_ids(2), torch.tensor([0, 1, 2])
+    logits = bf16(ids, labels).logits
+    assert logits.dtype == torch.float32
+    agree = (logits.argmax(-1) == model(ids, labels).logits.argmax(-1)).float().mean()
+    assert agree > 0.9
+    tokens = bf16.sample([0, 1], guidance_scale=2.0, top_k=5)
+    assert tokens.shape == (2, 2, GRID**2) and int(tokens.max()) < VOCAB

@@ -1,0 +1,179 @@
+"""MaskGIT-style generator: masked training objective and parallel decoding."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel
+
+from hf_vq.generators import MaskGITConfig, MaskGITForClassConditionalGeneration
+from hf_vq.generators.sampling import masking_schedule
+
+VOCAB, CLASSES, GRID = 16, 4, 4
+N = GRID**2
+
+
+def tiny_model(k: int = 2, seed: int = 0, **overrides) -> MaskGITForClassConditionalGeneration:
+    torch.manual_seed(seed)
+    kwargs = dict(
+        vocab_size=VOCAB,
+        num_codebooks=k,
+        num_classes=CLASSES,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        grid_size=GRID,
+    )
+    return MaskGITForClassConditionalGeneration(MaskGITConfig(**{**kwargs, **overrides})).eval()
+
+
+def random_ids(k: int = 2, batch: int = 3) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, k, N), generator=torch.Generator().manual_seed(1))
+
+
+def test_layout_has_a_mask_row_per_table():
+    model = tiny_model(2)
+    keys = set(model.state_dict())
+    assert {"tok_embeddings_1.weight", "tok_embeddings_2.weight", "aggregation_layer.weight", "output_2.weight"} <= keys
+    assert model.tok_embeddings_1.weight.shape == (VOCAB + 1, 32)
+    assert model.output_1.weight.shape == (VOCAB, 32)
+    assert model.config.mask_token == VOCAB
+
+
+def test_masking_schedule_is_cosine_and_strictly_decreasing():
+    assert masking_schedule(16, 5) == [15, 12, 9, 4, 0]
+    assert masking_schedule(3, 6) == [2, 1, 1, 1, 1, 0]  # more steps than tokens: one stays masked till the end
+    assert masking_schedule(7, 1) == [0]
+
+
+def test_random_mask_counts_follow_the_cosine_law():
+    model = tiny_model()
+    mask = model.random_mask(4000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    counts = mask.sum(1)
+    assert counts.min() >= 1 and counts.max() <= N
+    # ceil(cos(pi r / 2) N) with r ~ U[0, 1): E[count] = N * 2 / pi (+ ~0.5 for the ceiling)
+    assert abs(counts.float().mean().item() - (N * 2 / math.pi + 0.5)) < 0.3
+
+
+def test_loss_is_label_smoothed_cross_entropy_on_masked_positions_only():
+    model = tiny_model(2)
+    ids, labels = random_ids(), torch.tensor([0, 1, CLASSES])
+    masked = torch.zeros(3, N, dtype=torch.bool)
+    masked[:, :5] = True
+    out = model(ids, labels, masked_positions=masked)
+    assert out.logits.shape == (3, 2, N, VOCAB)
+    logits = model.predict(ids.masked_fill(masked[:, None], VOCAB), labels)
+    torch.testing.assert_close(out.logits, logits)
+    expected = torch.stack(
+        [
+            F.cross_entropy(logits[:, j, :5].reshape(-1, VOCAB), ids[:, j, :5].reshape(-1), label_smoothing=0.1)
+            for j in range(2)
+        ]
+    ).mean()
+    torch.testing.assert_close(out.loss, expected)
+    # a masked position's true ids are hidden from the model: changing them leaves every logit as it was
+    changed = ids.clone()
+    changed[:, :, 0] = (changed[:, :, 0] + 1) % VOCAB
+    assert torch.equal(model(changed, labels, masked_positions=masked).logits, out.logits)
+
+
+def test_attention_is_bidirectional():
+    model = tiny_model(2)
+    ids, labels = random_ids(batch=1), torch.tensor([1])
+    base = model.predict(ids, labels)
+    changed = ids.clone()
+    changed[0, 0, -1] = (changed[0, 0, -1] + 1) % VOCAB
+    assert (model.predict(changed, labels) - base)[:, :, 0].abs().max() > 0  # the first position sees the last
+
+
+def test_training_forward_backpropagates():
+    model = tiny_model(2).train()
+    out = model(random_ids(), torch.tensor([0, 1, 2]), generator=torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert out.masked_positions.any(1).all()
+    assert model.tok_embeddings_2.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_sample_shape_range_and_all_positions_filled(k):
+    tokens = tiny_model(k).sample([0, 2, CLASSES], num_steps=4, guidance_scale=2.0, top_k=8, top_p=0.9)
+    assert tokens.shape == (3, k, N) and tokens.dtype == torch.long
+    assert int(tokens.min()) >= 0 and int(tokens.max()) < VOCAB  # no mask token left
+
+
+def test_same_seed_same_tokens():
+    model = tiny_model()
+    a = model.sample([0, 1], generator=torch.Generator().manual_seed(4))
+    b = model.sample([0, 1], generator=torch.Generator().manual_seed(4))
+    c = model.sample([0, 1], generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_revealed_positions_follow_the_schedule_and_are_never_masked_again():
+    model = tiny_model(2)
+    states = []
+    model.sample([0, 3], num_steps=6, guidance_scale=1.5, callback=lambda step, tokens: states.append(tokens.clone()))
+    assert len(states) == 6
+    previous = None
+    for state, expected_masked in zip(states, masking_schedule(N, 6), strict=True):
+        masked = state == VOCAB
+        assert torch.equal(masked[:, 0], masked[:, 1])  # whole positions, all sub-tokens together
+        assert masked[:, 0].sum(1).tolist() == [expected_masked] * 2
+        if previous is not None:
+            known = previous != VOCAB
+            assert torch.equal(state[known], previous[known])
+        previous = state
+
+
+def test_guidance_one_is_unguided_and_zero_is_unconditional():
+    model = tiny_model(2)
+
+    def run(scale, labels=(0, 1)):
+        return model.sample(list(labels), num_steps=4, guidance_scale=scale, generator=torch.Generator().manual_seed(2))
+
+    assert torch.equal(run(1.0), model.sample([0, 1], num_steps=4, generator=torch.Generator().manual_seed(2)))
+    assert torch.equal(run(0.0), run(1.0, (CLASSES, CLASSES)))
+    assert not torch.equal(run(0.0), run(1.0))
+
+
+def test_sample_rejects_bad_settings():
+    model = tiny_model()
+    for kwargs, message in [
+        (dict(num_steps=0), "num_steps"),
+        (dict(choice_temperature=-1.0), "choice_temperature"),
+        (dict(guidance_scale=-0.5), "guidance_scale"),
+        (dict(top_k=VOCAB + 1), "top_k"),
+        (dict(top_p=0.0), "top_p"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            model.sample([0], **kwargs)
+    with pytest.raises(ValueError, match="class_labels must lie"):
+        model.sample([-1])
+
+
+def test_forward_rejects_bad_input():
+    model = tiny_model()
+    ids, labels = random_ids(), torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match="positions"):
+        model(ids[:, :, :-1], labels)
+    with pytest.raises(ValueError, match="input_ids must lie"):
+        model(ids.masked_fill(ids == 0, VOCAB), labels)
+    with pytest.raises(ValueError, match="masked_positions"):
+        model(ids, labels, masked_positions=torch.ones(3, N))
+
+
+def test_save_load_round_trip_and_auto_model(tmp_path):
+    model = tiny_model(2)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(loaded, MaskGITForClassConditionalGeneration)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    seed = 9
+    assert torch.equal(
+        model.sample([1], generator=torch.Generator().manual_seed(seed)),
+        loaded.sample([1], generator=torch.Generator().manual_seed(seed)),
+    )
+    bf16 = MaskGITForClassConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert bf16.sample([1, 2], num_steps=3).shape == (2, 2, N)
