@@ -14,6 +14,33 @@ def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
 
 
+def conv_layout(x: torch.Tensor) -> torch.Tensor:
+    """x in the memory layout its device convolves fastest: channels-last on CPU, unchanged elsewhere."""
+    # oneDNN convolves NCHW tensors by reordering them to a blocked layout and back around every conv;
+    # channels-last skips both copies (about 1.4x faster convs at 256 px) and every op downstream keeps it.
+    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
+
+
+# Row j: which taps (0, 1, 2) of a 3-tap kernel add up to tap j of the equal 4-tap transposed kernel.
+_NEAREST_FOLD = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
+
+
+def fold_nearest_upsample(weight: torch.Tensor) -> torch.Tensor:
+    """(O, I, 3, 3) kernel of a conv applied after nearest x2 upsampling -> the equal stride-2 transposed-conv kernel.
+
+    Along each axis an even output pixel sees the previous input pixel through tap 0 and its own through taps
+    1 and 2; an odd one its own through taps 0 and 1 and the next through tap 2. With padding 1 that is the
+    4-tap transposed kernel [w2, w1 + w2, w0 + w1, w0]; returned as (I, O, 4, 4).
+    """
+    out_channels, in_channels = weight.shape[:2]
+    fold = torch.tensor(_NEAREST_FOLD, dtype=weight.dtype, device=weight.device)
+    # One (O*I, 9) x (9, 16) product: slicing the 3x3 taps apart is ~10x slower. Outside autocast, so the taps
+    # are summed in the weights' own precision before any cast.
+    with torch.autocast(weight.device.type, enabled=False):
+        kernel = weight.reshape(out_channels * in_channels, 9) @ torch.kron(fold, fold).t()
+    return kernel.view(out_channels, in_channels, 4, 4).transpose(0, 1)
+
+
 class ResnetBlock(nn.Module):
     """Pre-activation residual block with an optional 1x1 shortcut when the width changes."""
 
@@ -27,11 +54,14 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        if self.nin_shortcut is not None:
-            x = self.nin_shortcut(x)
-        return x + h
+        # At 256 px an activation is tens of MB: rebinding h frees each one as soon as the next exists, and
+        # in-place ops (only on tensors made here; autograd keeps what it needs) skip fresh allocations, each
+        # of which costs page faults on CPU. At most three activations are alive at once.
+        h = F.silu(self.norm1(x), inplace=True)
+        h = self.conv1(h)
+        h = F.silu(self.norm2(h), inplace=True)
+        h = self.conv2(self.dropout(h))
+        return h.add_(x if self.nin_shortcut is None else self.nin_shortcut(x))
 
 
 class AttnBlock(nn.Module):
@@ -49,10 +79,12 @@ class AttnBlock(nn.Module):
         b, c, h, w = x.shape
         y = self.norm(x)
         # (B, 1, HW, C): one head over all channels, so SDPA's default scale C^-0.5 is the official one.
-        q, k, v = (proj(y).flatten(2).transpose(1, 2).unsqueeze(1) for proj in (self.q, self.k, self.v))
+        # Channels last, so SDPA's fused kernels apply; from a channels-last map these are views.
+        q, k, v = (proj(y).permute(0, 2, 3, 1).reshape(b, 1, h * w, c) for proj in (self.q, self.k, self.v))
         y = F.scaled_dot_product_attention(q, k, v)
-        y = y.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
-        return x + self.proj_out(y)
+        # Back to (B, C, H, W) as a channels-last view, so the layout survives the block.
+        y = y.reshape(b, h, w, c).permute(0, 3, 1, 2)
+        return self.proj_out(y).add_(x)
 
 
 class Downsample(nn.Module):
@@ -67,14 +99,14 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest x2 then a 3x3 conv."""
+    """Nearest x2 then a 3x3 conv, run as one stride-2 transposed conv: 16 instead of 36 multiply-adds per pixel."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return F.conv_transpose2d(x, fold_nearest_upsample(self.conv.weight), self.conv.bias, stride=2, padding=1)
 
 
 class _Level(nn.Module):
@@ -99,19 +131,18 @@ def _mid(channels: int, dropout: float) -> nn.ModuleList:
 
 
 class _CheckpointedTrunk(nn.Module):
-    """Runs a list of blocks, through activation checkpointing when enabled by diffusers."""
+    """Runs blocks one at a time, through activation checkpointing when enabled by diffusers."""
 
     def __init__(self):
         super().__init__()
         self.gradient_checkpointing = False
 
-    def _run(self, blocks: Sequence[nn.Module], h: torch.Tensor) -> torch.Tensor:
-        for block in blocks:
-            if self.gradient_checkpointing and torch.is_grad_enabled():
-                h = self._gradient_checkpointing_func(block, h)
-            else:
-                h = block(h)
-        return h
+    def _block(self, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        # Called once per block from the forward loops (not over a list): a caller holding a level's input
+        # keeps one more full-resolution activation alive for the whole level.
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return self._gradient_checkpointing_func(block, h)
+        return block(h)
 
 
 class EncoderTrunk(_CheckpointedTrunk):
@@ -140,12 +171,15 @@ class EncoderTrunk(_CheckpointedTrunk):
         self.out_channels = block_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
+        h = self.conv_in(conv_layout(x))
         for level in self.conv_blocks:
-            h = self._run(level.blocks(), h)
+            for block in level.blocks():
+                h = self._block(block, h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
-        return self._run(self.mid, h)
+        for block in self.mid:
+            h = self._block(block, h)
+        return h
 
 
 class Decoder(_CheckpointedTrunk):
@@ -177,9 +211,13 @@ class Decoder(_CheckpointedTrunk):
         self.conv_out = nn.Conv2d(block_in, out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self._run(self.mid, self.conv_in(z))
+        h = self.conv_in(conv_layout(z))
+        for block in self.mid:
+            h = self._block(block, h)
         for level in self.conv_blocks:
-            h = self._run(level.blocks(), h)
+            for block in level.blocks():
+                h = self._block(block, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        # Images leave in the standard layout, so callers can `.view` them.
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True)).contiguous()
