@@ -35,7 +35,7 @@ from hf_vq.training.checkpointing import (
     start_run,
 )
 from hf_vq.training.data import ImageTransform, collate, load_image_dataset, with_image_transform
-from hf_vq.utils import save_pretrained_atomic
+from hf_vq.utils import push_folder, save_pretrained_atomic
 from hf_vq.training.losses import LPIPS, LPIPS_DOWNLOAD_HINT, PatchGANDiscriminator, hinge_d_loss, hinge_g_loss
 
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> FQGANTokenizer:
     run_identity = {"tokenizer_config": model_config, "dataset": args.dataset, "resolution": args.resolution}
 
     # ---- everything that can fail on bad input fails here, before any training work
-    resume = prepare_run_dir(output_dir, run_identity, args.resume_from_checkpoint)
+    resume = prepare_run_dir(output_dir, run_identity, args.resume_from_checkpoint, args.push_to_hub)
     if args.perceptual_weight > 0 and not (args.vgg16_path and args.lpips_path):
         raise SystemExit(f"--perceptual_weight {args.perceptual_weight} needs LPIPS weights. {LPIPS_DOWNLOAD_HINT}")
     set_seed(args.seed)
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> FQGANTokenizer:
     if accelerator.is_main_process:
         save_pretrained_atomic(final, output_dir / "tokenizer")
         if args.push_to_hub:
-            final.push_to_hub(args.hub_model_id or output_dir.name)
+            push_folder(output_dir / "tokenizer", args.hub_model_id or output_dir.name, message="Upload tokenizer")
         accelerator.print(f"saved {output_dir / 'tokenizer'} after {global_step} steps "
                           f"({(time.monotonic() - start) / 60:.1f} min)")
     accelerator.end_training()

@@ -31,3 +31,39 @@ def imagefolder(tmp_path):
         for i in range(8):
             Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(tmp_path / "data" / label / f"{i}.png")
     return tmp_path / "data"
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    """Stand-in for the Hub: a token is configured, and repo creation and uploads are recorded, not sent."""
+    import huggingface_hub
+
+    calls = []
+
+    class Repo:
+        def __init__(self, repo_id):
+            self.repo_id = repo_id
+
+    def create_repo(repo_id, private=False, exist_ok=False, **kwargs):
+        calls.append(("create", repo_id, private))
+        return Repo(repo_id)
+
+    def upload_folder(repo_id, folder_path, commit_message=None, **kwargs):
+        calls.append(("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+        return f"https://huggingface.co/{repo_id}/commit/0"
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    monkeypatch.setattr(huggingface_hub, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
+    return calls
+
+
+@pytest.fixture
+def no_hub_token(monkeypatch, tmp_path):
+    """No token in the environment or on disk."""
+    from huggingface_hub import constants
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-stored-tokens"))

@@ -54,3 +54,17 @@ def test_bad_runs_fail_before_training(tmp_path, imagefolder):
     (tmp_path / "x").mkdir()
     with pytest.raises(ValueError, match="broken.png"):
         run(tmp_path / "x", imagefolder, "--max_train_steps", "1")
+
+
+def test_push_to_hub_uploads_the_final_tokenizer(tmp_path, imagefolder, fake_hub):
+    run(tmp_path, imagefolder, "--max_train_steps", "1", "--push_to_hub", "--hub_model_id", "me/tiny-fqgan")
+    assert fake_hub[0] == ("create", "me/tiny-fqgan", False)
+    kind, repo, files = fake_hub[1]
+    assert (kind, repo) == ("upload", "me/tiny-fqgan")
+    assert {"config.json", "diffusion_pytorch_model.safetensors"} <= set(files)
+
+
+def test_push_to_hub_without_a_token_fails_before_training(tmp_path, imagefolder, no_hub_token):
+    with pytest.raises(ValueError, match="needs a Hugging Face token"):
+        run(tmp_path, imagefolder, "--max_train_steps", "1", "--push_to_hub")
+    assert not (tmp_path / "out").exists()

@@ -53,3 +53,14 @@ def test_generator_training_ends_with_a_pipeline(codes, kind):
         config.write_text(json.dumps({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                                       "vocab_size": 99}))
         generator_training.main(kind, args[:-2] + ["--output_dir", str(codes / "other")])
+
+
+def test_push_to_hub_uploads_the_pipeline(codes, fake_hub):
+    config = codes / "model.json"
+    config.write_text(json.dumps({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}))
+    args = ["--codes_dir", str(codes / "codes"), "--tokenizer", str(codes / "tok"), "--model_config", str(config),
+            "--output_dir", str(codes / "far"), "--train_batch_size", "4", "--max_train_steps", "1",
+            "--report_to", "none", "--push_to_hub"]
+    generator_training.main("far", args)
+    assert fake_hub == [("create", "far", False), ("upload", "far", fake_hub[1][2])]
+    assert {"model_index.json", "vqvae", "transformer"} <= set(fake_hub[1][2])

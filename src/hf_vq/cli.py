@@ -90,12 +90,9 @@ def assemble(args: argparse.Namespace) -> None:
 
 def push(args: argparse.Namespace) -> None:
     """Upload a saved folder (pipeline, tokenizer or generator) to the Hub."""
-    from huggingface_hub import create_repo, upload_folder
+    from .utils import push_folder
 
-    if not Path(args.folder).is_dir():
-        raise SystemExit(f"no such folder: {args.folder}")
-    create_repo(args.repo_id, private=args.private, exist_ok=True)
-    url = upload_folder(repo_id=args.repo_id, folder_path=args.folder, commit_message=args.message)
+    url = push_folder(args.folder, args.repo_id, private=args.private, message=args.message)
     print(f"pushed {args.folder} to {url}")
 
 

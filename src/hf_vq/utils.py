@@ -35,3 +35,26 @@ def save_pretrained_atomic(obj, path: str | os.PathLike) -> Path:
     with atomic_directory(path) as tmp:
         obj.save_pretrained(tmp)
     return Path(path)
+
+
+def require_hub_token() -> None:
+    """Fail fast (before any training) when a run asks to push to the Hub but no token is configured."""
+    from huggingface_hub import get_token
+
+    if get_token() is None:
+        raise ValueError(
+            "--push_to_hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN, "
+            "or drop --push_to_hub and upload later with `hf-vq push FOLDER REPO_ID`."
+        )
+
+
+def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False,
+                message: str = "Upload with hf-vq") -> str:
+    """Create `repo_id` if needed and upload a saved folder (model card included) as one commit; returns its URL."""
+    from huggingface_hub import create_repo, upload_folder
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such folder: {folder}")
+    repo_id = create_repo(repo_id, private=private, exist_ok=True).repo_id
+    return str(upload_folder(repo_id=repo_id, folder_path=folder, commit_message=message))

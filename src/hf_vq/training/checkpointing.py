@@ -13,6 +13,8 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 
+from ..utils import require_hub_token
+
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 RUN_FILE = "run_config.json"
 
@@ -34,13 +36,17 @@ def checkpoint_step(path: str | os.PathLike) -> int:
     return int(match.group(1))
 
 
-def prepare_run_dir(output_dir: str | os.PathLike, run_identity: dict, resume: str | None) -> Path | None:
+def prepare_run_dir(
+    output_dir: str | os.PathLike, run_identity: dict, resume: str | None, push_to_hub: bool = False
+) -> Path | None:
     """Check the output folder belongs to this run and resolve `resume` ("latest" or a path) to a checkpoint.
 
     Raises before any work when the folder holds a different run, when it holds checkpoints but no resume was
-    asked for, or when the resume path does not exist. Writes the run identity on a fresh folder.
+    asked for, when the resume path does not exist, or when a Hub push is asked for without a token. Writes the run identity on a fresh folder.
     """
     root = Path(output_dir)
+    if push_to_hub:
+        require_hub_token()
     run_file = root / RUN_FILE
     if run_file.exists():
         previous = json.loads(run_file.read_text())

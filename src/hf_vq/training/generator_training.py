@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..generators import FARConfig, FARForClassConditionalGeneration, MaskGITConfig, MaskGITForClassConditionalGeneration
 from ..pipelines import FQGANPipeline
 from ..tokenizers import FQGANTokenizer
-from ..utils import save_pretrained_atomic
+from ..utils import push_folder, save_pretrained_atomic
 from .checkpointing import (
     add_run_arguments,
     batches_from,
@@ -101,7 +101,7 @@ def main(kind: str, argv: list[str] | None = None) -> torch.nn.Module:
             raise ValueError(f"--model_config sets {name}={model_kwargs[name]} but the codes/tokenizer give {value}")
     config = config_cls(**model_kwargs)
     run_identity = {"kind": kind, "model_config": model_kwargs, "codes_dir": str(args.codes_dir)}
-    resume = prepare_run_dir(output_dir, run_identity, args.resume_from_checkpoint)
+    resume = prepare_run_dir(output_dir, run_identity, args.resume_from_checkpoint, args.push_to_hub)
 
     accelerator = start_run(args, f"train_{kind}", run_identity)
 
@@ -180,7 +180,7 @@ def main(kind: str, argv: list[str] | None = None) -> torch.nn.Module:
     if accelerator.is_main_process:
         save_pretrained_atomic(pipe, pipe_dir)
         if args.push_to_hub:
-            pipe.push_to_hub(args.hub_model_id or output_dir.name)
+            push_folder(pipe_dir, args.hub_model_id or output_dir.name, message="Upload FQGANPipeline")
         accelerator.print(f"saved {pipe_dir} after {global_step} steps ({(time.monotonic() - start) / 60:.1f} min)")
     accelerator.end_training()
     return pipe.transformer
