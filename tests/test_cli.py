@@ -41,3 +41,12 @@ def test_reconstruct(tmp_path, capsys):
     assert "tokens (1, 2, 4, 4)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no such image"):
         main(["reconstruct", "--tokenizer", str(tmp_path / "tok"), "--image", str(tmp_path / "missing.png")])
+
+
+def test_push_uploads_a_saved_folder(pipe_dir, tmp_path, fake_hub, capsys):
+    main(["push", str(pipe_dir), "me/fmnist-pipe", "--private"])
+    assert fake_hub[0] == ("create", "me/fmnist-pipe", True)
+    assert {"model_index.json", "vqvae", "transformer"} <= set(fake_hub[1][2])
+    assert "pushed" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no such folder"):
+        main(["push", str(tmp_path / "missing"), "me/x"])
