@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from conftest import load_script
+from conftest import ROOT, load_script
 from hf_vq import FQGANTokenizer
 from hf_vq.training.checkpointing import list_checkpoints
 
@@ -16,10 +16,10 @@ TINY = dict(
 )
 
 
-def run(tmp_path, data, *extra, config=TINY):
+def run(tmp_path, data, *extra, config=TINY, resolution=8):
     cfg = tmp_path / "tok.json"
     cfg.write_text(json.dumps(config))
-    args = ["--tokenizer_config", str(cfg), "--dataset", str(data), "--resolution", "8", "--output_dir",
+    args = ["--tokenizer_config", str(cfg), "--dataset", str(data), "--resolution", str(resolution), "--output_dir",
             str(tmp_path / "out"), "--perceptual_weight", "0", "--train_batch_size", "4", "--report_to", "none",
             "--disc_start", "2", "--disc_channels", "8", "--disc_layers", "1", "--logging_steps", "1", *extra]
     train_fqgan.main(args)
@@ -68,3 +68,36 @@ def test_push_to_hub_without_a_token_fails_before_training(tmp_path, imagefolder
     with pytest.raises(ValueError, match="needs a Hugging Face token"):
         run(tmp_path, imagefolder, "--max_train_steps", "1", "--push_to_hub")
     assert not (tmp_path / "out").exists()
+
+
+TOKENIZER_CONFIGS = sorted(p for p in (ROOT / "examples" / "configs").glob("fmnist_*.json")
+                           if "z_channels" in json.loads(p.read_text()))
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    """A random ViT as wide as the Fashion-MNIST teacher (128), standing in for outputs/fmnist-teacher."""
+    from transformers import ViTConfig, ViTModel
+
+    path = tmp_path_factory.mktemp("teacher")
+    ViTModel(ViTConfig(hidden_size=128, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                       image_size=28, patch_size=7, num_channels=1)).save_pretrained(path)
+    return path
+
+
+def test_every_tokenizer_kind_has_a_fashion_mnist_config():
+    kinds = set()
+    for path in TOKENIZER_CONFIGS:
+        config = json.loads(path.read_text())
+        kinds.add((config.get("quantizer_type", "vq"), config["num_codebooks"]))
+    assert {("vq", 1), ("vq", 2), ("vq", 3), ("fsq", 1), ("lfq", 1)} <= kinds
+
+
+@pytest.mark.parametrize("config_path", TOKENIZER_CONFIGS, ids=lambda p: p.stem)
+def test_fashion_mnist_configs_train(tmp_path, imagefolder, tiny_teacher, config_path):
+    config = json.loads(config_path.read_text())
+    teachers = ["none" if t is None else str(tiny_teacher)
+                for t in config.get("teacher_models") or [None] * config["num_codebooks"]]
+    out = run(tmp_path, imagefolder, "--max_train_steps", "2", "--teachers", *teachers, config=config, resolution=28)
+    model = FQGANTokenizer.from_pretrained(out / "tokenizer")
+    assert model.tokenize(torch.zeros(1, 1, 28, 28)).shape == (1, config["num_codebooks"], 7, 7)

@@ -61,6 +61,8 @@ class FrozenTeacher(nn.Module):
             pass  # no preprocessor_config.json: keep the CLIP statistics
         size = model.config.image_size
         channels = getattr(model.config, "num_channels", 3)
+        if len(mean) != channels:  # e.g. a grayscale ViT saved without a preprocessor config
+            mean, std = (0.5,) * channels, (0.5,) * channels
         return cls(model, image_size=size if isinstance(size, int) else size[0], image_mean=mean, image_std=std,
                    num_channels=channels)
 
