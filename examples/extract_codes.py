@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from hf_vq import FQGANTokenizer
-from hf_vq.utils import atomic_directory
 from hf_vq.training.data import ImageTransform, collate, id2label_from_dataset, load_image_dataset, with_image_transform
+from hf_vq.utils import atomic_directory
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

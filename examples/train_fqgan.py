@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 
 from hf_vq import FQGANTokenizer, FrozenTeacher
 from hf_vq.training.checkpointing import (
+    RunMeter,
     add_run_arguments,
     batches_from,
     prepare_run_dir,
@@ -35,8 +35,8 @@ from hf_vq.training.checkpointing import (
     start_run,
 )
 from hf_vq.training.data import ImageTransform, collate, load_image_dataset, with_image_transform
-from hf_vq.utils import push_folder, save_pretrained_atomic
 from hf_vq.training.losses import LPIPS, LPIPS_DOWNLOAD_HINT, PatchGANDiscriminator, hinge_d_loss, hinge_g_loss
+from hf_vq.utils import push_folder, save_pretrained_atomic
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> FQGANTokenizer:
     unwrapped_disc = accelerator.unwrap_model(disc)
 
     global_step = resume_step(accelerator, resume)
-    start = time.monotonic()
+    samples_per_step = args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+    meter = RunMeter(args.max_minutes, samples_per_step)
     progress = tqdm(total=args.max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
                     desc="train_fqgan")
     model.train()
@@ -217,6 +218,7 @@ def main(argv: list[str] | None = None) -> FQGANTokenizer:
             continue
         global_step += 1
         progress.update(1)
+        meter.step()
         if ema is not None:
             ema.step(model.parameters())
         if global_step % args.logging_steps == 0:
@@ -227,9 +229,8 @@ def main(argv: list[str] | None = None) -> FQGANTokenizer:
                     logs[f"{i}/usage"] = float(usage)
             logs["lr"] = sched_g.get_last_lr()[0]
             progress.set_postfix(loss=f"{logs['loss']:.4f}", rec=f"{logs['reconstruction_loss']:.4f}")
-            accelerator.log(logs, step=global_step)
-        timed_out = args.max_minutes is not None and time.monotonic() - start > 60 * args.max_minutes
-        done = global_step >= args.max_train_steps or timed_out
+            accelerator.log(meter.log(logs), step=global_step)
+        done = global_step >= args.max_train_steps or meter.timed_out()
         if global_step % args.checkpointing_steps == 0 or done:
             save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
         if accelerator.is_main_process and (global_step % args.validation_steps == 0 or done):
@@ -247,8 +248,8 @@ def main(argv: list[str] | None = None) -> FQGANTokenizer:
         save_pretrained_atomic(final, output_dir / "tokenizer")
         if args.push_to_hub:
             push_folder(output_dir / "tokenizer", args.hub_model_id or output_dir.name, message="Upload tokenizer")
-        accelerator.print(f"saved {output_dir / 'tokenizer'} after {global_step} steps "
-                          f"({(time.monotonic() - start) / 60:.1f} min)")
+        summary = meter.write_summary(output_dir, global_step, accelerator.device)
+        accelerator.print(f"saved {output_dir / 'tokenizer'} after {global_step} steps; {summary}")
     accelerator.end_training()
     return final
 

@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+from test_pipeline import LABELS, far, tokenizer
 
 from hf_vq import FQGANPipeline
 from hf_vq.cli import main
-from test_pipeline import LABELS, far, tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from datasets import ClassLabel, Dataset, Features, Value
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from hf_vq.training import data as data_module
 from hf_vq.training import (
     FASHION_MNIST_LABELS,
     ImageTransform,
@@ -17,6 +16,7 @@ from hf_vq.training import (
     load_image_dataset,
     with_image_transform,
 )
+from hf_vq.training import data as data_module
 
 FMNIST_PRESENT = all(
     (data_module.FASHION_MNIST_DIR / f"{prefix}-{kind}-ubyte.gz").is_file()

@@ -8,7 +8,6 @@ import sys
 import textwrap
 
 import torch
-
 from conftest import ROOT
 from test_pipeline import tokenizer
 from test_train_fqgan import TINY

@@ -10,11 +10,11 @@ import sys
 import time
 
 import torch
-from safetensors.torch import load_file
-
 from conftest import ROOT
-from hf_vq.training.checkpointing import list_checkpoints
+from safetensors.torch import load_file
 from test_train_fqgan import TINY
+
+from hf_vq.training.checkpointing import list_checkpoints
 
 
 def command(tmp_path, data, out, steps: int) -> list[str]:

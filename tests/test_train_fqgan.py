@@ -2,10 +2,10 @@ import json
 
 import pytest
 import torch
-
 from conftest import ROOT, load_script
+
 from hf_vq import FQGANTokenizer
-from hf_vq.training.checkpointing import list_checkpoints
+from hf_vq.training.checkpointing import RunMeter, list_checkpoints
 
 train_fqgan = load_script("train_fqgan")
 
@@ -33,6 +33,9 @@ def test_trains_saves_and_resumes(tmp_path, imagefolder):
     assert (out / "samples" / "step-0000002.png").exists()
     model = FQGANTokenizer.from_pretrained(out / "tokenizer")
     assert model.tokenize(torch.zeros(1, 1, 8, 8)).shape == (1, 2, 4, 4)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["global_step"] == 3 and summary["peak_memory_mib"] > 0
+    assert {"reconstruction_loss", "loss", "0/usage"} <= set(summary["last_logs"])
     # a finished run resumes to the same final step without training further
     run(tmp_path, imagefolder, "--max_train_steps", "5", "--checkpointing_steps", "2", "--validation_steps", "100",
         "--use_ema", "--gradient_accumulation_steps", "2", "--resume_from_checkpoint", "latest",
@@ -101,3 +104,14 @@ def test_fashion_mnist_configs_train(tmp_path, imagefolder, tiny_teacher, config
     out = run(tmp_path, imagefolder, "--max_train_steps", "2", "--teachers", *teachers, config=config, resolution=28)
     model = FQGANTokenizer.from_pretrained(out / "tokenizer")
     assert model.tokenize(torch.zeros(1, 1, 28, 28)).shape == (1, config["num_codebooks"], 7, 7)
+
+
+def test_run_meter_counts_samples_after_warmup():
+    meter = RunMeter(max_minutes=None, samples_per_step=8, warmup_steps=2)
+    for _ in range(2):
+        meter.step()
+    assert meter.samples_per_second() is None
+    meter.step()
+    assert meter.samples_per_second() > 0 and not meter.timed_out()
+    assert RunMeter(max_minutes=0, samples_per_step=1).timed_out()
+    assert meter.log({"loss": 1.0})["samples_per_second"] > 0 and meter.last_logs == {"loss": 1.0}

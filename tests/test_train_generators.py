@@ -2,13 +2,13 @@ import json
 
 import pytest
 import torch
+from conftest import load_script
 from datasets import load_from_disk
+from test_pipeline import tokenizer
 
 from hf_vq import FQGANPipeline
 from hf_vq.training import generator_training
 from hf_vq.training.checkpointing import list_checkpoints
-from test_pipeline import tokenizer
-from conftest import load_script
 
 extract_codes = load_script("extract_codes")
 
@@ -45,6 +45,7 @@ def test_generator_training_ends_with_a_pipeline(codes, kind):
     pipe_dir = codes / kind / "pipeline"
     assert [p.name for p in list_checkpoints(codes / kind)] == ["checkpoint-2", "checkpoint-3"]
     assert (codes / kind / "samples" / "step-0000002.png").exists()
+    assert json.loads((codes / kind / "train_summary.json").read_text())["global_step"] == 3
     pipe = FQGANPipeline.from_pretrained(pipe_dir)
     assert pipe.get_label_ids(["b"]) == [1]
     images = pipe(["a"], num_images_per_label=2, num_inference_steps=2, output_type="pt").images

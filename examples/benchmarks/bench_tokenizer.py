@@ -104,7 +104,7 @@ def official_model(root: Path, ours: FQGANTokenizer) -> nn.Module:
         from tokenizer.tokenizer_image.vq_model import Decoder, Encoder, ModelArgs
         from tokenizer.tokenizer_image.vq_model import VQModel as OfficialVQModel
     except ImportError as e:
-        raise SystemExit(f"cannot import the official LlamaGen tokenizer from --official-root {root}: {e}")
+        raise SystemExit(f"cannot import the official LlamaGen tokenizer from --official-root {root}: {e}") from e
     cfg = ours.config
     mult = list(cfg.channel_multipliers)
     model = OfficialVQModel(

@@ -127,7 +127,9 @@ class _Level(nn.Module):
 
 
 def _mid(channels: int, dropout: float) -> nn.ModuleList:
-    return nn.ModuleList([ResnetBlock(channels, channels, dropout), AttnBlock(channels), ResnetBlock(channels, channels, dropout)])
+    return nn.ModuleList(
+        [ResnetBlock(channels, channels, dropout), AttnBlock(channels), ResnetBlock(channels, channels, dropout)]
+    )
 
 
 class _CheckpointedTrunk(nn.Module):

@@ -188,7 +188,10 @@ class FQGANTokenizer(ModelMixin, ConfigMixin):
         elif quantizer_type == "fsq":
             quantizer_kwargs = dict(levels=fsq_levels)
         self.quantize = FactorizedQuantizer(
-            [build_quantizer(quantizer_type, codebook_size, codebook_embed_dim, **quantizer_kwargs) for _ in range(num_codebooks)],
+            [
+                build_quantizer(quantizer_type, codebook_size, codebook_embed_dim, **quantizer_kwargs)
+                for _ in range(num_codebooks)
+            ],
             disentanglement_ratio=disentanglement_ratio,
         )
         code_dim = self.quantize.codebooks[0].dim
@@ -249,7 +252,9 @@ class FQGANTokenizer(ModelMixin, ConfigMixin):
         if indices.ndim != 4 or indices.shape[1] != k:
             raise ValueError(f"indices must be (B, {k}, h, w), got shape {tuple(indices.shape)}")
         if self.has_adapters and tuple(indices.shape[2:]) != (self.grid_size, self.grid_size):
-            raise ValueError(f"indices must be on the {self.grid_size}x{self.grid_size} grid, got {tuple(indices.shape[2:])}")
+            raise ValueError(
+                f"indices must be on the {self.grid_size}x{self.grid_size} grid, got {tuple(indices.shape[2:])}"
+            )
 
     # ------------------------------------------------------------------ API
     def encode(self, pixel_values: torch.Tensor, return_dict: bool = True) -> FQGANEncoderOutput | tuple:

@@ -1,4 +1,4 @@
-"""Run-folder bookkeeping shared by the training scripts: atomic checkpoints, resume, run identity."""
+"""Run bookkeeping shared by the training scripts: atomic checkpoints, resume, run identity, run meter."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 
@@ -17,6 +20,7 @@ from ..utils import require_hub_token
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 RUN_FILE = "run_config.json"
+SUMMARY_FILE = "train_summary.json"
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -42,7 +46,8 @@ def prepare_run_dir(
     """Check the output folder belongs to this run and resolve `resume` ("latest" or a path) to a checkpoint.
 
     Raises before any work when the folder holds a different run, when it holds checkpoints but no resume was
-    asked for, when the resume path does not exist, or when a Hub push is asked for without a token. Writes the run identity on a fresh folder.
+    asked for, when the resume path does not exist, or when a Hub push is asked for without a token. Writes the
+    run identity on a fresh folder.
     """
     root = Path(output_dir)
     if push_to_hub:
@@ -73,16 +78,85 @@ def prepare_run_dir(
     return checkpoint
 
 
+def _write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
 def write_run_identity(output_dir: str | os.PathLike, run_identity: dict) -> None:
     """Record what defines this run, atomically."""
-    root = Path(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{RUN_FILE}.tmp"
-    tmp.write_text(json.dumps(run_identity, indent=2, sort_keys=True))
-    os.replace(tmp, root / RUN_FILE)
+    _write_json_atomic(Path(output_dir) / RUN_FILE, run_identity)
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None) -> Path:
+class RunMeter:
+    """Wall clock, throughput and peak memory of one training session, for the logs and the final summary.
+
+    Throughput skips the first `warmup_steps` optimizer steps (allocator and kernel warm-up), so short benchmark
+    runs and long runs report comparable figures.
+    """
+
+    def __init__(self, max_minutes: float | None, samples_per_step: int, warmup_steps: int = 5):
+        self.max_minutes = max_minutes
+        self.samples_per_step = samples_per_step
+        self.warmup_steps = warmup_steps
+        self.start = time.monotonic()
+        self.steps = 0
+        self._warm_start: float | None = None
+        self.last_logs: dict[str, float] = {}
+
+    def step(self) -> None:
+        """Count one optimizer step."""
+        self.steps += 1
+        if self.steps == self.warmup_steps:
+            self._warm_start = time.monotonic()
+
+    @property
+    def minutes(self) -> float:
+        return (time.monotonic() - self.start) / 60
+
+    def timed_out(self) -> bool:
+        """True once the session has used its --max_minutes."""
+        return self.max_minutes is not None and self.minutes > self.max_minutes
+
+    def samples_per_second(self) -> float | None:
+        """Training samples (images or code grids, all processes) per second since warm-up."""
+        if self._warm_start is None or self.steps <= self.warmup_steps:
+            return None
+        return (self.steps - self.warmup_steps) * self.samples_per_step / (time.monotonic() - self._warm_start)
+
+    @staticmethod
+    def peak_memory_mib(device: torch.device) -> float:
+        """Peak allocated accelerator memory, or this process's peak resident memory on CPU."""
+        if device.type == "cuda":
+            return torch.cuda.max_memory_allocated(device) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+    def log(self, logs: dict[str, float]) -> dict[str, float]:
+        """Remember the latest logged values (for the summary) and add the throughput to them."""
+        self.last_logs = dict(logs)
+        rate = self.samples_per_second()
+        return logs if rate is None else {**logs, "samples_per_second": rate}
+
+    def write_summary(self, output_dir: str | os.PathLike, global_step: int, device: torch.device) -> dict:
+        """Write `train_summary.json`: steps, wall time, throughput, peak memory and the last logged losses."""
+        summary = {
+            "global_step": global_step,
+            "session_steps": self.steps,
+            "session_minutes": round(self.minutes, 2),
+            "samples_per_second": self.samples_per_second(),
+            "peak_memory_mib": round(self.peak_memory_mib(device), 1),
+            "device": str(device),
+            "last_logs": self.last_logs,
+        }
+        _write_json_atomic(Path(output_dir) / SUMMARY_FILE, summary)
+        return summary
+
+
+def save_checkpoint(
+    accelerator: Accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None
+) -> Path:
     """`accelerator.save_state` into a temp folder renamed to `checkpoint-<step>`; prune beyond `total_limit`.
 
     A kill at any moment leaves either the previous checkpoints or the new complete one, never a partial one

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -21,11 +20,17 @@ from diffusers.utils import make_image_grid
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..generators import FARConfig, FARForClassConditionalGeneration, MaskGITConfig, MaskGITForClassConditionalGeneration
+from ..generators import (
+    FARConfig,
+    FARForClassConditionalGeneration,
+    MaskGITConfig,
+    MaskGITForClassConditionalGeneration,
+)
 from ..pipelines import FQGANPipeline
 from ..tokenizers import FQGANTokenizer
 from ..utils import push_folder, save_pretrained_atomic
 from .checkpointing import (
+    RunMeter,
     add_run_arguments,
     batches_from,
     prepare_run_dir,
@@ -135,7 +140,8 @@ def main(kind: str, argv: list[str] | None = None) -> torch.nn.Module:
             ema.copy_to(generator.parameters())
         return FQGANPipeline(vqvae=tokenizer, transformer=generator.eval(), id2label=id2label)
 
-    start = time.monotonic()
+    samples_per_step = args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+    meter = RunMeter(args.max_minutes, samples_per_step)
     progress = tqdm(total=args.max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
                     desc=f"train_{kind}")
     model.train()
@@ -156,14 +162,14 @@ def main(kind: str, argv: list[str] | None = None) -> torch.nn.Module:
             continue
         global_step += 1
         progress.update(1)
+        meter.step()
         if ema is not None:
             ema.step(model.parameters())
         if global_step % args.logging_steps == 0:
             logs = {"loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0]}
             progress.set_postfix(loss=f"{logs['loss']:.4f}")
-            accelerator.log(logs, step=global_step)
-        timed_out = args.max_minutes is not None and time.monotonic() - start > 60 * args.max_minutes
-        done = global_step >= args.max_train_steps or timed_out
+            accelerator.log(meter.log(logs), step=global_step)
+        done = global_step >= args.max_train_steps or meter.timed_out()
         if global_step % args.checkpointing_steps == 0 or done:
             save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
         if accelerator.is_main_process and (global_step % args.validation_steps == 0 or done):
@@ -181,6 +187,7 @@ def main(kind: str, argv: list[str] | None = None) -> torch.nn.Module:
         save_pretrained_atomic(pipe, pipe_dir)
         if args.push_to_hub:
             push_folder(pipe_dir, args.hub_model_id or output_dir.name, message="Upload FQGANPipeline")
-        accelerator.print(f"saved {pipe_dir} after {global_step} steps ({(time.monotonic() - start) / 60:.1f} min)")
+        summary = meter.write_summary(output_dir, global_step, accelerator.device)
+        accelerator.print(f"saved {pipe_dir} after {global_step} steps; {summary}")
     accelerator.end_training()
     return pipe.transformer
