@@ -12,53 +12,41 @@ wall-clock progress, so a run stopped by --max_minutes still ends annealed.
 """
 
 import argparse
-import math
 import time
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor, ViTModel
 
-from hf_vq.training import ImageTransform, collate, id2label_from_dataset, load_image_dataset, with_image_transform
+from hf_vq.training.classification import (
+    add_classifier_arguments,
+    fashion_mnist_loaders,
+    test_accuracy,
+    train_classifier,
+)
+from hf_vq.training.optim import param_groups
 
 # Fashion-MNIST pixel statistics in [0, 1], repeated over the three channels of the RGB input.
 IMAGE_MEAN = [0.2860] * 3
 IMAGE_STD = [0.3530] * 3
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="outputs/fmnist-teacher")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--weight_decay", type=float, default=0.05)
-    parser.add_argument("--warmup_steps", type=int, default=200)
-    parser.add_argument("--max_minutes", type=float, default=None, help="stop (annealed) after this wall time")
-    parser.add_argument("--seed", type=int, default=0)
+    add_classifier_arguments(parser, output_dir="outputs/fmnist-teacher", epochs=4, weight_decay=0.05,
+                             warmup_steps=200)
     parser.add_argument("--max_shift", type=int, default=0, help="random translation in pixels (augmentation)")
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--patch_size", type=int, default=8)
     parser.add_argument("--hidden_size", type=int, default=128)
     parser.add_argument("--num_layers", type=int, default=4)
     parser.add_argument("--num_heads", type=int, default=4)
-    parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
-def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Translate each image by up to max_shift pixels, filling with the black (-1) background."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, (max_shift,) * 4, value=-1.0)
-    dx, dy = torch.randint(2 * max_shift + 1, (2, n), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
-
-
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     accelerator = Accelerator()
@@ -66,24 +54,15 @@ def main() -> None:
     start = time.time()
 
     # data: [-1, 1] RGB tensors at the ViT's input size
-    train_ds = load_image_dataset("fashion-mnist", split="train")
-    test_ds = load_image_dataset("fashion-mnist", split="test")
-    id2label = id2label_from_dataset(train_ds)
-    train_tf = ImageTransform(args.image_size, channels=3, random_flip=True, seed=args.seed + accelerator.process_index)
-    test_tf = ImageTransform(args.image_size, channels=3)
-    train_loader = DataLoader(with_image_transform(train_ds, train_tf), batch_size=args.batch_size, shuffle=True,
-                              drop_last=True, collate_fn=collate)
-    test_loader = DataLoader(with_image_transform(test_ds, test_tf), batch_size=512, collate_fn=collate)
-    shift_generator = torch.Generator().manual_seed(args.seed + accelerator.process_index)
-
-    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    train_loader, test_loader, id2label = fashion_mnist_loaders(args.image_size, 3, args.batch_size,
+                                                                args.seed + accelerator.process_index)
+    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1).to(accelerator.device)
+    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1).to(accelerator.device)
 
     def normalize(pixel_values: torch.Tensor) -> torch.Tensor:
         # the teacher sees [0, 1] pixels standardised with the processor's mean/std
-        return ((pixel_values + 1) / 2 - mean.to(pixel_values.device)) / std.to(pixel_values.device)
+        return ((pixel_values + 1) / 2 - mean) / std
 
-    # model
     config = ViTConfig(
         image_size=args.image_size,
         patch_size=args.patch_size,
@@ -98,57 +77,18 @@ def main() -> None:
         label2id={name: i for i, name in id2label.items()},
     )
     model = ViTForImageClassification(config)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr,
-        betas=(0.9, 0.999),
-    )
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999))
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
-    total_steps = args.epochs * len(train_loader)
-    max_seconds = args.max_minutes * 60 if args.max_minutes else math.inf
-    accelerator.print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {total_steps} steps")
+    accelerator.print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+                      f"{args.epochs * len(train_loader)} steps")
 
-    # training
-    step, done = 0, False
-    model.train()
-    while not done:
-        for batch in train_loader:
-            # every process must agree on the wall-clock progress, or they would stop at different steps
-            elapsed = accelerator.reduce(torch.tensor(time.time() - start, device=accelerator.device), "max").item()
-            progress = max(step / total_steps, elapsed / max_seconds)
-            if progress >= 1:
-                done = True
-                break
-            lr = args.lr * min(1.0, (step + 1) / args.warmup_steps) * 0.5 * (1 + math.cos(math.pi * progress))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-
-            pixel_values = batch["pixel_values"]
-            if args.max_shift:
-                pixel_values = random_shift(pixel_values, args.max_shift, shift_generator)
-            logits = model(pixel_values=normalize(pixel_values)).logits
-            loss = F.cross_entropy(logits, batch["class_labels"], label_smoothing=0.1)
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step % 100 == 0:
-                accelerator.print(f"step {step} epoch {step / len(train_loader):.2f} loss {loss.item():.4f} "
-                                  f"lr {lr:.2e} {elapsed / 60:.1f} min")
-
-    # evaluation
+    steps = train_classifier(accelerator, model, optimizer, train_loader, normalize, args, max_shift=args.max_shift,
+                             max_grad_norm=1.0)
     model.eval()
-    correct = total = 0
-    with torch.no_grad():
-        for batch in test_loader:
-            predictions = model(pixel_values=normalize(batch["pixel_values"])).logits.argmax(-1)
-            predictions, labels = accelerator.gather_for_metrics((predictions, batch["class_labels"]))
-            correct += (predictions == labels).sum().item()
-            total += labels.numel()
-    accelerator.print(f"test accuracy {correct / total:.4f} ({total} images), {step} steps, "
+    accuracy, total = test_accuracy(
+        accelerator, lambda x: model(pixel_values=normalize(x)).logits.argmax(-1), test_loader
+    )
+    accelerator.print(f"test accuracy {accuracy:.4f} ({total} images), {steps} steps, "
                       f"{(time.time() - start) / 60:.1f} min")
 
     # save the backbone as a plain ViTModel; its pooler is created (random, unused) only so that

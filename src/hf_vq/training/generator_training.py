@@ -38,6 +38,7 @@ from .checkpointing import (
     save_checkpoint,
     start_run,
 )
+from .optim import param_groups
 
 GENERATORS = {
     "far": (FARConfig, FARForClassConditionalGeneration),
@@ -60,15 +61,6 @@ def parse_args(kind: str, argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--adam_beta2", type=float, default=0.95)
     p.add_argument("--guidance_scale", type=float, default=2.0, help="for the sample grids")
     return p.parse_args(argv)
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices (>= 2-D: linear and embedding weights) only, as LlamaGen."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
 
 
 @torch.no_grad()
