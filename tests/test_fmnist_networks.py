@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import load_script
 from test_data import FMNIST_PRESENT
 
-from conftest import load_script
 from hf_vq import FrozenTeacher
 from hf_vq.evaluation import ClassifierAccuracy
 
