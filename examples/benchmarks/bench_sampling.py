@@ -8,6 +8,7 @@ run (the order rotates) and the table shows medians, so load from other processe
 CPU seconds (process time) are shown next to wall seconds because the machine may be shared.
 
     python examples/benchmarks/bench_sampling.py
+    python examples/benchmarks/bench_sampling.py --models --trained src/hf_vq/assets/fmnist-fqgan-dual-far --batch 100
     python examples/benchmarks/bench_sampling.py --official-fqgan /path/to/showlab+FQGAN \\
         --official-llamagen /path/to/FoundationVision+LlamaGen --runs 5 --profile
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,10 +131,16 @@ def official_sampler(
     return sample
 
 
+def load_bf16(model: FARForClassConditionalGeneration) -> FARForClassConditionalGeneration:
+    """The model as a user gets it with `from_pretrained(..., dtype=torch.bfloat16)` (output heads kept fp32)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        return FARForClassConditionalGeneration.from_pretrained(tmp, dtype=torch.bfloat16).eval()
+
+
 def check_bf16(model: FARForClassConditionalGeneration, tokens: torch.Tensor, labels: torch.Tensor) -> str:
     """Teacher-forced logits of bf16 weights vs fp32 on sampled tokens: top-1 agreement and mean KL."""
-    bf16 = random_model(model.config.num_codebooks, 0).to(torch.bfloat16)
-    bf16.load_state_dict(model.state_dict())
+    bf16 = load_bf16(model)
     with torch.no_grad():
         ref = model(tokens, labels).logits.log_softmax(-1)
         low = bf16(tokens, labels).logits.log_softmax(-1)
@@ -146,6 +154,16 @@ def check_bf16(model: FARForClassConditionalGeneration, tokens: torch.Tensor, la
         gap = (top2[..., 0] - top2[..., 1])[flipped].max().item()
         line += f"\n  (disagreements are near-ties: fp32 top-2 log-prob gap <= {gap:.3f} where they differ)"
     return line
+
+
+def check_trained(path: Path, batch: int, cfg: float) -> None:
+    """bf16 agreement on a trained generator, teacher-forced on its own fp32 samples (every class in turn)."""
+    folder = path / "transformer" if (path / "transformer").is_dir() else path
+    model = FARForClassConditionalGeneration.from_pretrained(folder).eval()
+    labels = torch.arange(batch) % model.config.num_classes
+    tokens = model.sample(labels, guidance_scale=cfg, generator=torch.Generator().manual_seed(0))
+    print(f"\ntrained {folder} ({model.num_parameters() / 1e6:.2f}M params), {batch} samples:")
+    print(check_bf16(model, tokens, labels))
 
 
 def bench_model(k: int, args: argparse.Namespace) -> None:
@@ -165,8 +183,7 @@ def bench_model(k: int, args: argparse.Namespace) -> None:
 
     runners, models = [], {}
     for dtype in args.dtype:
-        model = ours if dtype == "fp32" else random_model(k, args.seed).to(torch.bfloat16)
-        model.load_state_dict(ours.state_dict())
+        model = ours if dtype == "fp32" else load_bf16(ours)
         models[dtype] = model
         runners.append(Contender(f"hf_vq {dtype}", lambda m=model: m.sample(labels, guidance_scale=args.cfg)))
         if root is not None:
@@ -223,7 +240,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--official-fqgan", type=Path, help="local checkout of showlab/FQGAN (FAR sampler)")
     parser.add_argument("--official-llamagen", type=Path, help="local checkout of FoundationVision/LlamaGen")
-    parser.add_argument("--models", nargs="+", type=int, default=[2, 1], choices=[1, 2], help="k: 2 = FAR, 1 = GPT")
+    parser.add_argument("--models", nargs="*", type=int, default=[2, 1], choices=[1, 2],
+                        help="k: 2 = FAR, 1 = GPT; none with --trained to check only the trained model")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--cfg", type=float, default=2.0)
     parser.add_argument("--runs", type=int, default=3)
@@ -231,6 +249,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table per contender")
+    parser.add_argument("--trained", type=Path, default=None,
+                        help="also check bf16 agreement on a trained generator: a pipeline or transformer folder")
     args = parser.parse_args()
     if args.runs < 3:
         parser.error("--runs must be at least 3 (the table reports medians)")
@@ -243,6 +263,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     for k in args.models:
         bench_model(k, args)
+    if args.trained is not None:
+        check_trained(args.trained, args.batch, args.cfg)
 
 
 if __name__ == "__main__":

@@ -228,6 +228,10 @@ class TokenGridMixin:
     `aggregation_layer`, `output` / `output_{1..k}`) so official state dicts load key for key.
     """
 
+    # Output heads stay fp32 when loaded in bf16/fp16: bf16 logits are spaced 0.0625 apart at |logit| ~ 10, which
+    # flips near-tied top-1 tokens; the heads are a small share of the compute.
+    _keep_in_fp32_modules_strict = ["output"]
+
     def _add_token_modules(self, embedding_rows: int) -> None:
         c = self.config
         self._embedding_names = token_module_names("tok_embeddings", c.num_codebooks)
@@ -248,6 +252,11 @@ class TokenGridMixin:
     def output_heads(self) -> list[nn.Linear]:
         """The k output projections; head j predicts sub-token j."""
         return [getattr(self, name) for name in self._output_names]
+
+    def head_logits(self, hidden: torch.Tensor, j: int) -> torch.FloatTensor:
+        """fp32 logits of sub-token j from (..., D) final-normed hidden states, in the head's own precision."""
+        head = self.output_heads[j]
+        return head(hidden.to(head.weight.dtype)).float()
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, k, S) ids -> (B, S, D): the sub-token embeddings, concatenated and projected when k > 1."""

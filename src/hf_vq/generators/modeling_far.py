@@ -174,7 +174,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
                 hidden = block(hidden, rope[:k], causal=True)
             hidden = hidden.view(batch, length, k, -1)
         hidden = self.norm(hidden)
-        logits = torch.stack([head(hidden[:, :, j]) for j, head in enumerate(self.output_heads)], dim=1).float()
+        logits = torch.stack([self.head_logits(hidden[:, :, j], j) for j in range(k)], dim=1)
 
         loss = None
         if labels is not None:
@@ -241,7 +241,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         rope = self.rope_table(device)
         backbone = _CausalStepper(self.layers, rope, rows, length, c, dtype, device, use_cache)
         head = _CausalStepper(self.ar_head, rope, rows, k, c, dtype, device, use_cache) if k > 1 else None
-        tables, outputs = self.token_embeddings, self.output_heads
+        tables = self.token_embeddings
         tokens = torch.empty(batch, k, length, dtype=torch.long, device=device)
 
         x = self.cls_embedding(labels)
@@ -254,7 +254,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             for j in range(k):
                 if head is not None:
                     h = head(h)
-                logits = outputs[j](self.norm(h[:, 0])).float()
+                logits = self.head_logits(self.norm(h[:, 0]), j)
                 if use_cfg:
                     logits = guide(logits, scale)
                 tokens[:, j, i] = sample_from_logits(logits, warpers, generator)

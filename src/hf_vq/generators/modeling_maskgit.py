@@ -73,7 +73,7 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         for layer in self.layers:
             x = layer(x, rope, causal=False)
         x = self.norm(x[:, 1:])
-        return torch.stack([head(x) for head in self.output_heads], dim=1).float()
+        return torch.stack([self.head_logits(x, j) for j in range(c.num_codebooks)], dim=1)
 
     def random_mask(
         self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
