@@ -10,8 +10,11 @@ import argparse
 import json
 from pathlib import Path
 
+from PIL import Image
+
 from hf_vq import FQGANPipeline
 from hf_vq.cli import bundled_model_path
+from hf_vq.cli import main as cli_main
 from hf_vq.utils import atomic_directory
 
 CARD = Path(__file__).resolve().parents[1] / "model_cards" / "pipeline_card_template.md"
@@ -47,6 +50,11 @@ def main(argv: list[str] | None = None) -> Path:
     with atomic_directory(target) as tmp:
         pipe.save_pretrained(tmp)
         (tmp / "README.md").write_text(render_card(pipe, args.repo_id, args.training, evaluation, args.limitations))
+        # the README's picture: exactly the quickstart command's grid, shown at 2x
+        samples = tmp / "samples.png"
+        cli_main(["generate", "--model", str(tmp), "--labels", "Sneaker", "Bag", "-n", "8", "--out", str(samples)])
+        grid = Image.open(samples)
+        grid.resize((2 * grid.width, 2 * grid.height), Image.NEAREST).save(samples)
         size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
         if size > MAX_BYTES:
             raise SystemExit(f"the pipeline is {size / 2**20:.1f} MiB; package data is limited to 25 MiB")
