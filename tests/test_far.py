@@ -380,3 +380,27 @@ def test_bf16_load_runs_and_agrees_with_fp32(tmp_path):
     assert agree > 0.9
     tokens = bf16.sample([0, 1], guidance_scale=2.0, top_k=5)
     assert tokens.shape == (2, 2, GRID**2) and int(tokens.max()) < VOCAB
+
+
+def test_few_row_gemm_layout_keeps_tokens_and_restores_weights(monkeypatch):
+    import contextlib
+
+    from hf_vq.generators import modeling_far
+    from hf_vq.generators.sampling import few_row_gemm_layout
+
+    model = tiny_model(2)
+    before = {name: (p.detach().clone(), p.stride()) for name, p in model.named_parameters()}
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    with few_row_gemm_layout(model, rows=4):
+        assert all(m.weight.stride() == (1, m.out_features) for m in linears)
+    with pytest.raises(RuntimeError), few_row_gemm_layout(model, rows=4):
+        raise RuntimeError("interrupted")
+    with few_row_gemm_layout(model, rows=128):  # many rows: the layout is left alone
+        assert all(m.weight.is_contiguous() for m in linears)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name][0]) and p.stride() == before[name][1], name
+
+    tokens = model.sample([0, 1], guidance_scale=2.0, generator=torch.Generator().manual_seed(3))
+    monkeypatch.setattr(modeling_far, "few_row_gemm_layout", lambda model, rows: contextlib.nullcontext())
+    plain = model.sample([0, 1], guidance_scale=2.0, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(tokens, plain)

@@ -19,6 +19,7 @@ from .sampling import (
     check_class_labels,
     check_sampling_args,
     eval_mode,
+    few_row_gemm_layout,
     guidance_scale_at,
     guide,
     logits_warpers,
@@ -219,7 +220,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         if guidance_scale != 1.0:
             labels = torch.cat([labels, torch.full_like(labels, c.num_classes)])
 
-        with eval_mode(self):
+        with eval_mode(self), few_row_gemm_layout(self, rows=labels.shape[0]):
             tokens = self._decode(labels, batch, guidance_scale, warpers, generator, cfg_schedule, use_cache, callback)
         return tokens
 
