@@ -114,6 +114,7 @@ class RunMeter:
 
     @property
     def minutes(self) -> float:
+        """Wall-clock minutes since the meter started."""
         return (time.monotonic() - self.start) / 60
 
     def timed_out(self) -> bool:
