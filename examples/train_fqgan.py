@@ -170,8 +170,7 @@ def main(argv: list[str] | None = None) -> FQGANTokenizer:
     unwrapped_disc = accelerator.unwrap_model(disc)
 
     global_step = resume_step(accelerator, resume)
-    samples_per_step = args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
-    meter = RunMeter(args.max_minutes, samples_per_step)
+    meter = RunMeter.for_run(args, accelerator)
     progress = tqdm(total=args.max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
                     desc="train_fqgan")
     model.train()
@@ -246,9 +245,9 @@ def main(argv: list[str] | None = None) -> FQGANTokenizer:
         ema.copy_to(final.parameters())
     if accelerator.is_main_process:
         save_pretrained_atomic(final, output_dir / "tokenizer")
+        summary = meter.write_summary(output_dir, global_step, accelerator.device)
         if args.push_to_hub:
             push_folder(output_dir / "tokenizer", args.hub_model_id or output_dir.name, message="Upload tokenizer")
-        summary = meter.write_summary(output_dir, global_step, accelerator.device)
         accelerator.print(f"saved {output_dir / 'tokenizer'} after {global_step} steps; {summary}")
     accelerator.end_training()
     return final

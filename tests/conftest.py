@@ -34,7 +34,7 @@ def imagefolder(tmp_path):
 
 
 @pytest.fixture
-def fake_hub(monkeypatch, tmp_path):
+def fake_hub(monkeypatch):
     """Stand-in for the Hub: a token is configured, and repo creation and uploads are recorded, not sent."""
     import huggingface_hub
 

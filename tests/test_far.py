@@ -1,5 +1,6 @@
 """FAR / LlamaGen GPT generator: layout, maths, sampling, serialisation."""
 
+import contextlib
 import math
 
 import pytest
@@ -9,7 +10,7 @@ from transformers import AutoConfig, AutoModel
 
 from hf_vq.generators import FARConfig, FARForClassConditionalGeneration, modeling_far, official_key_to_hf
 from hf_vq.generators.blocks import StaticKVCache, rope_2d_table
-from hf_vq.generators.sampling import guide
+from hf_vq.generators.sampling import few_row_gemm_layout, guide
 
 VOCAB, CLASSES, GRID = 16, 4, 3
 
@@ -383,11 +384,6 @@ def test_bf16_load_runs_and_agrees_with_fp32(tmp_path):
 
 
 def test_few_row_gemm_layout_keeps_tokens_and_restores_weights(monkeypatch):
-    import contextlib
-
-    from hf_vq.generators import modeling_far
-    from hf_vq.generators.sampling import few_row_gemm_layout
-
     model = tiny_model(2)
     before = {name: (p.detach().clone(), p.stride()) for name, p in model.named_parameters()}
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]

@@ -106,6 +106,12 @@ class RunMeter:
         self._warm_start: float | None = None
         self.last_logs: dict[str, float] = {}
 
+    @classmethod
+    def for_run(cls, args: argparse.Namespace, accelerator: Accelerator) -> RunMeter:
+        """The meter of a training script: samples per optimizer step over every process, `--max_minutes`."""
+        samples_per_step = args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+        return cls(args.max_minutes, samples_per_step)
+
     def step(self) -> None:
         """Count one optimizer step."""
         self.steps += 1

@@ -132,8 +132,7 @@ def main(kind: str, argv: list[str] | None = None) -> torch.nn.Module:
             ema.copy_to(generator.parameters())
         return FQGANPipeline(vqvae=tokenizer, transformer=generator.eval(), id2label=id2label)
 
-    samples_per_step = args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
-    meter = RunMeter(args.max_minutes, samples_per_step)
+    meter = RunMeter.for_run(args, accelerator)
     progress = tqdm(total=args.max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
                     desc=f"train_{kind}")
     model.train()
@@ -177,9 +176,9 @@ def main(kind: str, argv: list[str] | None = None) -> torch.nn.Module:
     pipe = pipeline()
     if accelerator.is_main_process:
         save_pretrained_atomic(pipe, pipe_dir)
+        summary = meter.write_summary(output_dir, global_step, accelerator.device)
         if args.push_to_hub:
             push_folder(pipe_dir, args.hub_model_id or output_dir.name, message="Upload FQGANPipeline")
-        summary = meter.write_summary(output_dir, global_step, accelerator.device)
         accelerator.print(f"saved {pipe_dir} after {global_step} steps; {summary}")
     accelerator.end_training()
     return pipe.transformer
