@@ -2,6 +2,7 @@
 
 import contextlib
 import math
+import shutil
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel
 
 from hf_vq.generators import FARConfig, FARForClassConditionalGeneration, modeling_far, official_key_to_hf
-from hf_vq.generators.blocks import StaticKVCache, rope_2d_table
+from hf_vq.generators.blocks import FixedShapeKVCache, StaticKVCache, rope_2d_table
 from hf_vq.generators.sampling import few_row_gemm_layout, guide
 
 VOCAB, CLASSES, GRID = 16, 4, 3
@@ -101,22 +102,23 @@ def test_config_rejects_unbuildable_sizes():
 def test_rope_table_rows():
     head_dim, grid = 8, 3
     table = rope_2d_table(grid, head_dim, 10000.0, num_prefix=1)
-    assert table.shape == (1 + grid * grid, head_dim // 2)
+    assert table.shape == (1 + grid * grid, head_dim // 2, 2)
     assert torch.count_nonzero(table[0]) == 0  # the condition row is zero, not identity
-    assert torch.equal(table[1], torch.ones(head_dim // 2, dtype=table.dtype))  # grid (0, 0)
+    assert torch.equal(table[1], torch.tensor([[1.0, 0.0]] * (head_dim // 2)))  # grid (0, 0): identity
     freqs = [10000.0 ** (-2 * i / (head_dim // 2)) for i in range(head_dim // 4)]
     row, col = 2, 1
     angles = torch.tensor([row * f for f in freqs] + [col * f for f in freqs])
-    expected = torch.complex(torch.cos(angles), torch.sin(angles))
+    expected = torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
     torch.testing.assert_close(table[1 + row * grid + col], expected)
 
 
-def test_static_kv_cache_chunks_equal_full_causal_attention():
+@pytest.mark.parametrize("cache_cls", [StaticKVCache, FixedShapeKVCache])
+def test_static_kv_cache_chunks_equal_full_causal_attention(cache_cls):
     torch.manual_seed(0)
     block = tiny_model(2).layers[0]
     x, rope = torch.randn(2, 6, 32), rope_2d_table(GRID, 8, 10000.0, 1)[:6]
     full = block(x, rope, causal=True)
-    cache = StaticKVCache(1, 2, 4, 6, 8, torch.float32, torch.device("cpu"))
+    cache = cache_cls(1, 2, 4, 6, 8, torch.float32, torch.device("cpu"))
     chunks = [block(x[:, a:b], rope[a:b], True, cache, 0, a) for a, b in [(0, 3), (3, 5), (5, 6)]]
     torch.testing.assert_close(torch.cat(chunks, 1), full)
     with pytest.raises(ValueError, match="KV cache holds 6 positions"):
@@ -128,7 +130,7 @@ def reference_logits(model: FARForClassConditionalGeneration, ids: torch.Tensor,
     c = model.config
     heads, hd = c.num_attention_heads, c.head_dim
     table = rope_2d_table(c.grid_size, hd, c.rope_theta, 1)
-    cos, sin = table.real, table.imag
+    cos, sin = table[..., 0], table[..., 1]
 
     def rms(x, weight):
         return x / torch.sqrt((x * x).mean(-1, keepdim=True) + c.rms_norm_eps) * weight
@@ -250,6 +252,21 @@ def test_cached_sampling_equals_full_recompute(k, settings):
     assert cached.shape == (3, k, GRID**2) and cached.dtype == torch.long
     assert 0 <= int(cached.min()) and int(cached.max()) < VOCAB
     assert torch.equal(cached, full)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_sampling_matches_eager():
+    """One graph serves every position (no recompiles beyond the first two calls) and gives the same tokens."""
+    model = tiny_model(2)
+    labels = [0, 3, CLASSES]
+    eager = model.sample(labels, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=False):
+        compiled = model.sample(labels, guidance_scale=2.0, generator=torch.Generator().manual_seed(0), compile=True)
+    # Position 0 is specialised, position 1 turns it dynamic; from then on the graphs are reused.
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        again = model.sample(labels, guidance_scale=2.0, generator=torch.Generator().manual_seed(0), compile=True)
+    assert torch.equal(compiled, eager) and torch.equal(again, eager)
 
 
 @pytest.mark.parametrize("k", [1, 2])

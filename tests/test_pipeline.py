@@ -76,6 +76,22 @@ def test_nar_pipeline():
     assert images.shape == (2, 1, 8, 8)
 
 
+def test_compile_knob_reaches_the_ar_sampler_and_is_refused_for_maskgit(pipe, monkeypatch):
+    seen = {}
+    sample = pipe.transformer.sample
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return sample(*args, **{**kwargs, "compile": False})  # compilation itself is tested in test_far
+
+    monkeypatch.setattr(pipe.transformer, "sample", spy)
+    pipe([0], output_type="pt", compile=True)
+    assert seen["compile"] is True
+    nar = FQGANPipeline(vqvae=tokenizer(), transformer=maskgit(), id2label=LABELS)
+    with pytest.raises(ValueError, match="compile=True is for AR generators"):
+        nar([0], compile=True)
+
+
 def test_round_trip_through_save_and_load(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "pipe")
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())

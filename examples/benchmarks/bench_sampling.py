@@ -48,7 +48,9 @@ SMALL = dict(
 @dataclass
 class Contender:
     name: str
+    dtype: str
     sample: Callable[[], torch.Tensor]
+    first_call: float = 0.0  # the warm-up call's wall seconds: includes compilation for compiled contenders
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
     memory: list[float] = field(default_factory=list)
@@ -185,11 +187,22 @@ def bench_model(k: int, args: argparse.Namespace) -> None:
     for dtype in args.dtype:
         model = ours if dtype == "fp32" else load_bf16(ours)
         models[dtype] = model
-        runners.append(Contender(f"hf_vq {dtype}", lambda m=model: m.sample(labels, guidance_scale=args.cfg)))
+        runners.append(Contender(f"hf_vq {dtype}", dtype, lambda m=model: m.sample(labels, guidance_scale=args.cfg)))
+        if args.compile:
+            runners.append(
+                Contender(
+                    f"hf_vq {dtype} compiled", dtype,
+                    lambda m=model: m.sample(labels, guidance_scale=args.cfg, compile=True),
+                )
+            )
         if root is not None:
-            runners.append(Contender(f"official {dtype}", official_sampler(root, model, labels, args.cfg)))
+            runners.append(Contender(f"official {dtype}", dtype, official_sampler(root, model, labels, args.cfg)))
 
     outputs = {c.name: timed(c, args.seed) for c in runners}  # warm-up; same seed -> comparable tokens
+    for c in runners:  # the warm-up call (and any compilation) stays out of the medians
+        c.first_call = c.wall.pop()
+        c.cpu.pop()
+        c.memory.pop()
     for run in range(args.runs):
         shift = run % len(runners)
         for c in runners[shift:] + runners[:shift]:
@@ -204,21 +217,24 @@ def bench_model(k: int, args: argparse.Namespace) -> None:
     reference = {
         dtype: statistics.median(c.wall) for c in runners for dtype in args.dtype if c.name == f"official {dtype}"
     }
-    header = f"{'contender':<16}{'images/s':>10}{'tokens/s':>10}{'wall s':>9}{'cpu s':>8}{'peak MiB':>10}"
+    header = f"{'contender':<22}{'images/s':>10}{'tokens/s':>10}{'wall s':>9}{'cpu s':>8}{'peak MiB':>10}"
+    header += f"{'1st call s':>12}"
     header += f"{'x official (same dtype)':>25}" if reference else ""
     print(header + "\n" + "-" * len(header))
     for c in runners:
         wall = statistics.median(c.wall)
-        row = f"{c.name:<16}{args.batch / wall:>10.2f}{n_tokens / wall:>10.0f}{wall:>9.2f}"
-        row += f"{statistics.median(c.cpu):>8.2f}{statistics.median(c.memory):>10.0f}"
-        dtype = c.name.split()[-1]
-        if dtype in reference:
-            row += f"{reference[dtype] / wall:>25.2f}"
+        row = f"{c.name:<22}{args.batch / wall:>10.2f}{n_tokens / wall:>10.0f}{wall:>9.2f}"
+        row += f"{statistics.median(c.cpu):>8.2f}{statistics.median(c.memory):>10.0f}{c.first_call:>12.1f}"
+        if c.dtype in reference:
+            row += f"{reference[c.dtype] / wall:>25.2f}"
         print(row)
     for dtype in args.dtype:
         if f"official {dtype}" in outputs:
             same = torch.equal(outputs[f"hf_vq {dtype}"], outputs[f"official {dtype}"].long())
             print(f"hf_vq {dtype} tokens == official {dtype} tokens (same weights, same seed): {same}")
+        if f"hf_vq {dtype} compiled" in outputs:
+            agree = (outputs[f"hf_vq {dtype} compiled"] == outputs[f"hf_vq {dtype}"]).float().mean()
+            print(f"hf_vq {dtype} compiled tokens equal to eager (same seed): {agree:.2%}")
     if args.profile:
         profile(runners, args.seed)
 
@@ -248,6 +264,7 @@ def main() -> None:
     parser.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", action="store_true", help="add hf_vq contenders sampling with compile=True")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table per contender")
     parser.add_argument("--trained", type=Path, default=None,
                         help="also check bf16 agreement on a trained generator: a pipeline or transformer folder")

@@ -45,7 +45,8 @@ def generate(args: argparse.Namespace) -> None:
     pipe.get_label_ids(labels)  # fail on a bad label before any sampling
     images = pipe(labels, num_images_per_label=args.n, guidance_scale=args.guidance_scale,
                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                  num_inference_steps=args.steps, generator=torch.Generator(args.device).manual_seed(args.seed)).images
+                  num_inference_steps=args.steps, generator=torch.Generator(args.device).manual_seed(args.seed),
+                  compile=args.compile).images
     grid = make_image_grid(images, rows=len(labels), cols=args.n)
     _save_image(grid, args.out)
     print(f"wrote {args.out} ({len(labels)} labels x {args.n} images)")
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--steps", type=int, default=12, help="decoding steps (MaskGIT only)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the AR sampler (pays off for many images)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="cpu")
     g.set_defaults(func=generate)

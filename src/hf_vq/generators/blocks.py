@@ -17,11 +17,12 @@ def round_up(n: int, multiple: int) -> int:
 
 
 def rope_2d_table(grid_size: int, head_dim: int, theta: float, num_prefix: int) -> torch.Tensor:
-    """LlamaGen's 2D rotary table: (num_prefix + grid_size**2, head_dim // 2) complex64.
+    """LlamaGen's 2D rotary table: (num_prefix + grid_size**2, head_dim // 2, 2) float32 (cos, sin) pairs.
 
     Row `num_prefix + t` rotates image token t (raster order): the first head_dim/4 pairs by its row index,
     the rest by its column index. The `num_prefix` condition rows are zero, not identity, so the condition's
-    rotated q and k vanish and it reaches other tokens only through its values.
+    rotated q and k vanish and it reaches other tokens only through its values. Real pairs rather than complex
+    numbers, as in LlamaGen, so the rotation also compiles (inductor generates no code for complex ops).
     """
     half = head_dim // 2
     freqs = 1.0 / (theta ** (torch.arange(0, half, 2)[: half // 2].float() / half))
@@ -33,15 +34,17 @@ def rope_2d_table(grid_size: int, head_dim: int, theta: float, num_prefix: int) 
         ],
         dim=-1,
     ).flatten(0, 1)
-    table = torch.complex(torch.cos(grid), torch.sin(grid))
-    return torch.cat([torch.zeros(num_prefix, half, dtype=table.dtype), table])
+    table = torch.stack([torch.cos(grid), torch.sin(grid)], dim=-1)
+    return torch.cat([torch.zeros(num_prefix, half, 2), table])
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs (x[2j], x[2j+1]) of x (B, S, ..., head_dim) by rope (S, head_dim // 2), in fp32."""
-    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-    rope = rope.view(rope.shape[0], *([1] * (x.dim() - 3)), rope.shape[1])
-    return torch.view_as_real(pairs * rope).flatten(-2).type_as(x)
+    """Rotate adjacent pairs (x[2j], x[2j+1]) of x (B, S, ..., head_dim) by rope (S, head_dim // 2, 2), in fp32."""
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    rope = rope.view(rope.shape[0], *([1] * (x.dim() - 3)), *rope.shape[1:])
+    a, b = pairs[..., 0], pairs[..., 1]
+    cos, sin = rope[..., 0], rope[..., 1]
+    return torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1).flatten(-2).type_as(x)
 
 
 class RMSNorm(nn.Module):
@@ -105,6 +108,39 @@ class StaticKVCache:
         values[:, :, start:end].copy_(value)
         return keys[:, :, :end], values[:, :, :end]
 
+    def causal_mask(self, start: int, length: int) -> torch.Tensor | None:
+        """Boolean (length, keys) mask for `length` queries at `start`, or None where SDPA's is_causal is right.
+
+        SDPA's is_causal aligns top-left, so a chunk after a cached prefix needs a bottom-right mask.
+        """
+        if length == 1 or start == 0:
+            return None
+        return torch.ones(length, start + length, dtype=torch.bool, device=self.keys[0].device).tril(start)
+
+
+class FixedShapeKVCache(StaticKVCache):
+    """A StaticKVCache whose reads are always the whole buffer, with the unwritten tail masked out.
+
+    Every decoding step then has the same shapes, so `torch.compile` builds one graph for all positions;
+    the eager sampler keeps the exact-length reads of StaticKVCache.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.key_positions = torch.arange(self.max_length, device=self.keys[0].device)
+
+    def update(
+        self, layer_idx: int, start: int, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write (B, H, S, hd) key/value at [start, start + S) and return the full buffers."""
+        super().update(layer_idx, start, key, value)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def causal_mask(self, start: int, length: int) -> torch.Tensor:
+        """(length, max_length) mask: query start + q sees keys 0 .. start + q."""
+        query_positions = start + torch.arange(length, device=self.key_positions.device)
+        return self.key_positions[None, :] <= query_positions[:, None]
+
 
 class Attention(nn.Module):
     """Multi-head attention with a fused [q; k; v] projection, 2D RoPE and SDPA."""
@@ -134,10 +170,9 @@ class Attention(nn.Module):
         mask = None
         if cache is not None:
             k, v = cache.update(layer_idx, start, k, v)
-            if causal and length > 1 and start > 0:
-                # SDPA's is_causal aligns top-left; a chunk after a cached prefix needs a bottom-right mask.
-                mask = torch.ones(length, start + length, dtype=torch.bool, device=x.device).tril(start)
-                causal = False
+            if causal:
+                mask = cache.causal_mask(start, length)
+                causal = mask is None
         out = F.scaled_dot_product_attention(
             q,
             k,

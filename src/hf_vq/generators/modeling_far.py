@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,7 +14,15 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .blocks import LabelEmbedder, RMSNorm, StaticKVCache, TokenGridMixin, make_blocks, rope_2d_table
+from .blocks import (
+    FixedShapeKVCache,
+    LabelEmbedder,
+    RMSNorm,
+    StaticKVCache,
+    TokenGridMixin,
+    make_blocks,
+    rope_2d_table,
+)
 from .configuration_far import FARConfig
 from .sampling import (
     check_class_labels,
@@ -58,7 +67,8 @@ class _CausalStepper:
     """Runs a causal block stack one new position per call.
 
     With a static KV cache each call costs one position; without (`use_cache=False`) it re-runs the whole
-    prefix, which is the reference the cache is checked against.
+    prefix, which is the reference the cache is checked against. `compile=True` runs the cached step as a
+    `torch.compile` graph over a fixed-shape cache (one graph for every position).
     """
 
     def __init__(
@@ -71,13 +81,16 @@ class _CausalStepper:
         dtype: torch.dtype,
         device: torch.device,
         use_cache: bool,
+        compile: bool = False,
     ):
         self.blocks, self.rope, self.position = blocks, rope, 0
         self.cache = self.inputs = None
         if use_cache:
-            self.cache = StaticKVCache(
+            cache_cls = FixedShapeKVCache if compile else StaticKVCache
+            self.cache = cache_cls(
                 len(blocks), batch_size, config.num_attention_heads, max_length, config.head_dim, dtype, device
             )
+            self._cached_step = _compiled_cached_step() if compile else _cached_step
         else:
             self.inputs = torch.empty(batch_size, max_length, config.hidden_size, dtype=dtype, device=device)
 
@@ -90,15 +103,31 @@ class _CausalStepper:
         p = self.position
         self.position += 1
         if self.cache is not None:
-            rope = self.rope[p : p + 1]
-            for i, block in enumerate(self.blocks):
-                x = block(x, rope, True, self.cache, i, p)
-            return x
+            return self._cached_step(self.blocks, self.rope, self.cache, x, p)
         self.inputs[:, p : p + 1] = x
         x = self.inputs[:, : p + 1]
         for block in self.blocks:
             x = block(x, self.rope[: p + 1], True)
         return x[:, -1:]
+
+
+def _cached_step(
+    blocks: nn.ModuleList, rope: torch.Tensor, cache: StaticKVCache, x: torch.Tensor, position: int
+) -> torch.Tensor:
+    """One position through every block, reading and extending the KV cache."""
+    rope = rope[position : position + 1]
+    for i, block in enumerate(blocks):
+        x = block(x, rope, True, cache, i, position)
+    return x
+
+
+@functools.cache
+def _compiled_cached_step() -> Callable:
+    """`_cached_step` under torch.compile, built on first request so importing hf_vq never loads the compiler.
+
+    `dynamic=True` keeps the position symbolic: the graph compiled at one position serves them all.
+    """
+    return torch.compile(_cached_step, dynamic=True)
 
 
 class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
@@ -132,7 +161,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             init.zeros_(module.weight)  # LlamaGen/FAR start from zero logits
 
     def rope_table(self, device: torch.device) -> torch.Tensor:
-        """(cls_token_num + N, head_dim // 2) complex 2D RoPE rows, the condition row zeroed."""
+        """(cls_token_num + N, head_dim // 2, 2) 2D RoPE (cos, sin) rows, the condition row zeroed."""
         c = self.config
         return rope_2d_table(c.grid_size, c.head_dim, c.rope_theta, c.cls_token_num).to(device)
 
@@ -198,6 +227,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         cfg_schedule: str = "constant",
         use_cache: bool = True,
         callback: Callable[[int, torch.Tensor], None] | None = None,
+        compile: bool = False,
     ) -> torch.LongTensor:
         """Sample (B, k, N) token grids for the given class ids.
 
@@ -211,6 +241,9 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             use_cache: decode on preallocated static KV caches; False re-runs the whole prefix every step
                 (a slow reference that gives the same tokens).
             callback: called as callback(position, tokens) after each position, e.g. for a progress bar.
+            compile: run the transformer stacks as `torch.compile` graphs (needs a C++ compiler on CPU). The
+                first call compiles, which takes tens of seconds; later calls reuse the graphs. Tokens can
+                differ from the eager sampler's in the last bits of the logits, like any change of kernels.
         """
         c = self.config
         labels = check_class_labels(class_labels, c.num_classes, self.norm.weight.device)
@@ -221,7 +254,9 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             labels = torch.cat([labels, torch.full_like(labels, c.num_classes)])
 
         with eval_mode(self), few_row_gemm_layout(self, rows=labels.shape[0]):
-            tokens = self._decode(labels, batch, guidance_scale, warpers, generator, cfg_schedule, use_cache, callback)
+            tokens = self._decode(
+                labels, batch, guidance_scale, warpers, generator, cfg_schedule, use_cache, callback, compile
+            )
         return tokens
 
     def _decode(
@@ -234,14 +269,15 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         cfg_schedule: str,
         use_cache: bool,
         callback: Callable[[int, torch.Tensor], None] | None,
+        compile: bool,
     ) -> torch.LongTensor:
         c = self.config
         device, dtype = self.norm.weight.device, self.norm.weight.dtype
         k, length, rows = c.num_codebooks, c.num_image_tokens, labels.shape[0]
         use_cfg = rows != batch
         rope = self.rope_table(device)
-        backbone = _CausalStepper(self.layers, rope, rows, length, c, dtype, device, use_cache)
-        head = _CausalStepper(self.ar_head, rope, rows, k, c, dtype, device, use_cache) if k > 1 else None
+        backbone = _CausalStepper(self.layers, rope, rows, length, c, dtype, device, use_cache, compile)
+        head = _CausalStepper(self.ar_head, rope, rows, k, c, dtype, device, use_cache, compile) if k > 1 else None
         tables = self.token_embeddings
         tokens = torch.empty(batch, k, length, dtype=torch.long, device=device)
 
