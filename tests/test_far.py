@@ -267,6 +267,8 @@ def test_compiled_sampling_matches_eager():
     with torch._dynamo.config.patch(error_on_recompile=True):
         again = model.sample(labels, guidance_scale=2.0, generator=torch.Generator().manual_seed(0), compile=True)
     assert torch.equal(compiled, eager) and torch.equal(again, eager)
+    with pytest.raises(ValueError, match="needs use_cache=True"):
+        model.sample(labels, compile=True, use_cache=False)
 
 
 @pytest.mark.parametrize("k", [1, 2])

@@ -248,6 +248,8 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         c = self.config
         labels = check_class_labels(class_labels, c.num_classes, self.norm.weight.device)
         check_sampling_args(guidance_scale, temperature, top_k, top_p, c.vocab_size, cfg_schedule)
+        if compile and not use_cache:
+            raise ValueError("compile=True compiles the cached decoding step; it needs use_cache=True")
         warpers = logits_warpers(temperature, top_k, top_p)
         batch = labels.shape[0]
         if guidance_scale != 1.0:
