@@ -125,7 +125,7 @@ def _cached_step(
 def _compiled_cached_step() -> Callable:
     """`_cached_step` under torch.compile, built on first request so importing hf_vq never loads the compiler.
 
-    `dynamic=True` keeps the position symbolic: the graph compiled at one position serves them all.
+    `dynamic=True` keeps the position symbolic instead of specialising a graph per position.
     """
     return torch.compile(_cached_step, dynamic=True)
 
