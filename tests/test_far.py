@@ -1,6 +1,5 @@
 """FAR / LlamaGen GPT generator: layout, maths, sampling, serialisation."""
 
-import contextlib
 import math
 import shutil
 
@@ -11,7 +10,7 @@ from transformers import AutoConfig, AutoModel
 
 from hf_vq.generators import FARConfig, FARForClassConditionalGeneration, modeling_far, official_key_to_hf
 from hf_vq.generators.blocks import FixedShapeKVCache, StaticKVCache, rope_2d_table
-from hf_vq.generators.sampling import few_row_gemm_layout, guide
+from hf_vq.generators.sampling import guide, set_gemm_layout
 
 VOCAB, CLASSES, GRID = 16, 4, 3
 
@@ -119,10 +118,14 @@ def test_static_kv_cache_chunks_equal_full_causal_attention(cache_cls):
     x, rope = torch.randn(2, 6, 32), rope_2d_table(GRID, 8, 10000.0, 1)[:6]
     full = block(x, rope, causal=True)
     cache = cache_cls(1, 2, 4, 6, 8, torch.float32, torch.device("cpu"))
-    chunks = [block(x[:, a:b], rope[a:b], True, cache, 0, a) for a, b in [(0, 3), (3, 5), (5, 6)]]
+
+    def start(a):  # the fixed-shape cache takes its position as a tensor, so compiled graphs do not bake it in
+        return torch.tensor([a]) if cache_cls is FixedShapeKVCache else a
+
+    chunks = [block(x[:, a:b], rope[a:b], True, cache, 0, start(a)) for a, b in [(0, 3), (3, 5), (5, 6)]]
     torch.testing.assert_close(torch.cat(chunks, 1), full)
     with pytest.raises(ValueError, match="KV cache holds 6 positions"):
-        block(x[:, :2], rope[:2], True, cache, 0, 5)
+        block(x[:, :2], rope[:2], True, cache, 0, start(5))
 
 
 def reference_logits(model: FARForClassConditionalGeneration, ids: torch.Tensor, labels: torch.Tensor):
@@ -402,20 +405,22 @@ def test_bf16_load_runs_and_agrees_with_fp32(tmp_path):
     assert tokens.shape == (2, 2, GRID**2) and int(tokens.max()) < VOCAB
 
 
-def test_few_row_gemm_layout_keeps_tokens_and_restores_weights(monkeypatch):
+def test_gemm_layout_keeps_values_and_tokens(monkeypatch):
     model = tiny_model(2)
-    before = {name: (p.detach().clone(), p.stride()) for name, p in model.named_parameters()}
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    with few_row_gemm_layout(model, rows=4):
-        assert all(m.weight.stride() == (1, m.out_features) for m in linears)
-    with pytest.raises(RuntimeError), few_row_gemm_layout(model, rows=4):
-        raise RuntimeError("interrupted")
-    with few_row_gemm_layout(model, rows=128):  # many rows: the layout is left alone
-        assert all(m.weight.is_contiguous() for m in linears)
+    set_gemm_layout(model, rows=4)
+    assert all(m.weight.stride() == (1, m.out_features) for m in linears)
+    pointers = [m.weight.data_ptr() for m in linears]
+    set_gemm_layout(model, rows=4)  # already laid out: nothing is copied again
+    assert [m.weight.data_ptr() for m in linears] == pointers
+    set_gemm_layout(model, rows=128)  # many rows: back to the usual row-major layout
+    assert all(m.weight.is_contiguous() for m in linears)
     for name, p in model.named_parameters():
-        assert torch.equal(p, before[name][0]) and p.stride() == before[name][1], name
+        assert torch.equal(p, before[name]), name
 
     tokens = model.sample([0, 1], guidance_scale=2.0, generator=torch.Generator().manual_seed(3))
-    monkeypatch.setattr(modeling_far, "few_row_gemm_layout", lambda model, rows: contextlib.nullcontext())
+    monkeypatch.setattr(modeling_far, "set_gemm_layout", lambda model, rows: None)
+    set_gemm_layout(model, rows=128)
     plain = model.sample([0, 1], guidance_scale=2.0, generator=torch.Generator().manual_seed(3))
     assert torch.equal(tokens, plain)

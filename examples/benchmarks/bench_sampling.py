@@ -1,9 +1,9 @@
 """Sampling throughput on CPU: hf_vq's FAR / GPT samplers vs the official FQGAN / LlamaGen samplers.
 
 Models: a small FAR (width 512, 8 layers, 8 heads, 2 AR-head layers, k=2, vocab 1024, 8x8 grid) and a plain
-LlamaGen GPT of the same width (k=1); batch 8 with classifier-free guidance 2.0, in fp32 and with bf16
-weights. The official models get our random weights (the state-dict keys are the same), so both sample the
-same distribution and, fed the same global seed, give the same tokens. Contenders run in turn inside every
+LlamaGen GPT of the same width (k=1); batch 8 with classifier-free guidance 2.0, in fp32 and with half-precision
+(bf16 or fp16) weights. The official models get our random weights (the state-dict keys are the same), so both
+sample the same distribution and, fed the same global seed, give the same tokens. Contenders run in turn inside every
 run (the order rotates) and the table shows medians, so load from other processes hits all of them alike;
 CPU seconds (process time) are shown next to wall seconds because the machine may be shared.
 
@@ -12,8 +12,8 @@ CPU seconds (process time) are shown next to wall seconds because the machine ma
     python examples/benchmarks/bench_sampling.py --official-fqgan /path/to/showlab+FQGAN \\
         --official-llamagen /path/to/FoundationVision+LlamaGen --runs 5 --profile
 
-It also checks: fp32 cached sampling == full recompute (same seed), and bf16 vs fp32 teacher-forced logits
-(top-1 agreement and mean KL). Peak memory is the process's peak RSS during one call minus its RSS before it
+It also checks: fp32 cached sampling == full recompute (same seed), and half precision vs fp32 teacher-forced
+logits (top-1 agreement and mean KL). Peak memory is the process's peak RSS during one call minus its RSS before it
 (Linux /proc/self/clear_refs). The official code is imported from the given paths at run time only.
 """
 
@@ -133,24 +133,31 @@ def official_sampler(
     return sample
 
 
-def load_bf16(model: FARForClassConditionalGeneration) -> FARForClassConditionalGeneration:
-    """The model as a user gets it with `from_pretrained(..., dtype=torch.bfloat16)` (output heads kept fp32)."""
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_as(model: FARForClassConditionalGeneration, dtype: str) -> FARForClassConditionalGeneration:
+    """The model as a user gets it with `from_pretrained(..., dtype=...)` (output heads kept fp32)."""
+    if dtype == "fp32":
+        return model
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
-        return FARForClassConditionalGeneration.from_pretrained(tmp, dtype=torch.bfloat16).eval()
+        return FARForClassConditionalGeneration.from_pretrained(tmp, dtype=DTYPES[dtype]).eval()
 
 
-def check_bf16(model: FARForClassConditionalGeneration, tokens: torch.Tensor, labels: torch.Tensor) -> str:
-    """Teacher-forced logits of bf16 weights vs fp32 on sampled tokens: top-1 agreement and mean KL."""
-    bf16 = load_bf16(model)
+def check_half(
+    model: FARForClassConditionalGeneration, tokens: torch.Tensor, labels: torch.Tensor, dtype: str
+) -> str:
+    """Teacher-forced logits of half-precision weights vs fp32 on sampled tokens: top-1 agreement and mean KL."""
+    half = load_as(model, dtype)
     with torch.no_grad():
         ref = model(tokens, labels).logits.log_softmax(-1)
-        low = bf16(tokens, labels).logits.log_softmax(-1)
+        low = half(tokens, labels).logits.log_softmax(-1)
     flipped = ref.argmax(-1) != low.argmax(-1)
     top1 = 1 - flipped.float().mean().item()
     kl = F.kl_div(low, ref, log_target=True, reduction="none").sum(-1).mean().item()
     verdict = "ok" if top1 >= 0.99 and kl <= 1e-3 else "FAILS (>= 99% and <= 1e-3 wanted)"
-    line = f"bf16 vs fp32 teacher-forced logits: top-1 agreement {100 * top1:.2f}%, mean KL {kl:.2e} -> {verdict}"
+    line = f"{dtype} vs fp32 teacher-forced logits: top-1 agreement {100 * top1:.2f}%, mean KL {kl:.2e} -> {verdict}"
     if flipped.any():
         top2 = ref.topk(2, dim=-1).values
         gap = (top2[..., 0] - top2[..., 1])[flipped].max().item()
@@ -159,13 +166,14 @@ def check_bf16(model: FARForClassConditionalGeneration, tokens: torch.Tensor, la
 
 
 def check_trained(path: Path, batch: int, cfg: float) -> None:
-    """bf16 agreement on a trained generator, teacher-forced on its own fp32 samples (every class in turn)."""
+    """Half-precision agreement on a trained generator, teacher-forced on its own fp32 samples (every class in turn)."""
     folder = path / "transformer" if (path / "transformer").is_dir() else path
     model = FARForClassConditionalGeneration.from_pretrained(folder).eval()
     labels = torch.arange(batch) % model.config.num_classes
     tokens = model.sample(labels, guidance_scale=cfg, generator=torch.Generator().manual_seed(0))
     print(f"\ntrained {folder} ({model.num_parameters() / 1e6:.2f}M params), {batch} samples:")
-    print(check_bf16(model, tokens, labels))
+    for dtype in ("bf16", "fp16"):
+        print(check_half(model, tokens, labels, dtype))
 
 
 def bench_model(k: int, args: argparse.Namespace) -> None:
@@ -177,15 +185,14 @@ def bench_model(k: int, args: argparse.Namespace) -> None:
     fp32_tokens = ours.sample(labels[:2], guidance_scale=args.cfg, generator=torch.Generator().manual_seed(0))
     full = ours.sample(labels[:2], guidance_scale=args.cfg, generator=torch.Generator().manual_seed(0), use_cache=False)
     print(f"\n{name}: fp32 cached tokens == full recompute: {torch.equal(fp32_tokens, full)}")
-    print(
-        check_bf16(
-            ours, ours.sample(labels, guidance_scale=args.cfg, generator=torch.Generator().manual_seed(1)), labels
-        )
-    )
+    sampled = ours.sample(labels, guidance_scale=args.cfg, generator=torch.Generator().manual_seed(1))
+    for dtype in args.dtype:
+        if dtype != "fp32":
+            print(check_half(ours, sampled, labels, dtype))
 
     runners, models = [], {}
     for dtype in args.dtype:
-        model = ours if dtype == "fp32" else load_bf16(ours)
+        model = load_as(ours, dtype)
         models[dtype] = model
         runners.append(Contender(f"hf_vq {dtype}", dtype, lambda m=model: m.sample(labels, guidance_scale=args.cfg)))
         if args.compile:
@@ -219,14 +226,15 @@ def bench_model(k: int, args: argparse.Namespace) -> None:
     }
     header = f"{'contender':<22}{'images/s':>10}{'tokens/s':>10}{'wall s':>9}{'cpu s':>8}{'peak MiB':>10}"
     header += f"{'1st call s':>12}"
-    header += f"{'x official (same dtype)':>25}" if reference else ""
+    header += f"{'x official fp32':>17}{'x official same dtype':>22}" if reference else ""
     print(header + "\n" + "-" * len(header))
     for c in runners:
         wall = statistics.median(c.wall)
         row = f"{c.name:<22}{args.batch / wall:>10.2f}{n_tokens / wall:>10.0f}{wall:>9.2f}"
         row += f"{statistics.median(c.cpu):>8.2f}{statistics.median(c.memory):>10.0f}{c.first_call:>12.1f}"
-        if c.dtype in reference:
-            row += f"{reference[c.dtype] / wall:>25.2f}"
+        if "fp32" in reference:
+            row += f"{reference['fp32'] / wall:>17.2f}"
+            row += f"{reference[c.dtype] / wall:>22.2f}" if c.dtype in reference else f"{'':>22}"
         print(row)
     for dtype in args.dtype:
         if f"official {dtype}" in outputs:
@@ -261,13 +269,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--cfg", type=float, default=2.0)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--dtype", nargs="+", default=["fp32", "bf16", "fp16"], choices=list(DTYPES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="add hf_vq contenders sampling with compile=True")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table per contender")
     parser.add_argument("--trained", type=Path, default=None,
-                        help="also check bf16 agreement on a trained generator: a pipeline or transformer folder")
+                        help="also check bf16/fp16 agreement on a trained generator (pipeline or transformer folder)")
     args = parser.parse_args()
     if args.runs < 3:
         parser.error("--runs must be at least 3 (the table reports medians)")

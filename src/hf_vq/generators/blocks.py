@@ -119,10 +119,12 @@ class StaticKVCache:
 
 
 class FixedShapeKVCache(StaticKVCache):
-    """A StaticKVCache whose reads are always the whole buffer, with the unwritten tail masked out.
+    """A StaticKVCache for compiled decoding: the position is a tensor and reads are always the whole buffer.
 
-    Every decoding step then has the same shapes, so `torch.compile` builds one graph for all positions;
-    the eager sampler keeps the exact-length reads of StaticKVCache.
+    Every step then has the same shapes and no Python int that changes, so `torch.compile` builds one graph for
+    all positions, and the write is an in-place `index_copy_` that the graph does not turn into a copy of the
+    whole buffer. The unwritten tail is masked out. The eager sampler keeps the exact-length reads of
+    StaticKVCache.
     """
 
     def __init__(self, *args, **kwargs):
@@ -130,16 +132,32 @@ class FixedShapeKVCache(StaticKVCache):
         self.key_positions = torch.arange(self.max_length, device=self.keys[0].device)
 
     def update(
-        self, layer_idx: int, start: int, key: torch.Tensor, value: torch.Tensor
+        self, layer_idx: int, start: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write (B, H, S, hd) key/value at [start, start + S) and return the full buffers."""
-        super().update(layer_idx, start, key, value)
+        """Write (B, H, S, hd) key/value at positions start + [0, S) ((1,) long `start`); return the full buffers."""
+        positions = start + torch.arange(key.shape[2], device=start.device)
+        end = positions[-1] + 1
+        if not torch.compiler.is_compiling() and end > self.max_length:  # eager only: a graph cannot raise
+            raise ValueError(f"KV cache holds {self.max_length} positions, asked to write up to {int(end)}")
+        self.keys[layer_idx].index_copy_(2, positions, key)
+        self.values[layer_idx].index_copy_(2, positions, value)
         return self.keys[layer_idx], self.values[layer_idx]
 
-    def causal_mask(self, start: int, length: int) -> torch.Tensor:
+    def causal_mask(self, start: torch.Tensor, length: int) -> torch.Tensor:
         """(length, max_length) mask: query start + q sees keys 0 .. start + q."""
         query_positions = start + torch.arange(length, device=self.key_positions.device)
         return self.key_positions[None, :] <= query_positions[:, None]
+
+
+def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d), masked) v for one query per head: (B, H, 1, d) q, (B, H, S, d) k and v, (1, S) mask.
+
+    Written as broadcast products and sums so that inductor fuses it into a couple of loops; SDPA's CPU kernel
+    costs about 300 us per call at one query, about as much as the layer's projections.
+    """
+    scores = (q * k).sum(-1, keepdim=True) * q.shape[-1] ** -0.5
+    weights = torch.softmax(scores.float().masked_fill(~mask.view(1, 1, -1, 1), float("-inf")), dim=2)
+    return (weights.type_as(v) * v).sum(2, keepdim=True)
 
 
 class Attention(nn.Module):
@@ -173,14 +191,17 @@ class Attention(nn.Module):
             if causal:
                 mask = cache.causal_mask(start, length)
                 causal = mask is None
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.attention_dropout if self.training else 0.0,
-            is_causal=causal and length > 1,
-        )
+        if isinstance(cache, FixedShapeKVCache) and length == 1 and mask is not None:
+            out = single_query_attention(q, k, v, mask)
+        else:
+            out = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=self.attention_dropout if self.training else 0.0,
+                is_causal=causal and length > 1,
+            )
         return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(batch, length, dim)))
 
 

@@ -28,11 +28,11 @@ from .sampling import (
     check_class_labels,
     check_sampling_args,
     eval_mode,
-    few_row_gemm_layout,
     guidance_scale_at,
     guide,
     logits_warpers,
     sample_from_logits,
+    set_gemm_layout,
 )
 
 # Module names match the official LlamaGen GPT (gpt.py) and FQGAN FAR (far_dual.py / far_triple.py) files:
@@ -91,6 +91,8 @@ class _CausalStepper:
                 len(blocks), batch_size, config.num_attention_heads, max_length, config.head_dim, dtype, device
             )
             self._cached_step = _compiled_cached_step() if compile else _cached_step
+            # The compiled step takes the position as a tensor: no Python int is baked into (or guarded by) the graph.
+            self._positions = torch.arange(max_length, device=device) if compile else None
         else:
             self.inputs = torch.empty(batch_size, max_length, config.hidden_size, dtype=dtype, device=device)
 
@@ -103,7 +105,8 @@ class _CausalStepper:
         p = self.position
         self.position += 1
         if self.cache is not None:
-            return self._cached_step(self.blocks, self.rope, self.cache, x, p)
+            position = p if self._positions is None else self._positions[p : p + 1]
+            return self._cached_step(self.blocks, self.rope, self.cache, x, position)
         self.inputs[:, p : p + 1] = x
         x = self.inputs[:, : p + 1]
         for block in self.blocks:
@@ -112,10 +115,10 @@ class _CausalStepper:
 
 
 def _cached_step(
-    blocks: nn.ModuleList, rope: torch.Tensor, cache: StaticKVCache, x: torch.Tensor, position: int
+    blocks: nn.ModuleList, rope: torch.Tensor, cache: StaticKVCache, x: torch.Tensor, position: int | torch.Tensor
 ) -> torch.Tensor:
-    """One position through every block, reading and extending the KV cache."""
-    rope = rope[position : position + 1]
+    """One position through every block, reading and extending the KV cache (an int or (1,) tensor position)."""
+    rope = rope[position] if isinstance(position, torch.Tensor) else rope[position : position + 1]
     for i, block in enumerate(blocks):
         x = block(x, rope, True, cache, i, position)
     return x
@@ -125,9 +128,9 @@ def _cached_step(
 def _compiled_cached_step() -> Callable:
     """`_cached_step` under torch.compile, built on first request so importing hf_vq never loads the compiler.
 
-    `dynamic=True` keeps the position symbolic instead of specialising a graph per position.
+    The position arrives as a tensor, so one graph serves every position.
     """
-    return torch.compile(_cached_step, dynamic=True)
+    return torch.compile(_cached_step)
 
 
 class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
@@ -255,7 +258,8 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         if guidance_scale != 1.0:
             labels = torch.cat([labels, torch.full_like(labels, c.num_classes)])
 
-        with eval_mode(self), few_row_gemm_layout(self, rows=labels.shape[0]):
+        set_gemm_layout(self, rows=labels.shape[0])
+        with eval_mode(self):
             tokens = self._decode(
                 labels, batch, guidance_scale, warpers, generator, cfg_schedule, use_cache, callback, compile
             )

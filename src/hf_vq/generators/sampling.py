@@ -29,28 +29,27 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-@contextmanager
-def few_row_gemm_layout(model: nn.Module, rows: int) -> Iterator[None]:
-    """On CPU, store fp32 linear weights input-major for the body, then restore them.
+def set_gemm_layout(model: nn.Module, rows: int) -> None:
+    """On CPU, lay fp32 linear weights out for multiplying `rows` activations: input-major below 128 rows.
 
     Token-by-token decoding multiplies `rows` (batch, doubled for CFG) activations by every weight. For few rows,
     MKL's sgemm is about 2x faster when the (out, in) weight is laid out in memory as (in, out): measured
     360 -> 160 us for 16 x 512 x 1536 on the 2-core dev CPU, and slower from about 128 rows on. The values, and so
-    the sampled tokens, do not change; only the strides do. Weights are re-laid out one at a time and no copy is
-    kept, so memory grows by one weight matrix at most.
+    the sampled tokens, do not change; only the strides do, and training and `save_pretrained` accept either
+    layout. The layout stays until a call asks for the other one, so repeated sampling pays for the copies once
+    (for the 8-layer benchmark FAR they cost as much as 4 of its 64 decoding steps). Weights are re-laid out one
+    at a time and no copy is kept, so memory grows by one weight matrix at most.
     """
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if rows >= 128 or not linears or any(m.weight.device.type != "cpu" or m.weight.dtype != torch.float32
-                                        for m in linears):
-        yield
+    if not linears or any(m.weight.device.type != "cpu" or m.weight.dtype != torch.float32 for m in linears):
         return
+    input_major = rows < 128
     for m in linears:
-        m.weight.data = m.weight.data.t().contiguous().t()
-    try:
-        yield
-    finally:
-        for m in linears:
-            m.weight.data = m.weight.data.contiguous()
+        weight = m.weight.data
+        if input_major and not weight.t().is_contiguous():
+            m.weight.data = weight.t().contiguous().t()
+        elif not input_major and not weight.is_contiguous():
+            m.weight.data = weight.contiguous()
 
 
 def check_class_labels(
