@@ -259,17 +259,21 @@ def test_cached_sampling_equals_full_recompute(k, settings):
 
 @pytest.mark.skipif(shutil.which("c++") is None, reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_sampling_matches_eager():
-    """Compiled sampling gives the eager tokens, and a second call reuses the first call's graphs."""
+    """Compiled sampling gives the eager tokens, and later calls reuse the first call's graphs: positions,
+    per-position guidance scales (linear schedule) and a new guidance scale are tensors, not recompiles."""
     model = tiny_model(2)
     labels = [0, 3, CLASSES]
-    eager = model.sample(labels, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+    knobs = dict(temperature=0.9, top_k=5, cfg_schedule="linear")
+
+    def sample(scale, **kwargs):
+        return model.sample(labels, guidance_scale=scale, generator=torch.Generator().manual_seed(0), **knobs, **kwargs)
+
     torch._dynamo.reset()
     with torch._dynamo.config.patch(error_on_recompile=False):
-        compiled = model.sample(labels, guidance_scale=2.0, generator=torch.Generator().manual_seed(0), compile=True)
-    # Whatever the first call compiled must serve a second call of the same shapes without recompiling.
+        compiled = sample(2.0, compile=True)
     with torch._dynamo.config.patch(error_on_recompile=True):
-        again = model.sample(labels, guidance_scale=2.0, generator=torch.Generator().manual_seed(0), compile=True)
-    assert torch.equal(compiled, eager) and torch.equal(again, eager)
+        again = sample(3.0, compile=True)
+    assert torch.equal(compiled, sample(2.0)) and torch.equal(again, sample(3.0))
     with pytest.raises(ValueError, match="needs use_cache=True"):
         model.sample(labels, compile=True, use_cache=False)
 

@@ -132,10 +132,11 @@ class FixedShapeKVCache(StaticKVCache):
         self.key_positions = torch.arange(self.max_length, device=self.keys[0].device)
 
     def update(
-        self, layer_idx: int, start: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+        self, layer_idx: int, start: int | torch.Tensor, key: torch.Tensor, value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write (B, H, S, hd) key/value at positions start + [0, S) ((1,) long `start`); return the full buffers."""
-        positions = start + torch.arange(key.shape[2], device=start.device)
+        """Write (B, H, S, hd) key/value at positions start + [0, S) (an int or (1,) long `start`); return the
+        full buffers."""
+        positions = start + torch.arange(key.shape[2], device=key.device)
         end = positions[-1] + 1
         if not torch.compiler.is_compiling() and end > self.max_length:  # eager only: a graph cannot raise
             raise ValueError(f"KV cache holds {self.max_length} positions, asked to write up to {int(end)}")
@@ -143,7 +144,7 @@ class FixedShapeKVCache(StaticKVCache):
         self.values[layer_idx].index_copy_(2, positions, value)
         return self.keys[layer_idx], self.values[layer_idx]
 
-    def causal_mask(self, start: torch.Tensor, length: int) -> torch.Tensor:
+    def causal_mask(self, start: int | torch.Tensor, length: int) -> torch.Tensor:
         """(length, max_length) mask: query start + q sees keys 0 .. start + q."""
         query_positions = start + torch.arange(length, device=self.key_positions.device)
         return self.key_positions[None, :] <= query_positions[:, None]

@@ -31,7 +31,7 @@ from .sampling import (
     guidance_scale_at,
     guide,
     logits_warpers,
-    sample_from_logits,
+    sampling_probs,
     set_gemm_layout,
 )
 
@@ -67,8 +67,8 @@ class _CausalStepper:
     """Runs a causal block stack one new position per call.
 
     With a static KV cache each call costs one position; without (`use_cache=False`) it re-runs the whole
-    prefix, which is the reference the cache is checked against. `compile=True` runs the cached step as a
-    `torch.compile` graph over a fixed-shape cache (one graph for every position).
+    prefix, which is the reference the cache is checked against. `fixed_shape=True` uses the cache that compiled
+    decoding needs (one graph for every position, positions given as tensors).
     """
 
     def __init__(
@@ -81,56 +81,106 @@ class _CausalStepper:
         dtype: torch.dtype,
         device: torch.device,
         use_cache: bool,
-        compile: bool = False,
+        fixed_shape: bool = False,
     ):
-        self.blocks, self.rope, self.position = blocks, rope, 0
+        self.blocks, self.rope = blocks, rope
         self.cache = self.inputs = None
         if use_cache:
-            cache_cls = FixedShapeKVCache if compile else StaticKVCache
+            cache_cls = FixedShapeKVCache if fixed_shape else StaticKVCache
             self.cache = cache_cls(
                 len(blocks), batch_size, config.num_attention_heads, max_length, config.head_dim, dtype, device
             )
-            self._cached_step = _compiled_cached_step() if compile else _cached_step
-            # The compiled step takes the position as a tensor: no Python int is baked into (or guarded by) the graph.
-            self._positions = torch.arange(max_length, device=device) if compile else None
         else:
             self.inputs = torch.empty(batch_size, max_length, config.hidden_size, dtype=dtype, device=device)
 
-    def reset(self) -> None:
-        """Start again at position 0 (cached entries are overwritten, never read before rewritten)."""
-        self.position = 0
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, D) input at the next position -> (B, 1, D) output there."""
-        p = self.position
-        self.position += 1
+    def __call__(self, x: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
+        """(B, 1, D) input at `position` (an int, or a (1,) tensor for the fixed-shape cache) -> (B, 1, D) output."""
         if self.cache is not None:
-            position = p if self._positions is None else self._positions[p : p + 1]
-            return self._cached_step(self.blocks, self.rope, self.cache, x, position)
-        self.inputs[:, p : p + 1] = x
-        x = self.inputs[:, : p + 1]
+            rope = self.rope[position] if isinstance(position, torch.Tensor) else self.rope[position : position + 1]
+            for i, block in enumerate(self.blocks):
+                x = block(x, rope, True, self.cache, i, position)
+            return x
+        self.inputs[:, position : position + 1] = x
+        x = self.inputs[:, : position + 1]
         for block in self.blocks:
-            x = block(x, self.rope[: p + 1], True)
+            x = block(x, self.rope[: position + 1], True)
         return x[:, -1:]
 
 
-def _cached_step(
-    blocks: nn.ModuleList, rope: torch.Tensor, cache: StaticKVCache, x: torch.Tensor, position: int | torch.Tensor
+def _sub_token_probs(
+    model: FARForClassConditionalGeneration,
+    h: torch.Tensor,
+    j: int,
+    scale: torch.Tensor,
+    warpers: list,
+    use_cfg: bool,
 ) -> torch.Tensor:
-    """One position through every block, reading and extending the KV cache (an int or (1,) tensor position)."""
-    rope = rope[position] if isinstance(position, torch.Tensor) else rope[position : position + 1]
-    for i, block in enumerate(blocks):
-        x = block(x, rope, True, cache, i, position)
-    return x
+    """Sampling probabilities of sub-token j from the (rows, 1, D) hidden state that predicts it."""
+    logits = model.head_logits(model.norm(h[:, 0]), j)
+    if use_cfg:
+        logits = guide(logits, scale)
+    return sampling_probs(logits, warpers)
+
+
+def _first_sub_token(
+    model: FARForClassConditionalGeneration,
+    backbone: _CausalStepper,
+    head: _CausalStepper | None,
+    x: torch.Tensor,
+    position: int | torch.Tensor,
+    scale: torch.Tensor,
+    warpers: list,
+    use_cfg: bool,
+) -> torch.Tensor:
+    """A position's input through the backbone (and the AR head's first step): probabilities of sub-token 0."""
+    h = backbone(x, position)
+    if head is not None:
+        h = head(h, 0)
+    return _sub_token_probs(model, h, 0, scale, warpers, use_cfg)
+
+
+def _decode_position(
+    model: FARForClassConditionalGeneration,
+    backbone: _CausalStepper,
+    head: _CausalStepper | None,
+    previous: torch.Tensor,
+    position: int | torch.Tensor,
+    scale: torch.Tensor,
+    warpers: list,
+    use_cfg: bool,
+) -> torch.Tensor:
+    """The previous position's (B, k, 1) tokens in, probabilities of this position's sub-token 0 out."""
+    x = model.embed_tokens(previous)
+    if use_cfg:
+        x = torch.cat([x, x])
+    return _first_sub_token(model, backbone, head, x, position, scale, warpers, use_cfg)
+
+
+def _next_sub_token(
+    model: FARForClassConditionalGeneration,
+    head: _CausalStepper,
+    token: torch.Tensor,
+    j: int,
+    scale: torch.Tensor,
+    warpers: list,
+    use_cfg: bool,
+) -> torch.Tensor:
+    """Sub-token j - 1 of this position, (B,) ids, in; probabilities of sub-token j out (FAR's AR head)."""
+    x = model.token_embeddings[j - 1](token)[:, None]
+    if use_cfg:
+        x = torch.cat([x, x])
+    return _sub_token_probs(model, head(x, j), j, scale, warpers, use_cfg)
 
 
 @functools.cache
-def _compiled_cached_step() -> Callable:
-    """`_cached_step` under torch.compile, built on first request so importing hf_vq never loads the compiler.
+def _compiled_steps() -> tuple[Callable, Callable]:
+    """`_decode_position` and `_next_sub_token` under torch.compile, built on first request so importing hf_vq
+    never loads the compiler.
 
-    The position arrives as a tensor, so one graph serves every position.
+    Everything between two multinomial draws is one graph, so per position the eager work is k draws (which stay
+    eager to honour the user's torch.Generator). Positions arrive as tensors, so one graph serves them all.
     """
-    return torch.compile(_cached_step)
+    return torch.compile(_decode_position), torch.compile(_next_sub_token)
 
 
 class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
@@ -244,7 +294,8 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             use_cache: decode on preallocated static KV caches; False re-runs the whole prefix every step
                 (a slow reference that gives the same tokens).
             callback: called as callback(position, tokens) after each position, e.g. for a progress bar.
-            compile: run the transformer stacks as `torch.compile` graphs (needs a C++ compiler on CPU). The
+            compile: run everything between two multinomial draws (embeddings, transformer stacks, norm, heads,
+                guidance, warpers, softmax) as `torch.compile` graphs (needs a C++ compiler on CPU). The
                 first call compiles, which takes tens of seconds; later calls reuse the graphs. Tokens can
                 differ from the eager sampler's in the last bits of the logits, like any change of kernels.
         """
@@ -284,29 +335,23 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         rope = self.rope_table(device)
         backbone = _CausalStepper(self.layers, rope, rows, length, c, dtype, device, use_cache, compile)
         head = _CausalStepper(self.ar_head, rope, rows, k, c, dtype, device, use_cache, compile) if k > 1 else None
-        tables = self.token_embeddings
+        decode_position, next_sub_token = _compiled_steps() if compile else (_decode_position, _next_sub_token)
+        # Compiled graphs take positions and scales as tensors, so they neither bake them in nor recompile.
+        positions = torch.arange(length, device=device)[:, None] if compile else range(length)
         tokens = torch.empty(batch, k, length, dtype=torch.long, device=device)
 
-        x = self.cls_embedding(labels)
         for i in range(length):
             scale = guidance_scale_at(guidance_scale, cfg_schedule, (i + 1) / length)
-            h = backbone(x)
-            if head is not None:
-                head.reset()
-            embedded = []
-            for j in range(k):
-                if head is not None:
-                    h = head(h)
-                logits = self.head_logits(self.norm(h[:, 0]), j)
-                if use_cfg:
-                    logits = guide(logits, scale)
-                tokens[:, j, i] = sample_from_logits(logits, warpers, generator)
-                embedded.append(tables[j](tokens[:, j, i : i + 1]))
-                if j < k - 1:
-                    h = torch.cat([embedded[j]] * 2) if use_cfg else embedded[j]
-            x = embedded[0] if k == 1 else self.aggregation_layer(torch.cat(embedded, dim=-1))
-            if use_cfg:
-                x = torch.cat([x, x])
+            scale = torch.tensor(scale, dtype=torch.float64)  # fp64 so guidance rounds as with a Python float
+            sampling = (positions[i], scale, warpers, use_cfg)
+            if i == 0:  # the class condition, run eagerly: the compiled graph then has one kind of input
+                probs = _first_sub_token(self, backbone, head, self.cls_embedding(labels), *sampling)
+            else:
+                probs = decode_position(self, backbone, head, tokens[:, :, i - 1 : i], *sampling)
+            tokens[:, 0, i] = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            for j in range(1, k):
+                probs = next_sub_token(self, head, tokens[:, j - 1, i], j, *sampling[1:])
+                tokens[:, j, i] = torch.multinomial(probs, 1, generator=generator)[:, 0]
             if callback is not None:
                 callback(i, tokens)
         return tokens

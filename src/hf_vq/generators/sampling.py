@@ -132,12 +132,9 @@ def guide(logits: torch.Tensor, scale: float) -> torch.Tensor:
     return cond + (scale - 1.0) * (cond - uncond)
 
 
-def sample_from_logits(
-    logits: torch.Tensor, warpers: list[LogitsProcessor], generator: torch.Generator | None
-) -> torch.Tensor:
-    """One multinomial draw per row of (rows, vocab) logits after the warpers -> (rows,) long."""
-    probs = torch.softmax(warp(logits.float(), warpers), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+def sampling_probs(logits: torch.Tensor, warpers: list[LogitsProcessor]) -> torch.Tensor:
+    """fp32 probabilities of (rows, vocab) logits after the warpers, ready for torch.multinomial."""
+    return torch.softmax(warp(logits.float(), warpers), dim=-1)
 
 
 def masking_schedule(num_tokens: int, num_steps: int) -> list[int]:
