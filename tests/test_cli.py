@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from test_pipeline import LABELS, far, tokenizer
 
@@ -19,6 +20,24 @@ def test_generate_writes_a_grid(pipe_dir, tmp_path, capsys):
     main(["generate", "--model", str(pipe_dir), "--labels", "Trouser", "2", "-n", "3", "--out", str(out)])
     assert Image.open(out).size == (3 * 8, 2 * 8)
     assert "2 labels x 3 images" in capsys.readouterr().out
+
+
+def test_generate_with_a_half_precision_generator(pipe_dir, tmp_path, monkeypatch):
+    loaded = []
+    from_pretrained = FQGANPipeline.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        loaded.append(from_pretrained(cls, *args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(FQGANPipeline, "from_pretrained", classmethod(spy))
+    out = tmp_path / "grid.png"
+    main(["generate", "--model", str(pipe_dir), "--labels", "0", "-n", "2", "--dtype", "fp16", "--out", str(out)])
+    transformer, vqvae = loaded[0].transformer, loaded[0].vqvae
+    assert transformer.norm.weight.dtype == torch.float16
+    assert all(head.weight.dtype == torch.float32 for head in transformer.output_heads)
+    assert all(p.dtype == torch.float32 for p in vqvae.parameters())
+    assert Image.open(out).size == (2 * 8, 8)
 
 
 def test_generate_bad_input(pipe_dir, tmp_path):

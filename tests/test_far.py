@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel
 
 from hf_vq.generators import FARConfig, FARForClassConditionalGeneration, modeling_far, official_key_to_hf
-from hf_vq.generators.blocks import FixedShapeKVCache, StaticKVCache, rope_2d_table
+from hf_vq.generators.blocks import FixedShapeKVCache, StaticKVCache, rope_2d_table, single_query_attention
 from hf_vq.generators.sampling import guide, set_gemm_layout
 
 VOCAB, CLASSES, GRID = 16, 4, 3
@@ -126,6 +126,17 @@ def test_static_kv_cache_chunks_equal_full_causal_attention(cache_cls):
     torch.testing.assert_close(torch.cat(chunks, 1), full)
     with pytest.raises(ValueError, match="KV cache holds 6 positions"):
         block(x[:, :2], rope[:2], True, cache, 0, start(5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_single_query_attention_equals_sdpa(dtype):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, length, 8).to(dtype) for length in (1, 6, 6))
+    mask = torch.arange(6)[None] <= 3  # keys 4 and 5 not written yet
+    out = single_query_attention(q, k, v, mask)
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), expected, **({} if dtype == torch.float32 else dict(atol=2e-3, rtol=2e-3)))
 
 
 def reference_logits(model: FARForClassConditionalGeneration, ids: torch.Tensor, labels: torch.Tensor):
@@ -393,19 +404,20 @@ def test_save_load_round_trip_is_exact_and_auto_classes_work(tmp_path):
     assert isinstance(AutoModel.from_config(tiny_config(1)), FARForClassConditionalGeneration)
 
 
-def test_bf16_load_runs_and_agrees_with_fp32(tmp_path):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_load_runs_and_agrees_with_fp32(tmp_path, dtype):
     model = tiny_model(2)
     model.save_pretrained(tmp_path)
-    bf16 = FARForClassConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
-    # everything in bf16 except the output heads, kept fp32 so near-tied logits keep their order
-    heads = {f"{name}.weight" for name in bf16._output_names}
-    assert all((p.dtype == torch.float32) == (name in heads) for name, p in bf16.named_parameters())
+    half = FARForClassConditionalGeneration.from_pretrained(tmp_path, dtype=dtype)
+    # everything in half precision except the output heads, kept fp32 so near-tied logits keep their order
+    heads = {f"{name}.weight" for name in half._output_names}
+    assert all((p.dtype == torch.float32) == (name in heads) for name, p in half.named_parameters())
     ids, labels = random_ids(2), torch.tensor([0, 1, 2])
-    logits = bf16(ids, labels).logits
+    logits = half(ids, labels).logits
     assert logits.dtype == torch.float32
     agree = (logits.argmax(-1) == model(ids, labels).logits.argmax(-1)).float().mean()
     assert agree > 0.9
-    tokens = bf16.sample([0, 1], guidance_scale=2.0, top_k=5)
+    tokens = half.sample([0, 1], guidance_scale=2.0, top_k=5)
     assert tokens.shape == (2, 2, GRID**2) and int(tokens.max()) < VOCAB
 
 
@@ -418,13 +430,13 @@ def test_gemm_layout_keeps_values_and_tokens(monkeypatch):
     pointers = [m.weight.data_ptr() for m in linears]
     set_gemm_layout(model, rows=4)  # already laid out: nothing is copied again
     assert [m.weight.data_ptr() for m in linears] == pointers
-    set_gemm_layout(model, rows=128)  # many rows: back to the usual row-major layout
+    set_gemm_layout(model, rows=64)  # many rows: back to the usual row-major layout
     assert all(m.weight.is_contiguous() for m in linears)
     for name, p in model.named_parameters():
         assert torch.equal(p, before[name]), name
 
     tokens = model.sample([0, 1], guidance_scale=2.0, generator=torch.Generator().manual_seed(3))
     monkeypatch.setattr(modeling_far, "set_gemm_layout", lambda model, rows: None)
-    set_gemm_layout(model, rows=128)
+    set_gemm_layout(model, rows=64)
     plain = model.sample([0, 1], guidance_scale=2.0, generator=torch.Generator().manual_seed(3))
     assert torch.equal(tokens, plain)

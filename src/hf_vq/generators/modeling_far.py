@@ -344,14 +344,18 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             scale = guidance_scale_at(guidance_scale, cfg_schedule, (i + 1) / length)
             scale = torch.tensor(scale, dtype=torch.float64)  # fp64 so guidance rounds as with a Python float
             sampling = (positions[i], scale, warpers, use_cfg)
-            if i == 0:  # the class condition, run eagerly: the compiled graph then has one kind of input
-                probs = _first_sub_token(self, backbone, head, self.cls_embedding(labels), *sampling)
-            else:
-                probs = decode_position(self, backbone, head, tokens[:, :, i - 1 : i], *sampling)
-            tokens[:, 0, i] = torch.multinomial(probs, 1, generator=generator)[:, 0]
-            for j in range(1, k):
-                probs = next_sub_token(self, head, tokens[:, j - 1, i], j, *sampling[1:])
-                tokens[:, j, i] = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            # From position 2 on, every graph this loop calls has been looked up with all its guards in this call,
+            # and the inputs keep their objects, types and shapes: only the guards that tell cached graphs apart
+            # need to run (about 5% of the compiled sampler's time).
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=compile and i >= 2):
+                if i == 0:  # the class condition, run eagerly: the compiled graph then has one kind of input
+                    probs = _first_sub_token(self, backbone, head, self.cls_embedding(labels), *sampling)
+                else:
+                    probs = decode_position(self, backbone, head, tokens[:, :, i - 1 : i], *sampling)
+                tokens[:, 0, i] = torch.multinomial(probs, 1, generator=generator)[:, 0]
+                for j in range(1, k):
+                    probs = next_sub_token(self, head, tokens[:, j - 1, i], j, *sampling[1:])
+                    tokens[:, j, i] = torch.multinomial(probs, 1, generator=generator)[:, 0]
             if callback is not None:
                 callback(i, tokens)
         return tokens
