@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModel
 
 from hf_vq.generators import FARConfig, FARForClassConditionalGeneration, modeling_far, official_key_to_hf
 from hf_vq.generators.blocks import FixedShapeKVCache, StaticKVCache, rope_2d_table, single_query_attention
-from hf_vq.generators.sampling import guide, set_gemm_layout
+from hf_vq.generators.sampling import exponential_noise, guide, multinomial_from_noise, set_gemm_layout
 
 VOCAB, CLASSES, GRID = 16, 4, 3
 
@@ -303,6 +303,15 @@ def test_same_seed_same_tokens():
     b = model.sample([0, 1], guidance_scale=2.0, generator=torch.Generator().manual_seed(7))
     c = model.sample([0, 1], guidance_scale=2.0, generator=torch.Generator().manual_seed(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_draws_from_noise_are_torch_multinomial_draws():
+    """Noise drawn for k successive draws up front gives the tokens k torch.multinomial calls give, seed for seed."""
+    probs = torch.softmax(3 * torch.randn(3, 5, 64), dim=-1)
+    generator = torch.Generator().manual_seed(7)
+    expected = torch.stack([torch.multinomial(p, 1, generator=generator)[:, 0] for p in probs])
+    noise = exponential_noise((3, 5, 64), torch.Generator().manual_seed(7), torch.device("cpu"))
+    assert torch.equal(torch.stack([multinomial_from_noise(p, q) for p, q in zip(probs, noise)]), expected)
 
 
 def test_guidance_formula_and_its_end_points():

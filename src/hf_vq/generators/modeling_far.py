@@ -28,9 +28,11 @@ from .sampling import (
     check_class_labels,
     check_sampling_args,
     eval_mode,
+    exponential_noise,
     guidance_scale_at,
     guide,
     logits_warpers,
+    multinomial_from_noise,
     sampling_probs,
     set_gemm_layout,
 )
@@ -107,36 +109,36 @@ class _CausalStepper:
         return x[:, -1:]
 
 
-def _sub_token_probs(
-    model: FARForClassConditionalGeneration,
-    h: torch.Tensor,
-    j: int,
-    scale: torch.Tensor,
-    warpers: list,
-    use_cfg: bool,
-) -> torch.Tensor:
-    """Sampling probabilities of sub-token j from the (rows, 1, D) hidden state that predicts it."""
-    logits = model.head_logits(model.norm(h[:, 0]), j)
-    if use_cfg:
-        logits = guide(logits, scale)
-    return sampling_probs(logits, warpers)
-
-
-def _first_sub_token(
+def _position_tokens(
     model: FARForClassConditionalGeneration,
     backbone: _CausalStepper,
     head: _CausalStepper | None,
     x: torch.Tensor,
     position: int | torch.Tensor,
+    noise: torch.Tensor,
     scale: torch.Tensor,
     warpers: list,
     use_cfg: bool,
 ) -> torch.Tensor:
-    """A position's input through the backbone (and the AR head's first step): probabilities of sub-token 0."""
+    """A position's (rows, 1, D) input in, its (B, k) sampled tokens out.
+
+    The backbone gives h_i; for k > 1 the AR head then predicts the sub-tokens in turn from [h_i, E1[t1], ...].
+    Each draw is `multinomial_from_noise` with the caller's Exp(1) `noise` (k, B, vocab), i.e. torch.multinomial's
+    draw for the same generator state, so the whole position is one graph when compiled.
+    """
     h = backbone(x, position)
-    if head is not None:
-        h = head(h, 0)
-    return _sub_token_probs(model, h, 0, scale, warpers, use_cfg)
+    tokens = []
+    for j in range(noise.shape[0]):
+        if head is not None:
+            h = head(h, j)
+        logits = model.head_logits(model.norm(h[:, 0]), j)
+        if use_cfg:
+            logits = guide(logits, scale)
+        tokens.append(multinomial_from_noise(sampling_probs(logits, warpers), noise[j]))
+        if j < noise.shape[0] - 1:
+            h = model.token_embeddings[j](tokens[j])[:, None]
+            h = torch.cat([h, h]) if use_cfg else h
+    return torch.stack(tokens, dim=1)
 
 
 def _decode_position(
@@ -145,42 +147,26 @@ def _decode_position(
     head: _CausalStepper | None,
     previous: torch.Tensor,
     position: int | torch.Tensor,
+    noise: torch.Tensor,
     scale: torch.Tensor,
     warpers: list,
     use_cfg: bool,
 ) -> torch.Tensor:
-    """The previous position's (B, k, 1) tokens in, probabilities of this position's sub-token 0 out."""
+    """The previous position's (B, k, 1) tokens in, this position's (B, k) tokens out."""
     x = model.embed_tokens(previous)
     if use_cfg:
         x = torch.cat([x, x])
-    return _first_sub_token(model, backbone, head, x, position, scale, warpers, use_cfg)
-
-
-def _next_sub_token(
-    model: FARForClassConditionalGeneration,
-    head: _CausalStepper,
-    token: torch.Tensor,
-    j: int,
-    scale: torch.Tensor,
-    warpers: list,
-    use_cfg: bool,
-) -> torch.Tensor:
-    """Sub-token j - 1 of this position, (B,) ids, in; probabilities of sub-token j out (FAR's AR head)."""
-    x = model.token_embeddings[j - 1](token)[:, None]
-    if use_cfg:
-        x = torch.cat([x, x])
-    return _sub_token_probs(model, head(x, j), j, scale, warpers, use_cfg)
+    return _position_tokens(model, backbone, head, x, position, noise, scale, warpers, use_cfg)
 
 
 @functools.cache
-def _compiled_steps() -> tuple[Callable, Callable]:
-    """`_decode_position` and `_next_sub_token` under torch.compile, built on first request so importing hf_vq
-    never loads the compiler.
+def _compiled_decode_position() -> Callable:
+    """`_decode_position` under torch.compile, built on first request so importing hf_vq never loads the compiler.
 
-    Everything between two multinomial draws is one graph, so per position the eager work is k draws (which stay
-    eager to honour the user's torch.Generator). Positions arrive as tensors, so one graph serves them all.
+    The random draws come in as noise, so a whole position (k sub-tokens) is one graph; positions and guidance
+    scales arrive as tensors, so that graph serves every position.
     """
-    return torch.compile(_decode_position), torch.compile(_next_sub_token)
+    return torch.compile(_decode_position)
 
 
 class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
@@ -335,7 +321,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         rope = self.rope_table(device)
         backbone = _CausalStepper(self.layers, rope, rows, length, c, dtype, device, use_cache, compile)
         head = _CausalStepper(self.ar_head, rope, rows, k, c, dtype, device, use_cache, compile) if k > 1 else None
-        decode_position, next_sub_token = _compiled_steps() if compile else (_decode_position, _next_sub_token)
+        decode_position = _compiled_decode_position() if compile else _decode_position
         # Compiled graphs take positions and scales as tensors, so they neither bake them in nor recompile.
         positions = torch.arange(length, device=device)[:, None] if compile else range(length)
         tokens = torch.empty(batch, k, length, dtype=torch.long, device=device)
@@ -343,19 +329,16 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         for i in range(length):
             scale = guidance_scale_at(guidance_scale, cfg_schedule, (i + 1) / length)
             scale = torch.tensor(scale, dtype=torch.float64)  # fp64 so guidance rounds as with a Python float
-            sampling = (positions[i], scale, warpers, use_cfg)
-            # From position 2 on, every graph this loop calls has been looked up with all its guards in this call,
+            noise = exponential_noise((k, batch, c.vocab_size), generator, device)
+            sampling = (positions[i], noise, scale, warpers, use_cfg)
+            # From position 2 on, the graph this loop calls has been looked up with all its guards in this call,
             # and the inputs keep their objects, types and shapes: only the guards that tell cached graphs apart
             # need to run (about 5% of the compiled sampler's time).
             with torch.compiler.set_stance(skip_guard_eval_unsafe=compile and i >= 2):
                 if i == 0:  # the class condition, run eagerly: the compiled graph then has one kind of input
-                    probs = _first_sub_token(self, backbone, head, self.cls_embedding(labels), *sampling)
+                    tokens[:, :, i] = _position_tokens(self, backbone, head, self.cls_embedding(labels), *sampling)
                 else:
-                    probs = decode_position(self, backbone, head, tokens[:, :, i - 1 : i], *sampling)
-                tokens[:, 0, i] = torch.multinomial(probs, 1, generator=generator)[:, 0]
-                for j in range(1, k):
-                    probs = next_sub_token(self, head, tokens[:, j - 1, i], j, *sampling[1:])
-                    tokens[:, j, i] = torch.multinomial(probs, 1, generator=generator)[:, 0]
+                    tokens[:, :, i] = decode_position(self, backbone, head, tokens[:, :, i - 1 : i], *sampling)
             if callback is not None:
                 callback(i, tokens)
         return tokens

@@ -136,8 +136,26 @@ def guide(logits: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def sampling_probs(logits: torch.Tensor, warpers: list[LogitsProcessor]) -> torch.Tensor:
-    """fp32 probabilities of (rows, vocab) logits after the warpers, ready for torch.multinomial."""
+    """fp32 probabilities of (rows, vocab) logits after the warpers."""
     return torch.softmax(warp(logits.float(), warpers), dim=-1)
+
+
+def exponential_noise(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """fp32 Exp(1) draws, made as torch.multinomial makes them: a (..., rows, vocab) block holds the noise of
+    successive multinomial calls on (rows, vocab) probabilities, in order."""
+    return torch.empty(shape, device=device).exponential_(generator=generator)
+
+
+def multinomial_from_noise(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """One draw per row of (rows, vocab) probabilities given Exp(1) noise: argmax(p / q) -> (rows,) long.
+
+    This is how torch.multinomial draws one sample (the exponential race): with the noise it would have drawn
+    from the same generator it returns the same tokens, and with the noise drawn beforehand the draw can sit
+    inside a compiled graph.
+    """
+    return (probs / noise).argmax(dim=-1)
 
 
 def masking_schedule(num_tokens: int, num_steps: int) -> list[int]:
