@@ -257,7 +257,7 @@ def profile(runners: list[Contender], seed: int) -> None:
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             c.sample()
         print(f"\nprofile: {c.name}")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
 
 
 def main() -> None:
@@ -286,6 +286,10 @@ def main() -> None:
         if path is not None and not path.is_dir():
             parser.error(f"--{flag.replace('_', '-')} {path} is not a folder")
     torch.set_num_threads(args.threads)
+    if args.profile:  # name each generated kernel in the profile; without it a compiled call is one opaque row
+        from torch._inductor import config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True
     for k in args.models:
         bench_model(k, args)
     if args.trained is not None:
