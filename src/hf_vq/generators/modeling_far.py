@@ -277,14 +277,15 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             guidance_scale: classifier-free guidance s, logits = u + s (c - u) on a batched [cond; null] pass;
                 1.0 turns guidance (and the null pass) off.
             temperature, top_k, top_p: applied in that order to every sub-token's logits (top_k=0, top_p=1 off).
-            generator: torch.Generator for the multinomial draws; the same seed gives the same tokens.
+            generator: torch.Generator for the draws; the same seed gives the same tokens, and the tokens
+                torch.multinomial would draw (the noise it would use is drawn up front, position by position).
             cfg_schedule: "constant", or "linear" (the scale ramps from 1 to s with the fraction of tokens done).
             use_cache: decode on preallocated static KV caches; False re-runs the whole prefix every step
                 (a slow reference that gives the same tokens).
             callback: called as callback(position, tokens) after each position, e.g. for a progress bar.
-            compile: run everything between two multinomial draws (embeddings, transformer stacks, norm, heads,
-                guidance, warpers, softmax) as `torch.compile` graphs (needs a C++ compiler on CPU). The
-                first call compiles, which takes tens of seconds; later calls reuse the graphs. Tokens can
+            compile: run each decoding position (embeddings, transformer stacks, norm, heads, guidance, warpers
+                and the k sub-token draws) as one `torch.compile` graph (needs a C++ compiler on CPU). The
+                first call compiles, which takes tens of seconds; later calls reuse the graph. Tokens can
                 differ from the eager sampler's in the last bits of the logits, like any change of kernels.
         """
         c = self.config
