@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel
 
 from hf_vq.generators import FARConfig, FARForClassConditionalGeneration, modeling_far, official_key_to_hf
@@ -310,8 +311,16 @@ def test_draws_from_noise_are_torch_multinomial_draws():
     probs = torch.softmax(3 * torch.randn(3, 5, 64), dim=-1)
     generator = torch.Generator().manual_seed(7)
     expected = torch.stack([torch.multinomial(p, 1, generator=generator)[:, 0] for p in probs])
-    noise = exponential_noise((3, 5, 64), torch.Generator().manual_seed(7), torch.device("cpu"))
+    noise = exponential_noise(3, (5, 64), torch.Generator().manual_seed(7), torch.device("cpu"))
     assert torch.equal(torch.stack([multinomial_from_noise(p, q) for p, q in zip(probs, noise)]), expected)
+
+
+def test_non_finite_logits_are_an_error_not_tokens():
+    model = tiny_model(2)
+    with torch.no_grad():
+        model.norm.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="NaN or infinite logits"):
+        model.sample([0, 1], guidance_scale=2.0)
 
 
 def test_guidance_formula_and_its_end_points():
@@ -430,7 +439,7 @@ def test_half_precision_load_runs_and_agrees_with_fp32(tmp_path, dtype):
     assert tokens.shape == (2, 2, GRID**2) and int(tokens.max()) < VOCAB
 
 
-def test_gemm_layout_keeps_values_and_tokens(monkeypatch):
+def test_gemm_layout_keeps_values_and_tokens(monkeypatch, tmp_path):
     model = tiny_model(2)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
@@ -444,8 +453,18 @@ def test_gemm_layout_keeps_values_and_tokens(monkeypatch):
     for name, p in model.named_parameters():
         assert torch.equal(p, before[name]), name
 
+    # An eval-mode model keeps the sampling layout between calls; training mode gets the row-major one back,
+    # also when sampling is called on a model in training mode (as in a training loop's preview).
+    model.eval()
     tokens = model.sample([0, 1], guidance_scale=2.0, generator=torch.Generator().manual_seed(3))
+    assert not all(m.weight.is_contiguous() for m in linears)
+    model.train()
+    assert all(m.weight.is_contiguous() for m in linears)
+    model.sample([0, 1], guidance_scale=2.0)
+    assert model.training and all(m.weight.is_contiguous() for m in linears)
+    torch.nn.utils.parameters_to_vector(model.parameters())
+    save_file(model.state_dict(), tmp_path / "weights.safetensors")
+
     monkeypatch.setattr(modeling_far, "set_gemm_layout", lambda model, rows: None)
-    set_gemm_layout(model, rows=64)
     plain = model.sample([0, 1], guidance_scale=2.0, generator=torch.Generator().manual_seed(3))
     assert torch.equal(tokens, plain)

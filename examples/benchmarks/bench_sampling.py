@@ -273,7 +273,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="add hf_vq contenders sampling with compile=True")
-    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table per contender")
+    parser.add_argument("--profile", action="store_true",
+                        help="print a torch.profiler table per contender (compiled kernels then carry profiler "
+                        "hooks, in the timed runs too)")
     parser.add_argument("--trained", type=Path, default=None,
                         help="also check bf16/fp16 agreement on a trained generator (pipeline or transformer folder)")
     args = parser.parse_args()

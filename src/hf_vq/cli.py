@@ -30,6 +30,7 @@ def generate(args: argparse.Namespace) -> None:
     """Sample a grid: one row per label, `-n` images per row."""
     import torch
     from diffusers.utils import make_image_grid
+    from transformers import AutoModel
 
     from .pipelines import FQGANPipeline
 
@@ -41,10 +42,11 @@ def generate(args: argparse.Namespace) -> None:
     model = args.model or bundled_model_path()
     if args.model is None and not Path(model).is_dir():
         raise SystemExit(f"the bundled model is missing from this install ({model}); pass --model")
-    # Only the generator's weights change precision: its fp32 output heads stay fp32 (transformers'
-    # _keep_in_fp32_modules_strict), and the tokenizer, a small part of the time, stays fp32.
-    dtype = {"transformer": getattr(torch, GENERATOR_DTYPES[args.dtype]), "default": torch.float32}
-    pipe = FQGANPipeline.from_pretrained(model, dtype=dtype).to(args.device)
+    # Only the generator changes precision, loaded by transformers so that its output heads stay fp32
+    # (_keep_in_fp32_modules_strict); the tokenizer, a small part of the time, stays fp32.
+    dtype = getattr(torch, GENERATOR_DTYPES[args.dtype])
+    transformer = AutoModel.from_pretrained(model, subfolder="transformer", dtype=dtype)
+    pipe = FQGANPipeline.from_pretrained(model, transformer=transformer).to(args.device)
     labels = [int(x) if x.isdigit() else x for x in args.labels]
     pipe.get_label_ids(labels)  # fail on a bad label before any sampling
     images = pipe(labels, num_images_per_label=args.n, guidance_scale=args.guidance_scale,

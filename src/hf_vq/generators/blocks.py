@@ -134,8 +134,7 @@ class FixedShapeKVCache(StaticKVCache):
     def update(
         self, layer_idx: int, start: int | torch.Tensor, key: torch.Tensor, value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write (B, H, S, hd) key/value at positions start + [0, S) (an int or (1,) long `start`); return the
-        full buffers."""
+        """Write (B, H, S, hd) key/value at start + [0, S) (int or (1,) long start); return the full buffers."""
         positions = start + torch.arange(key.shape[2], device=key.device)
         end = positions[-1] + 1
         if not torch.compiler.is_compiling() and end > self.max_length:  # eager only: a graph cannot raise
@@ -180,7 +179,7 @@ class Attention(nn.Module):
         causal: bool,
         cache: StaticKVCache | None = None,
         layer_idx: int = 0,
-        start: int = 0,
+        start: int | torch.Tensor = 0,
     ) -> torch.Tensor:
         batch, length, dim = x.shape
         qkv = self.wqkv(x).view(batch, length, 3, self.num_heads, self.head_dim)
@@ -232,7 +231,7 @@ class TransformerBlock(nn.Module):
         causal: bool,
         cache: StaticKVCache | None = None,
         layer_idx: int = 0,
-        start: int = 0,
+        start: int | torch.Tensor = 0,
     ) -> torch.Tensor:
         h = x + self.attention(self.attention_norm(x), rope, causal, cache, layer_idx, start)
         return h + self.feed_forward(self.ffn_norm(h))

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.generation.logits_process import LogitsProcessor
 from transformers.utils import ModelOutput
 
 from .blocks import (
@@ -117,28 +118,30 @@ def _position_tokens(
     position: int | torch.Tensor,
     noise: torch.Tensor,
     scale: torch.Tensor,
-    warpers: list,
+    warpers: list[LogitsProcessor],
     use_cfg: bool,
-) -> torch.Tensor:
-    """A position's (rows, 1, D) input in, its (B, k) sampled tokens out.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A position's (rows, 1, D) input in, its (B, k) sampled tokens and whether all probabilities were finite out.
 
     The backbone gives h_i; for k > 1 the AR head then predicts the sub-tokens in turn from [h_i, E1[t1], ...].
     Each draw is `multinomial_from_noise` with the caller's Exp(1) `noise` (k, B, vocab), i.e. torch.multinomial's
     draw for the same generator state, so the whole position is one graph when compiled.
     """
     h = backbone(x, position)
-    tokens = []
+    tokens, finite = [], []
     for j in range(noise.shape[0]):
         if head is not None:
             h = head(h, j)
         logits = model.head_logits(model.norm(h[:, 0]), j)
         if use_cfg:
             logits = guide(logits, scale)
-        tokens.append(multinomial_from_noise(sampling_probs(logits, warpers), noise[j]))
+        probs = sampling_probs(logits, warpers)
+        finite.append(torch.isfinite(probs).all())  # argmax would turn NaN into a token; torch.multinomial raises
+        tokens.append(multinomial_from_noise(probs, noise[j]))
         if j < noise.shape[0] - 1:
             h = model.token_embeddings[j](tokens[j])[:, None]
             h = torch.cat([h, h]) if use_cfg else h
-    return torch.stack(tokens, dim=1)
+    return torch.stack(tokens, dim=1), torch.stack(finite).all()
 
 
 def _decode_position(
@@ -149,10 +152,10 @@ def _decode_position(
     position: int | torch.Tensor,
     noise: torch.Tensor,
     scale: torch.Tensor,
-    warpers: list,
+    warpers: list[LogitsProcessor],
     use_cfg: bool,
-) -> torch.Tensor:
-    """The previous position's (B, k, 1) tokens in, this position's (B, k) tokens out."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The previous position's (B, k, 1) tokens in, this position's (B, k) tokens (and finiteness) out."""
     x = model.embed_tokens(previous)
     if use_cfg:
         x = torch.cat([x, x])
@@ -200,6 +203,13 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         super()._init_weights(module)
         if any(module is head for head in self.output_heads):
             init.zeros_(module.weight)  # LlamaGen/FAR start from zero logits
+
+    def train(self, mode: bool = True) -> FARForClassConditionalGeneration:
+        """nn.Module.train; entering training mode also restores the row-major weight layout that sampling sets
+        (see `set_gemm_layout`), so training, DDP and state-dict consumers see contiguous weights."""
+        if mode:
+            set_gemm_layout(self, None)
+        return super().train(mode)
 
     def rope_table(self, device: torch.device) -> torch.Tensor:
         """(cls_token_num + N, head_dim // 2, 2) 2D RoPE (cos, sin) rows, the condition row zeroed."""
@@ -298,7 +308,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         if guidance_scale != 1.0:
             labels = torch.cat([labels, torch.full_like(labels, c.num_classes)])
 
-        set_gemm_layout(self, rows=labels.shape[0])
+        set_gemm_layout(self, rows=labels.shape[0])  # kept in eval mode; a training model gets it back on exit
         with eval_mode(self):
             tokens = self._decode(
                 labels, batch, guidance_scale, warpers, generator, cfg_schedule, use_cache, callback, compile
@@ -310,7 +320,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         labels: torch.Tensor,
         batch: int,
         guidance_scale: float,
-        warpers: list,
+        warpers: list[LogitsProcessor],
         generator: torch.Generator | None,
         cfg_schedule: str,
         use_cache: bool,
@@ -329,19 +339,23 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         positions = torch.arange(length, device=device)[:, None] if compile else range(length)
         tokens = torch.empty(batch, k, length, dtype=torch.long, device=device)
 
+        finite = torch.ones((), dtype=torch.bool, device=device)
         for i in range(length):
             scale = guidance_scale_at(guidance_scale, cfg_schedule, (i + 1) / length)
             scale = torch.tensor(scale, dtype=torch.float64)  # fp64 so guidance rounds as with a Python float
-            noise = exponential_noise((k, batch, c.vocab_size), generator, device)
+            noise = exponential_noise(k, (batch, c.vocab_size), generator, device)
             sampling = (positions[i], noise, scale, warpers, use_cfg)
-            # From position 2 on, the graph this loop calls has been looked up with all its guards in this call,
-            # and the inputs keep their objects, types and shapes: only the guards that tell cached graphs apart
-            # need to run (about 5% of the compiled sampler's time).
-            with torch.compiler.set_stance(skip_guard_eval_unsafe=compile and i >= 2):
-                if i == 0:  # the class condition, run eagerly: the compiled graph then has one kind of input
-                    tokens[:, :, i] = _position_tokens(self, backbone, head, self.cls_embedding(labels), *sampling)
-                else:
-                    tokens[:, :, i] = decode_position(self, backbone, head, tokens[:, :, i - 1 : i], *sampling)
+            if i == 0:  # the class condition, run eagerly: the compiled graph then has one kind of input
+                drawn, ok = _position_tokens(self, backbone, head, self.cls_embedding(labels), *sampling)
+            else:
+                drawn, ok = decode_position(self, backbone, head, tokens[:, :, i - 1 : i], *sampling)
+            tokens[:, :, i] = drawn
+            finite &= ok
             if callback is not None:
                 callback(i, tokens)
+        if not finite:  # checked once at the end: a check per position would stall the compiled loop
+            raise FloatingPointError(
+                f"the {dtype} generator produced NaN or infinite logits, so the sampled tokens are meaningless; "
+                "load it in float32 (fp16 activations can overflow in large models) or check its weights"
+            )
         return tokens

@@ -29,22 +29,24 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def set_gemm_layout(model: nn.Module, rows: int) -> None:
-    """On CPU, lay fp32 / fp16 linear weights out for multiplying `rows` activations: input-major below 64 rows.
+def set_gemm_layout(model: nn.Module, rows: int | None) -> None:
+    """On CPU, lay fp32 / fp16 linear weights out for multiplying `rows` activations: input-major below 64 rows,
+    the usual row-major layout otherwise or for `rows=None`.
 
     Token-by-token decoding multiplies `rows` (batch, doubled for CFG) activations by every weight. For few rows,
     the CPU GEMMs are faster when the (out, in) weight is laid out in memory as (in, out): 16 x 512 x 1536 in fp32
     took 280 us instead of 500 us on the 2-core dev CPU (fp16: 6% faster), and from 64 rows on the usual layout
-    wins; bf16 is slower input-major at any size, so it is left alone. The values, and so the sampled tokens, do not
-    change; only the strides do, and training and `save_pretrained` accept either layout. The layout stays until a
-    call asks for the other one, so repeated sampling pays for the copies once (for the 8-layer benchmark FAR they
-    cost as much as 4 of its 64 decoding steps). Weights are re-laid out one at a time and no copy is kept, so
-    memory grows by one weight matrix at most.
+    wins; bf16 is slower input-major at any size, so it is left alone. Only strides change, never values, so the
+    sampled tokens do not. Weights are re-laid out one at a time and no copy is kept, so memory grows by one weight
+    matrix at most. Generators keep the layout while in eval mode (repeated sampling pays for the copies once: for
+    the 8-layer benchmark FAR they cost as much as 4 of its 64 decoding steps) and restore the row-major layout in
+    `train()`. `save_pretrained` accepts either layout; code that needs contiguous tensors (safetensors'
+    `save_file`, `parameters_to_vector`) can call `set_gemm_layout(model, None)` first.
     """
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears or any(m.weight.device.type != "cpu" for m in linears):
         return
-    input_major = rows < 64
+    input_major = rows is not None and rows < 64
     for m in linears:
         weight = m.weight.data
         if weight.dtype not in (torch.float32, torch.float16):
@@ -128,7 +130,7 @@ def guidance_scale_at(guidance_scale: float, cfg_schedule: str, fraction_done: f
     return 1.0 + (guidance_scale - 1.0) * fraction_done
 
 
-def guide(logits: torch.Tensor, scale: float) -> torch.Tensor:
+def guide(logits: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
     """Classifier-free guidance on a [cond; uncond] batch: u + s * (c - u), written as c + (s - 1)(c - u)
     so that s = 1 returns the conditional logits exactly."""
     cond, uncond = logits.chunk(2)
@@ -141,11 +143,13 @@ def sampling_probs(logits: torch.Tensor, warpers: list[LogitsProcessor]) -> torc
 
 
 def exponential_noise(
-    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+    count: int, shape: tuple[int, int], generator: torch.Generator | None, device: torch.device
 ) -> torch.Tensor:
-    """fp32 Exp(1) draws, made as torch.multinomial makes them: a (..., rows, vocab) block holds the noise of
-    successive multinomial calls on (rows, vocab) probabilities, in order."""
-    return torch.empty(shape, device=device).exponential_(generator=generator)
+    """(count, rows, vocab) fp32 Exp(1) noise, drawn as `count` successive torch.multinomial calls on (rows, vocab)
+    probabilities would draw theirs (one `exponential_` per call), so `multinomial_from_noise` gives their tokens."""
+    return torch.stack(
+        [torch.empty(shape, dtype=torch.float32, device=device).exponential_(generator=generator) for _ in range(count)]
+    )
 
 
 def multinomial_from_noise(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
