@@ -190,10 +190,9 @@ def bench_model(k: int, args: argparse.Namespace) -> None:
         if dtype != "fp32":
             print(check_half(ours, sampled, labels, dtype))
 
-    runners, models = [], {}
+    runners = []
     for dtype in args.dtype:
         model = load_as(ours, dtype)
-        models[dtype] = model
         runners.append(Contender(f"hf_vq {dtype}", dtype, lambda m=model: m.sample(labels, guidance_scale=args.cfg)))
         if args.compile:
             runners.append(
