@@ -328,7 +328,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         compile: bool,
     ) -> torch.LongTensor:
         c = self.config
-        device, dtype = self.norm.weight.device, self.norm.weight.dtype
+        device, dtype = self.norm.weight.device, torch.float32  # activations are fp32 whatever the weights are
         k, length, rows = c.num_codebooks, c.num_image_tokens, labels.shape[0]
         use_cfg = rows != batch
         rope = self.rope_table(device)
@@ -355,7 +355,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
                 callback(i, tokens)
         if not finite:  # checked once at the end: a check per position would stall the compiled loop
             raise FloatingPointError(
-                f"the {dtype} generator produced NaN or infinite logits, so the sampled tokens are meaningless; "
-                "load it in float32 (fp16 activations can overflow in large models) or check its weights"
+                f"the generator ({self.norm.weight.dtype} weights) produced NaN or infinite logits, so the sampled "
+                "tokens are meaningless; check its weights, or load it in float32"
             )
         return tokens

@@ -1,0 +1,133 @@
+"""A CPU kernel for decoding with half-precision weights: fp32 activations times fp16/bf16 weights, fp32 out.
+
+Token-by-token decoding multiplies a few rows by every weight matrix, so it is bound by how fast the weights
+stream from memory. oneDNN's fp16/bf16 GEMMs read a (out, in) weight a few dozen bytes per row at a time; packed
+in 32-column tiles (`pack_weight`), each tile is one contiguous run and `half_linear.c` reads it at close to
+memory bandwidth, about twice as fast for the benchmark FAR's weights on the 2-core dev CPU. The activations
+stay fp32, so only the weights are rounded.
+
+The C file is compiled on first use with the system C compiler (as torch.compile's CPU backend does) into a
+cache folder, and called through ctypes as the custom op `hf_vq::half_linear`, which `torch.compile` keeps in its
+graphs. Without an x86 AVX-512 CPU or a C compiler, or with HF_VQ_DISABLE_KERNELS=1, `half_linear_supports`
+is False and the caller falls back to a half-precision `F.linear`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("half_linear.c")
+FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC"]
+MAX_ROWS = 64  # decoding shapes; teacher-forced passes over many rows are oneDNN's
+COLUMN_TILE = 32
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("HF_VQ_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "hf_vq"
+    )
+    return Path(root) / "kernels"
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    """The compiled kernel, built on first use and cached by source hash; None where it cannot run here."""
+    if os.environ.get("HF_VQ_DISABLE_KERNELS", "0") not in ("", "0"):
+        return None
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        logger.warning("hf_vq: no C compiler found; half-precision decoding uses torch's GEMMs")
+        return None
+    source = SOURCE.read_bytes()
+    digest = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
+    path = _cache_dir() / f"half_linear-{digest}.so"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            built = Path(tmp) / path.name
+            result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
+            if result.returncode != 0:
+                logger.warning("hf_vq: building %s failed, using torch's GEMMs:\n%s", SOURCE.name, result.stderr)
+                return None
+            os.replace(built, path)  # atomic: a concurrent process sees the old state or the whole library
+    library = ctypes.CDLL(str(path))
+    library.hf_vq_half_linear.restype = ctypes.c_int
+    library.hf_vq_half_linear.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int] * 2
+    return library
+
+
+@torch.compiler.assume_constant_result
+def kernel_available() -> bool:
+    """Whether the kernel is built and loadable here (a constant for torch.compile, which never traces the build)."""
+    return _library() is not None
+
+
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """An (out, in) weight, out a multiple of 32, as the kernel reads it: (out / 32, in, 32) 32-column tiles."""
+    out_features, in_features = weight.shape
+    return weight.detach().reshape(out_features // COLUMN_TILE, COLUMN_TILE, in_features).transpose(1, 2).contiguous()
+
+
+def half_linear_supports(x: torch.Tensor, packed: torch.Tensor) -> bool:
+    """Whether `half_linear(x, packed)` can run: fp32 CPU rows, at most MAX_ROWS of them, outside autograd, times
+    an fp16/bf16 packed weight."""
+    return (
+        x.device.type == "cpu"
+        and packed.dtype in (torch.float16, torch.bfloat16)
+        and x.dtype == torch.float32
+        and x.numel() // x.shape[-1] <= MAX_ROWS
+        and not (torch.is_grad_enabled() and x.requires_grad)
+    )
+
+
+# Registered with the low-level Library API rather than @torch.library.custom_op: the decorator's Python
+# dispatch costs about 15 us a call, and decoding the benchmark FAR makes 60 of these calls per position.
+_OPS = torch.library.Library("hf_vq", "DEF")
+_OPS.define("half_linear(Tensor x, Tensor packed) -> Tensor")
+
+
+def _half_linear_cpu(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    tiles, in_features, _ = packed.shape
+    out_features = tiles * COLUMN_TILE
+    rows = x.reshape(-1, in_features).contiguous()
+    out = torch.empty(rows.shape[0], out_features, dtype=torch.float32)
+    status = _library().hf_vq_half_linear(
+        rows.data_ptr(),
+        packed.data_ptr(),
+        out.data_ptr(),
+        rows.shape[0],
+        in_features,
+        out_features,
+        int(packed.dtype == torch.bfloat16),
+        torch.get_num_threads(),
+    )
+    if status != 0:
+        raise MemoryError("hf_vq half_linear could not allocate its scratch buffer")
+    return out.view(*x.shape[:-1], out_features)
+
+
+_OPS.impl("half_linear", _half_linear_cpu, "CPU")
+
+
+@torch.library.register_fake("hf_vq::half_linear")
+def _(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], packed.shape[0] * COLUMN_TILE)
+
+
+half_linear = torch.ops.hf_vq.half_linear
+"""x (..., in) fp32 @ W.T for the fp16/bf16 weight W packed by `pack_weight`: (..., out) fp32 (the op
+`hf_vq::half_linear`; check `half_linear_supports` first)."""
