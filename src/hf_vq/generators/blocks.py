@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .half_linear import COLUMN_TILE, half_linear, half_linear_supports, kernel_available, pack_weight
+from .half_linear import COLUMN_TILE, MAX_ROWS, half_linear, half_linear_supports, kernel_available, pack_weight
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -65,9 +65,10 @@ class Linear(nn.Linear):
     """nn.Linear that also takes fp32 activations when its weight is fp16/bf16, and returns them in fp32.
 
     Half-precision generators keep their activations in fp32 and round only the weights: bf16 activations flip
-    the top-1 token of the trained Fashion-MNIST FAR at 1.3% of positions, bf16 weights alone at 0.3%. For
-    decoding on an AVX-512 CPU, `pack_for_decoding` keeps a tiled copy of the weight that `half_linear` streams;
-    elsewhere the input is cast to the weight's dtype for the GEMM, as autocast would.
+    the top-1 token of the trained Fashion-MNIST FAR at 1.3% of positions, bf16 weights alone at 0.3%. On CPU
+    the maths is fp32 on the rounded weights: for decoding on an AVX-512 CPU `pack_for_decoding` keeps a tiled
+    copy of the weight that `half_linear` streams, and many rows multiply the upcast weight. Elsewhere (GPUs,
+    or decoding without the kernel) the input is cast to the weight's dtype for the GEMM, as autocast would.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, **kwargs):
@@ -107,6 +108,11 @@ class Linear(nn.Linear):
             return F.linear(x, weight, self.bias)
         if self.packed_weight is not None and half_linear_supports(x, self.packed_weight):
             return half_linear(x, self.packed_weight)
+        if x.device.type == "cpu" and x.numel() // x.shape[-1] > MAX_ROWS:
+            # Many rows (a teacher-forced pass): upcasting the weight costs little next to the product, and the
+            # result is the kernel's, fp32 maths on the rounded weight.
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return F.linear(x, weight.to(x.dtype), bias)
         return F.linear(x.to(weight.dtype), weight, self.bias).to(x.dtype)
 
 
