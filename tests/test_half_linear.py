@@ -127,6 +127,11 @@ def test_no_kernel_when_disabled_or_unbuildable(monkeypatch, tmp_path, caplog):
             assert kernel_module._library() is None
             assert "failed" in caplog.text
             assert not list((tmp_path / "kernels").glob("*.so"))  # nothing half-written is left behind
+            kernel_module._library.cache_clear()
+            monkeypatch.delenv("CC")
+            (tmp_path / "file").write_text("")
+            monkeypatch.setenv("HF_VQ_CACHE", str(tmp_path / "file"))  # no folder can be made there
+            assert kernel_module._library() is None
     finally:
         kernel_module._library.cache_clear()
 

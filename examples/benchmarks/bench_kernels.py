@@ -3,7 +3,9 @@
 The tokenizer and sampler speed-ups available from reduced precision are bounded by these numbers: if a bf16
 convolution is not faster than an fp32 one here, bf16 autocast cannot make the tokenizer faster either.
 Shapes are those of the hot paths: 16-row GEMMs (token-by-token sampling: batch 8 doubled for guidance),
-large GEMMs (training), and 3x3 convolutions at the widths of the VQ-16 decoder.
+large GEMMs (training), and 3x3 convolutions at the widths of the VQ-16 decoder. A last table streams 16 rows
+through a model's worth of distinct weights, as decoding does, and compares torch's GEMMs with hf_vq's
+`half_linear` kernel on packed half-precision weights.
 
     python examples/benchmarks/bench_kernels.py --threads 2
 """
@@ -17,6 +19,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+from hf_vq.generators.half_linear import half_linear, kernel_available, pack_weight
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -83,6 +87,29 @@ def main() -> None:
             flops = 2 * batch * channels * channels * 9 * size * size
             cells = [gflops(conv, x.to(d), w.to(d), flops, args.min_seconds) for d in DTYPES.values()]
             print(f"{name:<34}" + "".join(f"{c:>8.0f}" for c in cells))
+        streamed_gemms(args.min_seconds)
+
+
+def streamed_gemms(min_seconds: float, megabytes: int = 96) -> None:
+    """GFLOP/s of 16-row GEMMs 512 -> 1536 cycling through `megabytes` of distinct fp16 weights (cache-cold reads)."""
+    rows, fan_in, fan_out = 16, 512, 1536
+    count = megabytes * 2**20 // (2 * fan_in * fan_out)
+    weights = [torch.randn(fan_out, fan_in).half() for _ in range(count)]
+    x = torch.randn(rows, fan_in)
+    flops = 2 * rows * fan_in * fan_out * count
+    contenders = {
+        "torch fp32, in-major": (x, [w.float().t().contiguous().t() for w in weights], F.linear),
+        "torch fp16, in-major": (x.half(), [w.t().contiguous().t() for w in weights], F.linear),
+        "torch bf16": (x.bfloat16(), [w.bfloat16() for w in weights], F.linear),
+    }
+    if kernel_available():
+        contenders["half_linear fp16, packed"] = (x, [pack_weight(w) for w in weights], half_linear)
+        contenders["half_linear bf16, packed"] = (x, [pack_weight(w.bfloat16()) for w in weights], half_linear)
+    print(f"\n16 x {fan_in} -> {fan_out} over {count} distinct weights ({megabytes} MB as fp16), GFLOP/s")
+    for name, (inputs, stack, op) in contenders.items():
+        run = functools.partial(lambda op, inputs, stack: [op(inputs, w) for w in stack], op, inputs, stack)
+        seconds = seconds_per_call(run, min_seconds)
+        print(f"{name:<34}{flops / seconds / 1e9:>8.0f}")
 
 
 if __name__ == "__main__":

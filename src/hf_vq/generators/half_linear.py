@@ -55,16 +55,20 @@ def _library() -> ctypes.CDLL | None:
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
     path = _cache_dir() / f"half_linear-{digest}.so"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-            built = Path(tmp) / path.name
-            result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
-            if result.returncode != 0:
-                logger.warning("hf_vq: building %s failed, using torch's GEMMs:\n%s", SOURCE.name, result.stderr)
-                return None
-            os.replace(built, path)  # atomic: a concurrent process sees the old state or the whole library
-    library = ctypes.CDLL(str(path))
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+                built = Path(tmp) / path.name
+                command = [compiler, *FLAGS, str(SOURCE), "-o", str(built)]
+                result = subprocess.run(command, capture_output=True, text=True)
+                if result.returncode != 0:
+                    raise OSError(f"{' '.join(command)} failed:\n{result.stderr}")
+                os.replace(built, path)  # atomic: a concurrent process sees no library or the whole one
+        library = ctypes.CDLL(str(path))
+    except OSError as error:  # no writable cache folder, a failed build, a library that does not load
+        logger.warning("hf_vq: the half_linear kernel is unavailable (%s); using torch's GEMMs", error)
+        return None
     library.hf_vq_half_linear.restype = ctypes.c_int
     library.hf_vq_half_linear.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int] * 2
     return library
