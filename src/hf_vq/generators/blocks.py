@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .half_linear import COLUMN_TILE, MAX_ROWS, half_linear, half_linear_supports, kernel_available, pack_weight
+from .half_linear import COLUMN_TILE, half_linear, half_linear_supports, kernel_available, pack_weight
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -65,16 +65,16 @@ class Linear(nn.Linear):
     """nn.Linear that also takes fp32 activations when its weight is fp16/bf16, and returns them in fp32.
 
     Half-precision generators keep their activations in fp32 and round only the weights: bf16 activations flip
-    the top-1 token of the trained Fashion-MNIST FAR at 1.3% of positions, bf16 weights alone at 0.3%. On CPU
-    the maths is fp32 on the rounded weights: for decoding on an AVX-512 CPU `pack_for_decoding` keeps a tiled
-    copy of the weight that `half_linear` streams, and many rows multiply the upcast weight. Elsewhere (GPUs,
-    or decoding without the kernel) the input is cast to the weight's dtype for the GEMM, as autocast would.
+    the top-1 token of the trained Fashion-MNIST FAR at 1.3% of positions, bf16 weights alone at 0.3%. On CPU the
+    maths is fp32 on the rounded weight: while an AR generator samples on an AVX-512 CPU, `pack_for_decoding`
+    holds a tiled copy of the weight that `half_linear` streams; otherwise the weight is upcast for the GEMM
+    (which saves memory, not time). On other devices the input is cast to the weight's dtype, as autocast would.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, **kwargs):
         super().__init__(in_features, out_features, bias, **kwargs)
-        self.register_buffer("packed_weight", None, persistent=False)  # a derived copy: never saved
-        self._packed_from = None
+        # A buffer rather than a plain attribute so that torch.compile takes it as a graph input; never saved.
+        self.register_buffer("packed_weight", None, persistent=False)
 
     @property
     def packable(self) -> bool:
@@ -89,18 +89,13 @@ class Linear(nn.Linear):
         )
 
     def pack_for_decoding(self, enabled: bool = True) -> None:
-        """Keep (or with enabled=False, drop) the packed copy of the weight that `half_linear` reads.
+        """Make a fresh packed copy of the weight for `half_linear` (if `packable`), or drop it (enabled=False).
 
-        The copy is remade when the weight changed since it was packed (a new tensor, or an in-place update such as
-        `load_state_dict`), so it never goes stale.
+        Packing takes about 2% of a sampling call for the benchmark FAR. Samplers pack on entry and drop on exit
+        (`sampling.packed_for_decoding`), so a copy never outlives a weight update and never reaches training,
+        saving or another device.
         """
-        if not (enabled and self.packable):
-            self.packed_weight = self._packed_from = None
-            return
-        weight = self.weight
-        source = (weight.data_ptr(), weight._version, weight.dtype, weight.shape, weight.stride())
-        if self.packed_weight is None or self._packed_from != source:
-            self.packed_weight, self._packed_from = pack_weight(weight), source
+        self.packed_weight = pack_weight(self.weight) if enabled and self.packable else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
@@ -108,9 +103,7 @@ class Linear(nn.Linear):
             return F.linear(x, weight, self.bias)
         if self.packed_weight is not None and half_linear_supports(x, self.packed_weight):
             return half_linear(x, self.packed_weight)
-        if x.device.type == "cpu" and x.numel() // x.shape[-1] > MAX_ROWS:
-            # Many rows (a teacher-forced pass): upcasting the weight costs little next to the product, and the
-            # result is the kernel's, fp32 maths on the rounded weight.
+        if x.device.type == "cpu":
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.linear(x, weight.to(x.dtype), bias)
         return F.linear(x.to(weight.dtype), weight, self.bias).to(x.dtype)

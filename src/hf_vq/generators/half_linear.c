@@ -2,16 +2,16 @@
 //
 // Decoding multiplies a few rows (the batch, doubled for CFG) by every weight, so its time goes into streaming
 // the weights from memory. Packed, each 32-column tile is one contiguous run of K * 64 bytes, which the hardware
-// prefetchers stream at close to memory bandwidth; the threads split the tiles. Every tile row is converted to
-// fp32 on load and multiplied into a 16-row x 32-column block of fp32 accumulators held in registers.
+// prefetchers stream at close to memory bandwidth; the threads split the tiles, and each tile is read from memory
+// once for all rows. Every tile row is converted to fp32 on load and multiplied into a 16-row x 32-column block
+// of fp32 accumulators (32 zmm registers' worth; the compiler spills a few, which costs less than smaller blocks).
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
 #define ROWS 16
 #define COLS 32
-#define PREFETCH_ROWS 32
+#define PREFETCH_ROWS 32  // 2 KB ahead: enough to cover memory latency at this loop's pace
 
 static inline __m512 load_fp16(const uint16_t *p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
@@ -23,46 +23,47 @@ static inline __m512 load_bf16(const uint16_t *p) {  // a bf16 is the top half o
 }
 
 // One (rows <= 16) x 32 output block from xt, the block's rows of x transposed to (K, 16), zero past `rows`.
-#define DEFINE_TILE(NAME, LOAD)                                                                              \
-    static void NAME(const float *xt, const uint16_t *tile, float *out, long rows, long K, long N) {        \
+#define DEFINE_BLOCK(NAME, LOAD)                                                                            \
+    static void NAME(const float *xt, const uint16_t *tile, float *out, int64_t rows, int64_t K, int64_t N) { \
         __m512 acc[ROWS][2];                                                                                 \
-        for (int r = 0; r < ROWS; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();                          \
-        for (long k = 0; k < K; k++) {                                                                       \
+        for (int64_t r = 0; r < ROWS; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();                      \
+        for (int64_t k = 0; k < K; k++) {                                                                    \
             const uint16_t *row = tile + k * COLS;                                                           \
-            _mm_prefetch((const char *)(row + PREFETCH_ROWS * COLS), _MM_HINT_T0);                           \
+            if (k + PREFETCH_ROWS < K) _mm_prefetch((const char *)(row + PREFETCH_ROWS * COLS), _MM_HINT_T0); \
             __m512 w0 = LOAD(row), w1 = LOAD(row + 16);                                                      \
             const float *xk = xt + k * ROWS;                                                                 \
-            for (int r = 0; r < ROWS; r++) {                                                                 \
+            for (int64_t r = 0; r < ROWS; r++) {                                                             \
                 __m512 xb = _mm512_set1_ps(xk[r]);                                                           \
                 acc[r][0] = _mm512_fmadd_ps(xb, w0, acc[r][0]);                                              \
                 acc[r][1] = _mm512_fmadd_ps(xb, w1, acc[r][1]);                                              \
             }                                                                                                \
         }                                                                                                    \
-        for (long r = 0; r < rows; r++) {                                                                    \
+        for (int64_t r = 0; r < rows; r++) {                                                                 \
             _mm512_storeu_ps(out + r * N, acc[r][0]);                                                        \
             _mm512_storeu_ps(out + r * N + 16, acc[r][1]);                                                   \
         }                                                                                                    \
     }
-DEFINE_TILE(tile_fp16, load_fp16)
-DEFINE_TILE(tile_bf16, load_bf16)
+DEFINE_BLOCK(block_fp16, load_fp16)
+DEFINE_BLOCK(block_bf16, load_bf16)
 
 // Returns 0, or -1 if the scratch buffer could not be allocated.
-int hf_vq_half_linear(const float *x, const uint16_t *packed, float *out, long M, long K, long N, int bf16,
-                      int num_threads) {
-    float *xt = malloc(sizeof(float) * K * ROWS);
+int hf_vq_half_linear(const float *x, const uint16_t *packed, float *out, int64_t M, int64_t K, int64_t N,
+                      int bf16, int num_threads) {
+    int64_t blocks = (M + ROWS - 1) / ROWS;
+    float *xt = calloc((size_t)(blocks * K * ROWS), sizeof(float));  // x as (blocks, K, 16), zero-padded rows
     if (xt == NULL) return -1;
-    for (long m0 = 0; m0 < M; m0 += ROWS) {
-        long rows = M - m0 < ROWS ? M - m0 : ROWS;
-        memset(xt, 0, sizeof(float) * K * ROWS);
-        for (long r = 0; r < rows; r++)
-            for (long k = 0; k < K; k++) xt[k * ROWS + r] = x[(m0 + r) * K + k];
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t k = 0; k < K; k++) xt[((m / ROWS) * K + k) * ROWS + m % ROWS] = x[m * K + k];
 #pragma omp parallel for schedule(static) num_threads(num_threads)
-        for (long n0 = 0; n0 < N; n0 += COLS) {
-            const uint16_t *tile = packed + n0 * K;
+    for (int64_t n0 = 0; n0 < N; n0 += COLS) {
+        const uint16_t *tile = packed + n0 * K;
+        for (int64_t b = 0; b < blocks; b++) {  // later blocks find the tile in cache
+            int64_t rows = M - b * ROWS < ROWS ? M - b * ROWS : ROWS;
+            float *dst = out + b * ROWS * N + n0;
             if (bf16)
-                tile_bf16(xt, tile, out + m0 * N + n0, rows, K, N);
+                block_bf16(xt + b * K * ROWS, tile, dst, rows, K, N);
             else
-                tile_fp16(xt, tile, out + m0 * N + n0, rows, K, N);
+                block_fp16(xt + b * K * ROWS, tile, dst, rows, K, N);
         }
     }
     free(xt);

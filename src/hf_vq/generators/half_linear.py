@@ -7,9 +7,9 @@ memory bandwidth, about twice as fast for the benchmark FAR's weights on the 2-c
 stay fp32, so only the weights are rounded.
 
 The C file is compiled on first use with the system C compiler (as torch.compile's CPU backend does) into a
-cache folder, and called through ctypes as the custom op `hf_vq::half_linear`, which `torch.compile` keeps in its
-graphs. Without an x86 AVX-512 CPU or a C compiler, or with HF_VQ_DISABLE_KERNELS=1, `half_linear_supports`
-is False and the caller falls back to a half-precision `F.linear`.
+cache folder, and called through ctypes as the op `hf_vq::half_linear`, which `torch.compile` keeps in its
+graphs. Without an x86 AVX-512 CPU or a C compiler, or with HF_VQ_DISABLE_KERNELS=1, `kernel_available()` is
+False and `blocks.Linear` multiplies by the upcast weight instead.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import ctypes
 import functools
 import hashlib
 import logging
+import math
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -30,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("half_linear.c")
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC"]
-MAX_ROWS = 64  # decoding shapes; teacher-forced passes over many rows are oneDNN's
+FEW_ROWS = 64  # GEMMs with fewer rows are decoding-shaped: the kernel's, and input-major for torch's (sampling.py)
 COLUMN_TILE = 32
 
 
@@ -48,8 +50,8 @@ def _library() -> ctypes.CDLL | None:
         return None
     if torch.backends.cpu.get_cpu_capability() != "AVX512":
         return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
+    compiler = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc")]
+    if compiler[0] is None:
         logger.warning("hf_vq: no C compiler found; half-precision decoding uses torch's GEMMs")
         return None
     source = SOURCE.read_bytes()
@@ -60,17 +62,17 @@ def _library() -> ctypes.CDLL | None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
                 built = Path(tmp) / path.name
-                command = [compiler, *FLAGS, str(SOURCE), "-o", str(built)]
-                result = subprocess.run(command, capture_output=True, text=True)
+                command = [*compiler, *FLAGS, str(SOURCE), "-o", str(built)]
+                result = subprocess.run(command, capture_output=True, text=True, timeout=300)
                 if result.returncode != 0:
                     raise OSError(f"{' '.join(command)} failed:\n{result.stderr}")
                 os.replace(built, path)  # atomic: a concurrent process sees no library or the whole one
         library = ctypes.CDLL(str(path))
-    except OSError as error:  # no writable cache folder, a failed build, a library that does not load
+    except (OSError, subprocess.TimeoutExpired) as error:  # no cache folder, a failed build, a bad library
         logger.warning("hf_vq: the half_linear kernel is unavailable (%s); using torch's GEMMs", error)
         return None
     library.hf_vq_half_linear.restype = ctypes.c_int
-    library.hf_vq_half_linear.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int] * 2
+    library.hf_vq_half_linear.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int] * 2
     return library
 
 
@@ -87,14 +89,14 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor:
 
 
 def half_linear_supports(x: torch.Tensor, packed: torch.Tensor) -> bool:
-    """Whether `half_linear(x, packed)` can run: fp32 CPU rows, at most MAX_ROWS of them, outside autograd, times
-    an fp16/bf16 packed weight."""
+    """Whether `half_linear(x, packed)` applies: fewer than FEW_ROWS fp32 CPU rows, no autograd (the kernel has no
+    backward), an fp16/bf16 packed weight."""
     return (
         x.device.type == "cpu"
-        and packed.dtype in (torch.float16, torch.bfloat16)
         and x.dtype == torch.float32
-        and x.numel() // x.shape[-1] <= MAX_ROWS
-        and not (torch.is_grad_enabled() and x.requires_grad)
+        and packed.dtype in (torch.float16, torch.bfloat16)
+        and math.prod(x.shape[:-1]) < FEW_ROWS
+        and not torch.is_grad_enabled()
     )
 
 
@@ -105,22 +107,35 @@ _OPS.define("half_linear(Tensor x, Tensor packed) -> Tensor")
 
 
 def _half_linear_cpu(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    # The C code trusts its pointers and sizes, so everything it relies on is checked here.
+    if x.dtype != torch.float32 or packed.dtype not in (torch.float16, torch.bfloat16):
+        raise TypeError(f"hf_vq::half_linear takes fp32 x and fp16/bf16 packed weights, got {x.dtype}, {packed.dtype}")
+    if packed.dim() != 3 or packed.shape[2] != COLUMN_TILE or not packed.is_contiguous():
+        raise ValueError(
+            f"hf_vq::half_linear takes a contiguous (out / {COLUMN_TILE}, in, {COLUMN_TILE}) weight from pack_weight, "
+            f"got shape {tuple(packed.shape)} with strides {packed.stride()}"
+        )
     tiles, in_features, _ = packed.shape
+    if x.shape[-1] != in_features:
+        raise ValueError(f"x has {x.shape[-1]} features, the packed weight takes {in_features}")
     out_features = tiles * COLUMN_TILE
-    rows = x.reshape(-1, in_features).contiguous()
+    rows = x.reshape(math.prod(x.shape[:-1]), in_features).contiguous()
     out = torch.empty(rows.shape[0], out_features, dtype=torch.float32)
-    status = _library().hf_vq_half_linear(
-        rows.data_ptr(),
-        packed.data_ptr(),
-        out.data_ptr(),
-        rows.shape[0],
-        in_features,
-        out_features,
-        int(packed.dtype == torch.bfloat16),
-        torch.get_num_threads(),
-    )
-    if status != 0:
-        raise MemoryError("hf_vq half_linear could not allocate its scratch buffer")
+    if rows.numel() and out.numel():
+        status = _library().hf_vq_half_linear(
+            rows.data_ptr(),
+            packed.data_ptr(),
+            out.data_ptr(),
+            rows.shape[0],
+            in_features,
+            out_features,
+            int(packed.dtype == torch.bfloat16),
+            torch.get_num_threads(),
+        )
+        if status != 0:
+            raise MemoryError("hf_vq::half_linear could not allocate its scratch buffer")
+    elif out.numel():
+        out.zero_()  # no input features: an empty sum
     return out.view(*x.shape[:-1], out_features)
 
 
@@ -129,7 +144,7 @@ _OPS.impl("half_linear", _half_linear_cpu, "CPU")
 
 @torch.library.register_fake("hf_vq::half_linear")
 def _(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
-    return x.new_empty(*x.shape[:-1], packed.shape[0] * COLUMN_TILE)
+    return x.new_empty(*x.shape[:-1], packed.shape[0] * COLUMN_TILE, dtype=torch.float32)
 
 
 half_linear = torch.ops.hf_vq.half_linear

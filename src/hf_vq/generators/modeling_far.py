@@ -34,6 +34,7 @@ from .sampling import (
     guide,
     logits_warpers,
     multinomial_from_noise,
+    packed_for_decoding,
     sampling_probs,
     set_gemm_layout,
 )
@@ -309,7 +310,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             labels = torch.cat([labels, torch.full_like(labels, c.num_classes)])
 
         set_gemm_layout(self, rows=labels.shape[0])  # kept in eval mode; a training model gets it back on exit
-        with eval_mode(self):
+        with eval_mode(self), packed_for_decoding(self, rows=labels.shape[0]):
             tokens = self._decode(
                 labels, batch, guidance_scale, warpers, generator, cfg_schedule, use_cache, callback, compile
             )

@@ -16,6 +16,7 @@ from transformers.generation.logits_process import (
 )
 
 from .blocks import Linear
+from .half_linear import FEW_ROWS
 
 CFG_SCHEDULES = ("constant", "linear")
 
@@ -32,35 +33,47 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def set_gemm_layout(model: nn.Module, rows: int | None) -> None:
-    """On CPU, lay linear weights out for multiplying `rows` activations: for decoding (below 64 rows) fp16/bf16
-    block weights get a packed copy for `half_linear` and fp32 / fp16 weights go input-major; for `rows=None` or
-    more rows, the usual row-major layout without packed copies.
+    """On CPU, lay fp32 / fp16 linear weights out for multiplying `rows` activations: input-major below FEW_ROWS
+    (64) rows, the usual row-major layout otherwise or for `rows=None`.
 
     Token-by-token decoding multiplies `rows` (batch, doubled for CFG) activations by every weight. For few rows,
     the CPU GEMMs are faster when the (out, in) weight is laid out in memory as (in, out): 16 x 512 x 1536 in fp32
     took 280 us instead of 500 us on the 2-core dev CPU (fp16: 6% faster), and from 64 rows on the usual layout
-    wins; bf16 is slower input-major at any size, so it is left alone. Only strides change, never values, so the
-    sampled tokens do not. Weights are re-laid out one at a time and no copy is kept, so memory grows by one weight
-    matrix at most. The packed copies of half-precision weights (see `blocks.Linear`) double those weights' memory
-    while they exist. Generators keep the layout while in eval mode (repeated sampling pays for the copies once:
-    for the 8-layer benchmark FAR they cost as much as 4 of its 64 decoding steps) and restore the row-major
-    layout in `train()`. `save_pretrained` accepts either layout; code that needs contiguous tensors
-    (safetensors' `save_file`, `parameters_to_vector`) can call `set_gemm_layout(model, None)` first.
+    wins; bf16 is slower input-major at any size, so it is left alone, and so are the weights that
+    `packed_for_decoding` packs. Only strides change, never values, so the sampled tokens do not. Weights are
+    re-laid out one at a time and no copy is kept, so memory grows by one weight matrix at most. Generators keep
+    the layout while in eval mode (repeated sampling pays for the copies once: for the 8-layer benchmark FAR they
+    cost as much as 4 of its 64 decoding steps) and restore the row-major layout in `train()`. `save_pretrained`
+    accepts either layout; code that needs contiguous tensors (safetensors' `save_file`, `parameters_to_vector`)
+    can call `set_gemm_layout(model, None)` first.
     """
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears or any(m.weight.device.type != "cpu" for m in linears):
         return
-    decoding = rows is not None and rows < 64
+    decoding = rows is not None and rows < FEW_ROWS
     for m in linears:
-        packed = decoding and isinstance(m, Linear) and m.packable
         weight = m.weight.data
+        packed = isinstance(m, Linear) and m.packable
         input_major = decoding and not packed and weight.dtype in (torch.float32, torch.float16)
         if input_major and not weight.t().is_contiguous():
             m.weight.data = weight.t().contiguous().t()
         elif not input_major and not weight.is_contiguous():
             m.weight.data = weight.contiguous()
-        if isinstance(m, Linear):
-            m.pack_for_decoding(packed)
+
+
+@contextmanager
+def packed_for_decoding(model: nn.Module, rows: int) -> Iterator[None]:
+    """Within the body, the model's half-precision `blocks.Linear` weights have packed copies for `half_linear`
+    when decoding multiplies fewer than FEW_ROWS `rows` (a no-op where the kernel is unavailable). The copies are
+    made afresh and dropped on exit, so they always match the weights and cost memory only while sampling."""
+    linears = [m for m in model.modules() if isinstance(m, Linear)] if rows < FEW_ROWS else []
+    try:
+        for m in linears:
+            m.pack_for_decoding()
+        yield
+    finally:
+        for m in linears:
+            m.pack_for_decoding(False)
 
 
 def check_class_labels(
