@@ -111,23 +111,31 @@ class _CausalStepper:
         return x[:, -1:]
 
 
-def _position_tokens(
+def _decode_position(
     model: FARForClassConditionalGeneration,
     backbone: _CausalStepper,
     head: _CausalStepper | None,
-    x: torch.Tensor,
+    previous: torch.Tensor | None,
     position: int | torch.Tensor,
     noise: torch.Tensor,
     scale: torch.Tensor,
     warpers: list[LogitsProcessor],
     use_cfg: bool,
+    condition: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A position's (rows, 1, D) input in, its (B, k) sampled tokens and whether all probabilities were finite out.
+    """One position's (B, k) sampled tokens, and whether all their probabilities were finite.
 
-    The backbone gives h_i; for k > 1 the AR head then predicts the sub-tokens in turn from [h_i, E1[t1], ...].
-    Each draw is `multinomial_from_noise` with the caller's Exp(1) `noise` (k, B, vocab), i.e. torch.multinomial's
-    draw for the same generator state, so the whole position is one graph when compiled.
+    The input is the previous position's (B, k, 1) tokens, embedded here so that a compiled graph covers the
+    embedding too, or at position 0 (previous=None) the (rows, 1, D) class `condition`. The backbone gives h_i; for
+    k > 1 the AR head then predicts the sub-tokens in turn from [h_i, E1[t1], ...]. Each draw is
+    `multinomial_from_noise` with the caller's Exp(1) `noise` (k, B, vocab), i.e. torch.multinomial's draw for the
+    same generator state, so the whole position is one graph when compiled.
     """
+    if previous is None:
+        x = condition
+    else:
+        x = model.embed_tokens(previous)
+        x = torch.cat([x, x]) if use_cfg else x
     h = backbone(x, position)
     tokens, finite = [], []
     for j in range(noise.shape[0]):
@@ -143,24 +151,6 @@ def _position_tokens(
             h = model.token_embeddings[j](tokens[j])[:, None]
             h = torch.cat([h, h]) if use_cfg else h
     return torch.stack(tokens, dim=1), torch.stack(finite).all()
-
-
-def _decode_position(
-    model: FARForClassConditionalGeneration,
-    backbone: _CausalStepper,
-    head: _CausalStepper | None,
-    previous: torch.Tensor,
-    position: int | torch.Tensor,
-    noise: torch.Tensor,
-    scale: torch.Tensor,
-    warpers: list[LogitsProcessor],
-    use_cfg: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The previous position's (B, k, 1) tokens in, this position's (B, k) tokens (and finiteness) out."""
-    x = model.embed_tokens(previous)
-    if use_cfg:
-        x = torch.cat([x, x])
-    return _position_tokens(model, backbone, head, x, position, noise, scale, warpers, use_cfg)
 
 
 @functools.cache
@@ -347,7 +337,8 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             noise = exponential_noise(k, (batch, c.vocab_size), generator, device)
             sampling = (positions[i], noise, scale, warpers, use_cfg)
             if i == 0:  # the class condition, run eagerly: the compiled graph then has one kind of input
-                drawn, ok = _position_tokens(self, backbone, head, self.cls_embedding(labels), *sampling)
+                condition = self.cls_embedding(labels)
+                drawn, ok = _decode_position(self, backbone, head, None, *sampling, condition=condition)
             else:
                 drawn, ok = decode_position(self, backbone, head, tokens[:, :, i - 1 : i], *sampling)
             tokens[:, :, i] = drawn
