@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from hf_vq import FQGANTokenizer
+from hf_vq import AutoImageTokenizer
 from hf_vq.evaluation import codebook_perplexity, codebook_usage, psnr
 from hf_vq.training.data import ImageTransform, collate, load_image_dataset, with_image_transform
 
@@ -28,9 +28,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch_size", type=int, default=256)
     args = p.parse_args(argv)
 
-    tokenizer = FQGANTokenizer.from_pretrained(args.tokenizer).eval()
+    tokenizer = AutoImageTokenizer.from_pretrained(args.tokenizer).eval()
     dataset = load_image_dataset(args.dataset, args.split)
-    transform = ImageTransform(args.resolution, channels=tokenizer.config.in_channels)
+    transform = ImageTransform(args.resolution, channels=tokenizer.in_channels)
     loader = DataLoader(with_image_transform(dataset, transform), batch_size=args.batch_size, collate_fn=collate)
     scores, indices = [], []
     for batch in tqdm(loader, desc="evaluating"):

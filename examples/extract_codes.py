@@ -14,7 +14,7 @@ from datasets import Array2D, ClassLabel, Dataset, Features, Value
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from hf_vq import FQGANTokenizer
+from hf_vq import AutoImageTokenizer
 from hf_vq.training.data import ImageTransform, collate, id2label_from_dataset, load_image_dataset, with_image_transform
 from hf_vq.utils import atomic_directory
 
@@ -22,7 +22,7 @@ from hf_vq.utils import atomic_directory
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokenizer", required=True, help="an FQGANTokenizer folder or Hub id")
+    p.add_argument("--tokenizer", required=True, help="a saved tokenizer folder or Hub id")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--split", default="train")
@@ -42,12 +42,12 @@ def main(argv: list[str] | None = None) -> Path:
     output_dir = Path(args.output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not args.overwrite:
         raise FileExistsError(f"{output_dir} is not empty; pass --overwrite or choose another --output_dir")
-    tokenizer = FQGANTokenizer.from_pretrained(args.tokenizer).eval()
+    tokenizer = AutoImageTokenizer.from_pretrained(args.tokenizer).eval()
     dataset = load_image_dataset(args.dataset, args.split, args.image_column, args.label_column, args.skip_corrupt)
     if "label" not in dataset.column_names:
         raise ValueError("class-conditional generators need labels: the dataset has no label column")
     id2label = id2label_from_dataset(dataset)
-    transform = ImageTransform(args.resolution, channels=tokenizer.config.in_channels)
+    transform = ImageTransform(args.resolution, channels=tokenizer.in_channels)
     loader = DataLoader(with_image_transform(dataset, transform), batch_size=args.batch_size, collate_fn=collate)
 
     codes, labels, flipped = [], [], []

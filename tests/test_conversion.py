@@ -30,9 +30,9 @@ KIND_OF_PRESET = {
     "fqgan-dual-ds8": "fqgan-dual", "fqgan-triple-ds16": "fqgan-triple", "fqgan-triple-ds8": "fqgan-triple",
 }
 TINY_TOKENIZER = dict(
-    base_channels=32, channel_multipliers=(1, 2), num_res_blocks=1, z_channels=32, codebook_size=64,
-    codebook_embed_dim=4, sample_size=16, adapter_layers=1, adapter_heads=8, feature_head_layers=1,
-    feature_head_heads=8,
+    base_channels=32, channel_multipliers=(1, 2), num_res_blocks=1, z_channels=32,
+    quantizer={"kind": "vq", "codebook_size": 64, "dim": 4}, sample_size=16, adapter_layers=1, adapter_heads=8,
+    feature_head_layers=1, feature_head_heads=8,
 )
 TINY_TEACHER_DIMS = {"llamagen-vq": None, "fqgan-dual": (None, 16), "fqgan-triple": (None, 16, 24)}
 TINY_GENERATOR = dict(

@@ -17,12 +17,9 @@ WRAPPER = textwrap.dedent(
     import sys, torch
     sys.path.insert(0, {examples!r})
     kind, out, *argv = sys.argv[1:]
-    if kind == "tokenizer":
-        import train_fqgan
-        model = train_fqgan.main(argv)
-    else:
-        from hf_vq.training import generator_training
-        model = generator_training.main(kind, argv)
+    import importlib
+    script = importlib.import_module("train_fqgan" if kind == "tokenizer" else "train_" + kind)
+    model = script.main(argv)
     from accelerate import PartialState
     rank = PartialState().process_index
     torch.save({{k: v.cpu() for k, v in model.state_dict().items()}}, f"{{out}}/rank{{rank}}.pt")

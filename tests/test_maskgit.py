@@ -97,7 +97,7 @@ def test_training_forward_backpropagates():
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_sample_shape_range_and_all_positions_filled(k):
-    tokens = tiny_model(k).sample([0, 2, CLASSES], num_steps=4, guidance_scale=2.0, top_k=8, top_p=0.9)
+    tokens = tiny_model(k).sample([0, 2, CLASSES], num_inference_steps=4, guidance_scale=2.0, top_k=8, top_p=0.9)
     assert tokens.shape == (3, k, N) and tokens.dtype == torch.long
     assert int(tokens.min()) >= 0 and int(tokens.max()) < VOCAB  # no mask token left
 
@@ -113,7 +113,8 @@ def test_same_seed_same_tokens():
 def test_revealed_positions_follow_the_schedule_and_are_never_masked_again():
     model = tiny_model(2)
     states = []
-    model.sample([0, 3], num_steps=6, guidance_scale=1.5, callback=lambda step, tokens: states.append(tokens.clone()))
+    model.sample([0, 3], num_inference_steps=6, guidance_scale=1.5,
+                 callback=lambda step, tokens: states.append(tokens.clone()))
     assert len(states) == 6
     previous = None
     for state, expected_masked in zip(states, masking_schedule(N, 6), strict=True):
@@ -130,9 +131,11 @@ def test_guidance_one_is_unguided_and_zero_is_unconditional():
     model = tiny_model(2)
 
     def run(scale, labels=(0, 1)):
-        return model.sample(list(labels), num_steps=4, guidance_scale=scale, generator=torch.Generator().manual_seed(2))
+        return model.sample(list(labels), num_inference_steps=4, guidance_scale=scale,
+                            generator=torch.Generator().manual_seed(2))
 
-    assert torch.equal(run(1.0), model.sample([0, 1], num_steps=4, generator=torch.Generator().manual_seed(2)))
+    unguided = model.sample([0, 1], num_inference_steps=4, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(run(1.0), unguided)
     assert torch.equal(run(0.0), run(1.0, (CLASSES, CLASSES)))
     assert not torch.equal(run(0.0), run(1.0))
 
@@ -140,7 +143,7 @@ def test_guidance_one_is_unguided_and_zero_is_unconditional():
 def test_sample_rejects_bad_settings():
     model = tiny_model()
     for kwargs, message in [
-        (dict(num_steps=0), "num_steps"),
+        (dict(num_inference_steps=0), "num_inference_steps"),
         (dict(choice_temperature=-1.0), "choice_temperature"),
         (dict(guidance_scale=-0.5), "guidance_scale"),
         (dict(top_k=VOCAB + 1), "top_k"),
@@ -176,4 +179,4 @@ def test_save_load_round_trip_and_auto_model(tmp_path):
         loaded.sample([1], generator=torch.Generator().manual_seed(seed)),
     )
     bf16 = MaskGITForClassConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
-    assert bf16.sample([1, 2], num_steps=3).shape == (2, 2, N)
+    assert bf16.sample([1, 2], num_inference_steps=3).shape == (2, 2, N)

@@ -26,7 +26,8 @@ def tokenizer(k: int = 2, codebook_size: int = 32) -> FQGANTokenizer:
     torch.manual_seed(0)
     return FQGANTokenizer(
         in_channels=1, out_channels=1, base_channels=32, channel_multipliers=(1, 2), num_res_blocks=1, z_channels=32,
-        num_codebooks=k, codebook_size=codebook_size, codebook_embed_dim=4, sample_size=8, adapter_layers=1,
+        num_codebooks=k, quantizer={"kind": "vq", "codebook_size": codebook_size, "dim": 4}, sample_size=8,
+        adapter_layers=1,
         adapter_heads=2,
     ).eval()
 

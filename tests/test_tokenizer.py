@@ -8,8 +8,7 @@ TINY = dict(
     channel_multipliers=(1, 2),
     num_res_blocks=1,
     z_channels=32,
-    codebook_size=64,
-    codebook_embed_dim=4,
+    quantizer={"kind": "vq", "codebook_size": 64, "dim": 4},
     sample_size=16,
     adapter_layers=1,
     adapter_heads=2,
@@ -48,17 +47,18 @@ def test_vq_is_fully_convolutional_and_adapters_fix_the_grid():
         tiny(2).tokenize(images(size=32))
 
 
-@pytest.mark.parametrize("kind,extra", [("fsq", dict(fsq_levels=[4, 4, 4], codebook_size=64, codebook_embed_dim=3)),
-                                        ("lfq", dict(codebook_size=64, codebook_embed_dim=6))])
-def test_other_quantizers_round_trip(kind, extra):
-    model = tiny(2, quantizer_type=kind, **extra)
+@pytest.mark.parametrize("spec", [dict(kind="fsq", levels=[4, 4, 4], codebook_size=64, dim=3),
+                                  dict(kind="lfq", codebook_size=64, dim=6)], ids=["fsq", "lfq"])
+def test_other_quantizers_round_trip(spec):
+    model = tiny(2, quantizer=spec)
     x = images()
     enc = model.encode(x)
     torch.testing.assert_close(model.indices_to_latents(enc.indices), enc.latents)
 
 
 def test_training_forward_losses_and_straight_through_gradients():
-    model = tiny(2, teacher_dims=(None, 24), entropy_loss_ratio=0.03).train()
+    quantizer = {"kind": "vq", "codebook_size": 64, "dim": 4, "entropy_loss_ratio": 0.03}
+    model = tiny(2, teacher_dims=(None, 24), quantizer=quantizer).train()
     x = images(4)
     teacher = torch.randn(4, 24)
     out = model(x, teacher_features=[None, teacher])

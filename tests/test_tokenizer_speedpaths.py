@@ -9,7 +9,7 @@ from hf_vq.tokenizers.cnn import AttnBlock, ResnetBlock, Upsample, fold_nearest_
 
 TINY_VQ = {
     "base_channels": 32, "channel_multipliers": (1, 2, 2), "num_res_blocks": 1, "z_channels": 32,
-    "codebook_size": 256, "codebook_embed_dim": 8, "num_codebooks": 1,
+    "quantizer": {"kind": "vq", "codebook_size": 256, "dim": 8}, "num_codebooks": 1,
 }
 
 

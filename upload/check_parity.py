@@ -143,7 +143,7 @@ def check_tokenizer(name: str, official: nn.Module, size: int, names: list[str],
             name,
             "",
             "max |Δ decode_code| (same indices)",
-            maxdiff(official_decode_code(official, ref_indices, names, ours.config.codebook_embed_dim),
+            maxdiff(official_decode_code(official, ref_indices, names, ours.config.quantizer["dim"]),
                     ours.detokenize(ref_indices)),
         ),
     ]

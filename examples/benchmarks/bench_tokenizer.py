@@ -38,8 +38,8 @@ from hf_vq import FQGANTokenizer
 
 # A small single-codebook VQ for 32 px images (8x8 tokens).
 SMALL = {
-    "base_channels": 64, "channel_multipliers": (1, 2, 2), "z_channels": 64, "codebook_size": 1024,
-    "codebook_embed_dim": 8,
+    "base_channels": 64, "channel_multipliers": (1, 2, 2), "z_channels": 64,
+    "quantizer": {"kind": "vq", "codebook_size": 1024, "dim": 8},
 }
 # size -> (model, its config (None: the preset of that name), default batch)
 CONFIGS = {256: ("vq-ds16", None, 4), 32: ("small", SMALL, 32)}
@@ -109,7 +109,7 @@ def official_model(root: Path, ours: FQGANTokenizer) -> nn.Module:
     mult = list(cfg.channel_multipliers)
     model = OfficialVQModel(
         ModelArgs(
-            codebook_size=cfg.codebook_size, codebook_embed_dim=cfg.codebook_embed_dim, encoder_ch_mult=mult,
+            codebook_size=cfg.quantizer["codebook_size"], codebook_embed_dim=cfg.quantizer["dim"], encoder_ch_mult=mult,
             decoder_ch_mult=mult, z_channels=cfg.z_channels,
         )
     )
@@ -141,14 +141,14 @@ def diffusers_model(ours: FQGANTokenizer) -> VQModel:
         up_block_types=("UpDecoderBlock2D",) * levels,
         layers_per_block=cfg.num_res_blocks,
         latent_channels=cfg.z_channels,
-        num_vq_embeddings=cfg.codebook_size,
-        vq_embed_dim=cfg.codebook_embed_dim,
+        num_vq_embeddings=cfg.quantizer["codebook_size"],
+        vq_embed_dim=cfg.quantizer["dim"],
         norm_num_groups=32,
     ).eval()
 
 
 def build_contenders(ours: FQGANTokenizer, official: nn.Module | None, dtypes: list[str]) -> list[Contender]:
-    factor, dim = ours.downsample_factor, ours.config.codebook_embed_dim
+    factor, dim = ours.downsample_factor, ours.config.quantizer["dim"]
 
     def grid(indices: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         return indices.view(images.shape[0], 1, images.shape[2] // factor, images.shape[3] // factor)

@@ -11,9 +11,10 @@ from .generators import (
 )
 from .pipelines import FQGANPipeline, assemble_pipeline
 from .quantizers import FSQ, LFQ, FactorizedQuantizer, VectorQuantizer
-from .tokenizers import FQGANTokenizer, FrozenTeacher
+from .tokenizers import AutoImageTokenizer, FQGANTokenizer, FrozenTeacher, ImageTokenizerMixin
 
 __all__ = [
+    "AutoImageTokenizer",
     "FARConfig",
     "FARForClassConditionalGeneration",
     "FQGANPipeline",
@@ -21,6 +22,7 @@ __all__ = [
     "FSQ",
     "FactorizedQuantizer",
     "FrozenTeacher",
+    "ImageTokenizerMixin",
     "LFQ",
     "MaskGITConfig",
     "MaskGITForClassConditionalGeneration",

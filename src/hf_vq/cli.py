@@ -66,12 +66,12 @@ def reconstruct(args: argparse.Namespace) -> None:
     from PIL import Image
 
     from .evaluation.metrics import psnr
-    from .tokenizers import FQGANTokenizer
+    from .tokenizers import AutoImageTokenizer
 
-    tokenizer = FQGANTokenizer.from_pretrained(args.tokenizer).eval()
+    tokenizer = AutoImageTokenizer.from_pretrained(args.tokenizer).eval()
     if not Path(args.image).is_file():
         raise SystemExit(f"no such image: {args.image}")
-    image = Image.open(args.image).convert("L" if tokenizer.config.in_channels == 1 else "RGB")
+    image = Image.open(args.image).convert("L" if tokenizer.in_channels == 1 else "RGB")
     x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).reshape(image.height, image.width, -1)
     x = x.permute(2, 0, 1)[None]
     indices = tokenizer.tokenize(x)
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--steps", type=int, default=12, help="decoding steps (MaskGIT only)")
+    g.add_argument("--steps", type=int, default=None, help="parallel decoding steps (MaskGIT; default 12)")
     g.add_argument("--compile", action="store_true", help="torch.compile the AR sampler (pays off for many images)")
     g.add_argument("--dtype", choices=list(GENERATOR_DTYPES), default="fp32",
                    help="generator weights (on CPU the activations stay fp32); fp16 and bf16 AR generators sample "

@@ -104,8 +104,7 @@ def infer_tokenizer_config(
         num_res_blocks=count_indexed(shapes, "encoder.conv_blocks.0.res.{}.conv1.weight"),
         z_channels=shape("post_quant_conv.weight")[0],
         num_codebooks=len(branches),
-        codebook_size=codebook_size,
-        codebook_embed_dim=code_dim,
+        quantizer=dict(kind="vq", codebook_size=codebook_size, dim=code_dim),
     )
     settings = {}
     preset = next(
@@ -118,9 +117,10 @@ def infer_tokenizer_config(
     )
     preset_kwargs = TOKENIZER_PRESETS.get(preset, {})
     config["codebook_names"] = tuple(branches) if kind != "llamagen-vq" else None
-    if "entropy_loss_ratio" in preset_kwargs:
-        config["entropy_loss_ratio"] = preset_kwargs["entropy_loss_ratio"]
-        settings["entropy_loss_ratio"] = f"{preset_kwargs['entropy_loss_ratio']} (training setting of preset {preset})"
+    ratio = preset_kwargs.get("quantizer", {}).get("entropy_loss_ratio")
+    if ratio is not None:
+        config["quantizer"]["entropy_loss_ratio"] = ratio
+        settings["entropy_loss_ratio"] = f"{ratio} (training setting of preset {preset})"
 
     downsample = 2 ** (len(multipliers) - 1)
     if kind == "llamagen-vq":

@@ -270,6 +270,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         use_cache: bool = True,
         callback: Callable[[int, torch.Tensor], None] | None = None,
         compile: bool = False,
+        num_inference_steps: int | None = None,
     ) -> torch.LongTensor:
         """Sample (B, k, N) token grids for the given class ids.
 
@@ -288,8 +289,11 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
                 and the k sub-token draws) as one `torch.compile` graph (needs a C++ compiler on CPU). The
                 first call compiles, which takes tens of seconds; later calls reuse the graph. Tokens can
                 differ from the eager sampler's in the last bits of the logits, like any change of kernels.
+            num_inference_steps: part of the generators' shared sampling contract; an AR model decodes one
+                position per step, so only None or N (= grid_size**2) is accepted.
         """
         c = self.config
+        self.num_sampling_steps(num_inference_steps)
         labels = check_class_labels(class_labels, c.num_classes, self.norm.weight.device)
         check_sampling_args(guidance_scale, temperature, top_k, top_p, c.vocab_size, cfg_schedule)
         if compile and not use_cache:
@@ -305,6 +309,17 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
                 labels, batch, guidance_scale, warpers, generator, cfg_schedule, use_cache, callback, compile
             )
         return tokens
+
+    def num_sampling_steps(self, num_inference_steps: int | None = None) -> int:
+        """How many steps (callback calls) `sample` takes: one per grid position."""
+        n = self.config.num_image_tokens
+        if num_inference_steps is not None and num_inference_steps != n:
+            raise ValueError(
+                f"an AR generator decodes one position per step ({n} steps for a {self.config.grid_size}x"
+                f"{self.config.grid_size} grid), so num_inference_steps={num_inference_steps} cannot apply; leave it "
+                "out (it sets a MaskGIT generator's parallel decoding steps)"
+            )
+        return n
 
     def _decode(
         self,

@@ -25,6 +25,8 @@ from .sampling import (
     warp,
 )
 
+DEFAULT_NUM_STEPS = 12  # MaskGIT's and MAGE's decoding steps
+
 
 @dataclass
 class MaskGITOutput(ModelOutput):
@@ -123,11 +125,18 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             return loss, logits, masked_positions
         return MaskGITOutput(loss=loss, logits=logits, masked_positions=masked_positions)
 
+    def num_sampling_steps(self, num_inference_steps: int | None = None) -> int:
+        """How many steps (callback calls) `sample` takes: `num_inference_steps`, default 12 (MaskGIT's)."""
+        steps = DEFAULT_NUM_STEPS if num_inference_steps is None else num_inference_steps
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        return steps
+
     @torch.no_grad()
     def sample(
         self,
         class_labels: torch.Tensor | Sequence[int],
-        num_steps: int = 12,
+        num_inference_steps: int | None = None,
         guidance_scale: float = 1.0,
         temperature: float = 1.0,
         top_k: int = 0,
@@ -136,23 +145,26 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         generator: torch.Generator | None = None,
         cfg_schedule: str = "constant",
         callback: Callable[[int, torch.Tensor], None] | None = None,
+        compile: bool = False,
     ) -> torch.LongTensor:
-        """Sample (B, k, N) token grids in `num_steps` parallel decoding steps.
+        """Sample (B, k, N) token grids in `num_inference_steps` parallel decoding steps (default 12).
 
         Each step samples every masked position (temperature, top-k, top-p per sub-token, CFG as the AR model),
         then keeps the `masking_schedule` number of least confident positions masked. Confidence is the sum of
         a position's k sub-token log-probabilities plus Gumbel noise scaled by
-        choice_temperature * (1 - (t + 1) / num_steps); revealed positions are never masked again.
+        choice_temperature * (1 - (t + 1) / num_inference_steps); revealed positions are never masked again.
 
         Args:
             callback: called as callback(step, tokens) after each step; masked entries hold config.mask_token.
+            compile: part of the generators' shared sampling contract; MaskGIT samples eagerly, so only False.
         """
         c = self.config
         device = self.norm.weight.device
+        num_steps = self.num_sampling_steps(num_inference_steps)
+        if compile:
+            raise ValueError("compile=True is for AR generators (FAR/GPT); MaskGIT samples eagerly")
         labels = check_class_labels(class_labels, c.num_classes, device)
         check_sampling_args(guidance_scale, temperature, top_k, top_p, c.vocab_size, cfg_schedule)
-        if not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
         if not choice_temperature >= 0:
             raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature}")
         warpers = logits_warpers(temperature, top_k, top_p)

@@ -2,14 +2,13 @@
 
 from diffusers.pipelines import pipeline_loading_utils
 
+from ..generators import GENERATOR_CLASSES
+from ..tokenizers import TOKENIZER_CLASSES
 from .pipeline_fqgan import FQGANPipeline, assemble_pipeline, check_components, load_id2label
 
 # diffusers only loads components from libraries it knows; register hf_vq's classes (and their load/save methods)
 # so model_index.json entries ["hf_vq", "FQGANTokenizer"] resolve, from a local folder and from the Hub.
-_HF_VQ_CLASSES = {
-    name: ["save_pretrained", "from_pretrained"]
-    for name in ("FQGANTokenizer", "FARForClassConditionalGeneration", "MaskGITForClassConditionalGeneration")
-}
+_HF_VQ_CLASSES = {cls.__name__: ["save_pretrained", "from_pretrained"] for cls in TOKENIZER_CLASSES + GENERATOR_CLASSES}
 pipeline_loading_utils.LOADABLE_CLASSES["hf_vq"] = _HF_VQ_CLASSES
 pipeline_loading_utils.ALL_IMPORTABLE_CLASSES.update(_HF_VQ_CLASSES)
 

@@ -11,8 +11,8 @@ import torch
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 
-from ..generators import FARForClassConditionalGeneration, MaskGITForClassConditionalGeneration
-from ..tokenizers import FQGANTokenizer
+from ..generators import GENERATOR_CLASSES
+from ..tokenizers import AutoImageTokenizer, ImageTokenizerMixin
 from ..utils import save_pretrained_atomic
 
 IMAGENET_LABELS_REPO = "huggingface/label-files"
@@ -29,32 +29,38 @@ def load_id2label(path: str | os.PathLike | None = None) -> dict[int, str]:
         return {int(k): v for k, v in json.load(f).items()}
 
 
-def check_components(vqvae: FQGANTokenizer, transformer) -> None:
-    """Raise when the tokenizer and the generator disagree on codebooks, codebook size or grid."""
-    t, v = transformer.config, vqvae.config
-    if t.num_codebooks != v.num_codebooks:
-        raise ValueError(f"vqvae has {v.num_codebooks} sub-codebooks but transformer predicts {t.num_codebooks}")
+def check_components(vqvae: ImageTokenizerMixin, transformer: torch.nn.Module) -> None:
+    """Raise when the components are not a tokenizer and a generator, or disagree on codebooks, size or grid."""
+    if not isinstance(vqvae, ImageTokenizerMixin):
+        raise TypeError(f"vqvae must be an hf_vq tokenizer (ImageTokenizerMixin), got {type(vqvae).__name__}")
+    if not isinstance(transformer, tuple(GENERATOR_CLASSES)):
+        names = ", ".join(cls.__name__ for cls in GENERATOR_CLASSES)
+        raise TypeError(f"transformer must be an hf_vq generator ({names}), got {type(transformer).__name__}")
+    t = transformer.config
+    if t.num_codebooks != vqvae.num_codebooks:
+        raise ValueError(f"vqvae has {vqvae.num_codebooks} sub-codebooks but transformer predicts {t.num_codebooks}")
     if any(size != t.vocab_size for size in vqvae.codebook_sizes):
         raise ValueError(f"vqvae codebook sizes {vqvae.codebook_sizes} != transformer vocab_size {t.vocab_size}")
-    if vqvae.has_adapters and t.grid_size != vqvae.grid_size:
+    if vqvae.fixed_size and (t.grid_size, t.grid_size) != vqvae.token_grid():
+        h, w = vqvae.token_grid()
         raise ValueError(
-            f"transformer samples a {t.grid_size}x{t.grid_size} grid but the vqvae's adapters take "
-            f"{vqvae.grid_size}x{vqvae.grid_size}"
+            f"transformer samples a {t.grid_size}x{t.grid_size} grid but the vqvae takes only its {h}x{w} grid"
         )
 
 
 class FQGANPipeline(DiffusionPipeline):
-    """Class-conditional image generation with an FQGAN/VQGAN tokenizer and a FAR/GPT or MaskGIT generator.
+    """Class-conditional image generation: a token generator samples token grids, a tokenizer decodes them.
 
     Components:
-        vqvae: an `FQGANTokenizer`.
-        transformer: a `FARForClassConditionalGeneration` (AR) or `MaskGITForClassConditionalGeneration` (NAR).
+        vqvae: any hf_vq tokenizer (`ImageTokenizerMixin`: FQGAN/VQGAN, ...).
+        transformer: any hf_vq generator (`FARForClassConditionalGeneration` for AR, `MaskGITForClassConditional
+            Generation` for NAR), through their shared sampling contract.
         id2label: class id -> name(s) (comma-separated synonyms allowed, as ImageNet's), saved in model_index.json.
     """
 
     model_cpu_offload_seq = "transformer->vqvae"
 
-    def __init__(self, vqvae: FQGANTokenizer, transformer, id2label: dict | None = None):
+    def __init__(self, vqvae: ImageTokenizerMixin, transformer: torch.nn.Module, id2label: dict | None = None):
         super().__init__()
         check_components(vqvae, transformer)
         self.register_modules(vqvae=vqvae, transformer=transformer)
@@ -64,11 +70,6 @@ class FQGANPipeline(DiffusionPipeline):
             name.strip().lower(): int(i) for i, names in id2label.items() for name in names.split(",") if name.strip()
         }
         self.image_processor = VaeImageProcessor(do_resize=False)
-
-    @property
-    def is_autoregressive(self) -> bool:
-        """True for FAR/GPT (one position at a time), False for MaskGIT."""
-        return isinstance(self.transformer, FARForClassConditionalGeneration)
 
     def get_label_ids(self, labels: int | str | Sequence[int | str]) -> list[int]:
         """Class names (case-insensitive) or ids -> ids, with a clear error listing close matches."""
@@ -100,7 +101,7 @@ class FQGANPipeline(DiffusionPipeline):
         top_k: int = 0,
         top_p: float = 1.0,
         generator: torch.Generator | None = None,
-        num_inference_steps: int = 12,
+        num_inference_steps: int | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         compile: bool = False,
@@ -112,26 +113,21 @@ class FQGANPipeline(DiffusionPipeline):
             guidance_scale: classifier-free guidance scale (1.0 = none).
             temperature, top_k, top_p: sampling knobs per sub-token (top_k=0 and top_p=1.0 disable them).
             generator: a `torch.Generator` for reproducible samples.
-            num_inference_steps: parallel decoding steps (MaskGIT only).
+            num_inference_steps: parallel decoding steps of a NAR generator (default: the model's); an AR
+                generator decodes one position per step and accepts only None.
             output_type: "pil", "np" or "pt"; images are in [0, 1].
             compile: sample with `torch.compile` graphs (AR generators only); the first call compiles (tens of
                 seconds), later calls of the same shapes are faster.
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-        if compile and not self.is_autoregressive:
-            raise ValueError("compile=True is for AR generators (FAR/GPT); MaskGIT samples eagerly")
         if num_images_per_label < 1:
             raise ValueError(f"num_images_per_label must be >= 1, got {num_images_per_label}")
+        steps = self.transformer.num_sampling_steps(num_inference_steps)  # also refuses a bad step count
         ids = torch.tensor(self.get_label_ids(class_labels), device=self._execution_device)
         ids = ids.repeat_interleave(num_images_per_label)
         knobs = dict(guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p,
-                     generator=generator)
-        steps = self.transformer.config.grid_size**2 if self.is_autoregressive else num_inference_steps
-        if self.is_autoregressive:
-            knobs["compile"] = compile
-        else:
-            knobs["num_steps"] = num_inference_steps
+                     generator=generator, num_inference_steps=num_inference_steps, compile=compile)
 
         with self.progress_bar(total=steps) as bar:
             tokens = self.transformer.sample(ids, callback=lambda *_: bar.update(), **knobs)
@@ -143,7 +139,7 @@ class FQGANPipeline(DiffusionPipeline):
 
 
 def assemble_pipeline(
-    vqvae: str | os.PathLike | FQGANTokenizer,
+    vqvae: str | os.PathLike | ImageTokenizerMixin,
     transformer: str | os.PathLike | torch.nn.Module,
     output_dir: str | os.PathLike,
     id2label: dict[int, str] | str | os.PathLike | None = None,
@@ -154,12 +150,10 @@ def assemble_pipeline(
     """
     from transformers import AutoModel
 
-    if not isinstance(vqvae, FQGANTokenizer):
-        vqvae = FQGANTokenizer.from_pretrained(vqvae)
+    if not isinstance(vqvae, torch.nn.Module):
+        vqvae = AutoImageTokenizer.from_pretrained(vqvae)
     if not isinstance(transformer, torch.nn.Module):
         transformer = AutoModel.from_pretrained(transformer)
-    if not isinstance(transformer, (FARForClassConditionalGeneration, MaskGITForClassConditionalGeneration)):
-        raise TypeError(f"transformer must be a FAR/GPT or MaskGIT model, got {type(transformer).__name__}")
     if not isinstance(id2label, dict):
         id2label = load_id2label(id2label)
     pipe = FQGANPipeline(vqvae=vqvae, transformer=transformer, id2label=id2label)

@@ -31,6 +31,19 @@ class Quantizer(nn.Module):
     codebook_size: int
     dim: int
 
+    @classmethod
+    def from_spec(cls, codebook_size: int, dim: int, **kwargs) -> Quantizer:
+        """Build from a spec: the codebook size and code dim every quantizer has, plus its own kwargs.
+
+        Quantizers whose size follows from other arguments (FSQ levels, LFQ bits) check that the two agree.
+        """
+        return cls(codebook_size, dim, **kwargs)
+
+    @property
+    def needs_data_init(self) -> bool:
+        """True while the codebook waits to be initialised from the first training batch (k-means init)."""
+        return False
+
     def forward(self, z: torch.Tensor) -> QuantizerOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -18,6 +18,19 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 class FSQ(Quantizer):
     """Channel i takes `levels[i]` values in [-1, 1]; the implicit codebook is their product (no parameters or loss)."""
 
+    @classmethod
+    def from_spec(cls, codebook_size: int, dim: int, **kwargs) -> FSQ:
+        """An FSQ from `levels=[...]`, checked against the spec's codebook size and dim."""
+        if "levels" not in kwargs:
+            raise ValueError("an fsq quantizer needs `levels`, e.g. levels=[8, 8, 8, 5, 5, 5] for 64000 codes")
+        levels = list(kwargs.pop("levels"))
+        if len(levels) != dim or math.prod(levels) != codebook_size:
+            raise ValueError(
+                f"fsq levels {levels} give dim {len(levels)} and codebook size {math.prod(levels)}, "
+                f"but dim={dim} and codebook_size={codebook_size} were asked for; make them agree"
+            )
+        return cls(levels, **kwargs)
+
     def __init__(self, levels: Sequence[int], eps: float = 1e-3):
         super().__init__()
         levels = list(levels)

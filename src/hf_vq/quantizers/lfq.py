@@ -14,6 +14,16 @@ MAX_LFQ_DIM = 16
 class LFQ(Quantizer):
     """Binary quantizer q = sign(x) over a 2**dim implicit codebook, with an entropy loss for code diversity."""
 
+    @classmethod
+    def from_spec(cls, codebook_size: int, dim: int, **kwargs) -> LFQ:
+        """An LFQ with `dim` bits, checked against the spec's codebook size (2**dim)."""
+        if codebook_size != 2**dim:
+            raise ValueError(
+                f"an lfq codebook has 2**dim codes, but codebook_size={codebook_size} and dim={dim}; "
+                "use a power-of-two codebook_size and dim = log2(codebook_size)"
+            )
+        return cls(dim, **kwargs)
+
     def __init__(
         self,
         dim: int,

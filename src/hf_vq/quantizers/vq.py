@@ -82,6 +82,11 @@ class VectorQuantizer(Quantizer):
         if kmeans_init:
             self.register_buffer("initted", torch.tensor(False))
 
+    @property
+    def needs_data_init(self) -> bool:
+        """True until k-means has initialised the codebook (with `kmeans_init=True`)."""
+        return self.kmeans_init and not bool(self.initted)
+
     def codebook(self) -> torch.Tensor:
         """The (K, D) fp32 codebook, L2-normalised when `l2_norm`."""
         weight = self.embedding.weight.float()

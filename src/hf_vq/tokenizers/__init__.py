@@ -1,5 +1,7 @@
-"""Image tokenizers: the CNN trunk, FQGAN adapters and heads, teachers, and `FQGANTokenizer`."""
+"""Image tokenizers: the contract, the family loader, the CNN trunk, FQGAN adapters and heads, and teachers."""
 
+from .auto import TOKENIZER_CLASSES, AutoImageTokenizer, tokenizer_class
+from .base import ImageTokenizerMixin, TokenizerDecoderOutput, TokenizerEncoderOutput, TokenizerOutput
 from .modeling_fqgan import (
     TOKENIZER_PRESETS,
     FQGANDecoderOutput,
@@ -10,10 +12,17 @@ from .modeling_fqgan import (
 from .teachers import FrozenTeacher
 
 __all__ = [
+    "TOKENIZER_CLASSES",
     "TOKENIZER_PRESETS",
+    "AutoImageTokenizer",
     "FQGANDecoderOutput",
     "FQGANEncoderOutput",
     "FQGANTokenizer",
     "FQGANTokenizerOutput",
     "FrozenTeacher",
+    "ImageTokenizerMixin",
+    "TokenizerDecoderOutput",
+    "TokenizerEncoderOutput",
+    "TokenizerOutput",
+    "tokenizer_class",
 ]

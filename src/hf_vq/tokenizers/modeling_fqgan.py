@@ -3,86 +3,107 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
-from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..quantizers import FactorizedQuantizer, build_quantizer
 from .adapters import FactorizedAdapter, FeatureHead, info_nce_loss
+from .base import ImageTokenizerMixin, TokenizerDecoderOutput, TokenizerEncoderOutput, TokenizerOutput
 from .cnn import Decoder, EncoderTrunk, group_norm
 
-# Presets matching the official models (REFERENCE.md §1, §3) plus the Fashion-MNIST model we ship.
+_DEFAULT_QUANTIZER = dict(kind="vq", codebook_size=16384, dim=8)  # LlamaGen's VQ
+_FQGAN_QUANTIZER = dict(_DEFAULT_QUANTIZER, entropy_loss_ratio=0.03)  # FQGAN's training scripts
+
+# Presets matching the official models (REFERENCE.md §1, §3).
 TOKENIZER_PRESETS: dict[str, dict] = {
     "vq-ds16": dict(channel_multipliers=(1, 1, 2, 2, 4), num_codebooks=1),
     "vq-ds8": dict(channel_multipliers=(1, 2, 2, 4), num_codebooks=1),
     "fqgan-dual-ds16": dict(
-        channel_multipliers=(1, 1, 2, 2, 4), num_codebooks=2, codebook_names=("vis", "sem"), entropy_loss_ratio=0.03,
-        teacher_models=(None, "openai/clip-vit-large-patch14"), teacher_dims=(None, 1024),
+        channel_multipliers=(1, 1, 2, 2, 4), num_codebooks=2, codebook_names=("vis", "sem"),
+        quantizer=_FQGAN_QUANTIZER, teacher_models=(None, "openai/clip-vit-large-patch14"), teacher_dims=(None, 1024),
     ),
     "fqgan-dual-ds8": dict(
-        channel_multipliers=(1, 2, 2, 4), num_codebooks=2, codebook_names=("vis", "sem"), entropy_loss_ratio=0.03,
-        teacher_models=(None, "openai/clip-vit-large-patch14"), teacher_dims=(None, 1024),
+        channel_multipliers=(1, 2, 2, 4), num_codebooks=2, codebook_names=("vis", "sem"),
+        quantizer=_FQGAN_QUANTIZER, teacher_models=(None, "openai/clip-vit-large-patch14"), teacher_dims=(None, 1024),
     ),
     "fqgan-triple-ds16": dict(
         channel_multipliers=(1, 1, 2, 2, 4), num_codebooks=3, codebook_names=("vis", "sem_mid", "sem_high"),
-        entropy_loss_ratio=0.03, teacher_models=(None, "facebook/dinov2-small", "openai/clip-vit-base-patch16"),
+        quantizer=_FQGAN_QUANTIZER, teacher_models=(None, "facebook/dinov2-small", "openai/clip-vit-base-patch16"),
         teacher_dims=(None, 384, 768),
     ),
     "fqgan-triple-ds8": dict(
         channel_multipliers=(1, 2, 2, 4), num_codebooks=3, codebook_names=("vis", "sem_mid", "sem_high"),
-        entropy_loss_ratio=0.03, teacher_models=(None, "facebook/dinov2-small", "openai/clip-vit-base-patch16"),
+        quantizer=_FQGAN_QUANTIZER, teacher_models=(None, "facebook/dinov2-small", "openai/clip-vit-base-patch16"),
         teacher_dims=(None, 384, 768),
     ),
 }
 
+# Small configurations for tests and smoke runs, one per quantizer kind (the contract tests run every "tiny*").
+_TINY = dict(
+    in_channels=1, out_channels=1, base_channels=32, channel_multipliers=(1, 2), num_res_blocks=1, z_channels=32,
+    sample_size=8, adapter_layers=1, adapter_heads=2,
+)
+TINY_PRESETS: dict[str, dict] = {
+    "tiny": dict(_TINY, num_codebooks=2, quantizer=dict(kind="vq", codebook_size=32, dim=4)),
+    "tiny-vq": dict(_TINY, num_codebooks=1, quantizer=dict(kind="vq", codebook_size=32, dim=4)),
+    "tiny-fsq": dict(_TINY, num_codebooks=1, quantizer=dict(kind="fsq", codebook_size=27, dim=3, levels=[3, 3, 3])),
+    "tiny-lfq": dict(_TINY, num_codebooks=1, quantizer=dict(kind="lfq", codebook_size=16, dim=4)),
+}
+
+# Configs saved before the quantizer spec had flat quantizer fields: old field -> spec key, and which spec keys
+# each kind took (the others were ignored for that kind).
+_LEGACY_QUANTIZER_FIELDS = {
+    "quantizer_type": "kind", "codebook_size": "codebook_size", "codebook_embed_dim": "dim",
+    "codebook_l2_norm": "l2_norm", "commit_loss_beta": "commit_loss_beta", "entropy_loss_ratio": "entropy_loss_ratio",
+    "kmeans_init": "kmeans_init", "fsq_levels": "levels",
+}
+_LEGACY_KIND_FIELDS = {
+    "vq": ("l2_norm", "commit_loss_beta", "entropy_loss_ratio", "kmeans_init"),
+    "fsq": ("levels",),
+    "lfq": (),
+}
+
+
+def upgrade_legacy_quantizer_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """Fold the flat quantizer fields of an older FQGANTokenizer config into one `quantizer` spec."""
+    legacy = {new: config.pop(old) for old, new in _LEGACY_QUANTIZER_FIELDS.items() if old in config}
+    if not legacy:
+        return config
+    if config.get("quantizer") is not None:
+        raise ValueError(
+            f"the config sets both a `quantizer` spec and the old flat fields {sorted(legacy)}; keep only the spec"
+        )
+    kind = legacy.pop("kind", None) or "vq"
+    spec = {
+        "kind": kind,
+        "codebook_size": legacy.pop("codebook_size", _DEFAULT_QUANTIZER["codebook_size"]),
+        "dim": legacy.pop("dim", _DEFAULT_QUANTIZER["dim"]),
+    }
+    spec.update({key: value for key, value in legacy.items() if key in _LEGACY_KIND_FIELDS.get(kind, ())})
+    config["quantizer"] = spec
+    return config
+
 
 @dataclass
-class FQGANEncoderOutput(BaseOutput):
-    """Output of `FQGANTokenizer.encode`.
+class FQGANEncoderOutput(TokenizerEncoderOutput):
+    """Output of `FQGANTokenizer.encode`: the contract's fields plus `codes`, the k quantized (B, D, h, w) maps.
 
-    Attributes:
-        latents: (B, k*D, h, w) quantized codes, sub-codebooks concatenated in order (straight-through).
-        indices: (B, k, h, w) code indices.
-        losses: named quantizer losses (per sub-codebook, prefixed "i/"), plus the disentanglement loss.
-        codes: the k quantized maps, one (B, D, h, w) each.
-        usage: recent codebook usage per sub-codebook (training mode only).
+    `latents` are the codes concatenated along channels in sub-codebook order; `losses` hold each sub-quantizer's
+    losses prefixed "{i}/", plus the disentanglement loss.
     """
 
-    latents: torch.Tensor
-    indices: torch.Tensor
-    losses: dict[str, torch.Tensor] = field(default_factory=dict)
     codes: list[torch.Tensor] | None = None
-    usage: list[torch.Tensor | None] | None = None
 
 
-@dataclass
-class FQGANDecoderOutput(BaseOutput):
-    """Output of `FQGANTokenizer.decode`: (B, C, H, W) images, nominally [-1, 1], not clamped."""
-
-    sample: torch.Tensor
-
-
-@dataclass
-class FQGANTokenizerOutput(BaseOutput):
-    """Output of the training forward.
-
-    Attributes:
-        sample: (B, C, H, W) reconstruction.
-        indices: (B, k, h, w) code indices.
-        losses: named, already-weighted losses owned by the tokenizer (quantizer, disentanglement,
-            representation); pixel, perceptual and adversarial losses live in `hf_vq.training`.
-        usage: recent codebook usage per sub-codebook.
-    """
-
-    sample: torch.Tensor
-    indices: torch.Tensor
-    losses: dict[str, torch.Tensor] = field(default_factory=dict)
-    usage: list[torch.Tensor | None] | None = None
+# The decoder and training outputs are the contract's; these names stay for code written against them.
+FQGANDecoderOutput = TokenizerDecoderOutput
+FQGANTokenizerOutput = TokenizerOutput
 
 
 class _EncoderHead(nn.Module):
@@ -113,14 +134,17 @@ class _Encoder(nn.Module):
         return [head(h) for head in self.heads]
 
 
-class FQGANTokenizer(ModelMixin, ConfigMixin):
+class FQGANTokenizer(ImageTokenizerMixin, ModelMixin, ConfigMixin):
     """Image tokenizer with k sub-codebooks over a shared LlamaGen CNN encoder/decoder.
 
-    `num_codebooks=1` is a plain VQGAN (LlamaGen VQ); 2 is FQGAN-Dual, 3 is FQGAN-Triple. Images are
-    (B, C, H, W) in [-1, 1]; tokens are (B, k, h, w) with sub-codebooks in FAR's order (vis first).
+    `num_codebooks=1` is a plain VQGAN (LlamaGen VQ); 2 is FQGAN-Dual, 3 is FQGAN-Triple. Each sub-codebook is
+    built from the `quantizer` spec: {"kind": "vq" | "fsq" | "lfq", "codebook_size": ..., "dim": ..., and the
+    kind's own kwargs}. Images are (B, C, H, W) in [-1, 1]; tokens are (B, k, h, w) with sub-codebooks in FAR's
+    order (vis first).
     """
 
     _supports_gradient_checkpointing = True
+    presets = {**TOKENIZER_PRESETS, **TINY_PRESETS}
 
     @register_to_config
     def __init__(
@@ -134,14 +158,7 @@ class FQGANTokenizer(ModelMixin, ConfigMixin):
         dropout: float = 0.0,
         num_codebooks: int = 1,
         codebook_names: Sequence[str] | None = None,
-        quantizer_type: str = "vq",
-        codebook_size: int = 16384,
-        codebook_embed_dim: int = 8,
-        codebook_l2_norm: bool = True,
-        commit_loss_beta: float = 0.25,
-        entropy_loss_ratio: float = 0.0,
-        fsq_levels: Sequence[int] | None = None,
-        kmeans_init: bool = False,
+        quantizer: dict[str, Any] | None = None,
         use_adapters: bool | None = None,
         adapter_layers: int = 6,
         adapter_heads: int = 8,
@@ -161,6 +178,8 @@ class FQGANTokenizer(ModelMixin, ConfigMixin):
         for name, value in (("teacher_models", teacher_models), ("teacher_dims", teacher_dims)):
             if value is not None and len(value) != num_codebooks:
                 raise ValueError(f"{name} needs one entry per codebook ({num_codebooks}), got {len(value)}")
+        if quantizer is not None and not (isinstance(quantizer, dict) and "kind" in quantizer):
+            raise ValueError(f"quantizer must be a spec dict such as {_DEFAULT_QUANTIZER}, got {quantizer!r}")
         if base_channels % 32:
             raise ValueError(f"base_channels must be a multiple of 32 (GroupNorm(32)), got {base_channels}")
         with_adapters = num_codebooks > 1 if use_adapters is None else use_adapters
@@ -179,20 +198,10 @@ class FQGANTokenizer(ModelMixin, ConfigMixin):
         ]
         self.encoder = _Encoder(trunk, heads)
 
-        quantizer_kwargs = {}
-        if quantizer_type == "vq":
-            quantizer_kwargs = dict(
-                commit_loss_beta=commit_loss_beta, l2_norm=codebook_l2_norm, entropy_loss_ratio=entropy_loss_ratio,
-                kmeans_init=kmeans_init,
-            )
-        elif quantizer_type == "fsq":
-            quantizer_kwargs = dict(levels=fsq_levels)
+        spec = dict(_DEFAULT_QUANTIZER if quantizer is None else quantizer)
+        self.register_to_config(quantizer=spec)  # saved configs name their quantizer in full
         self.quantize = FactorizedQuantizer(
-            [
-                build_quantizer(quantizer_type, codebook_size, codebook_embed_dim, **quantizer_kwargs)
-                for _ in range(num_codebooks)
-            ],
-            disentanglement_ratio=disentanglement_ratio,
+            [build_quantizer(**spec) for _ in range(num_codebooks)], disentanglement_ratio=disentanglement_ratio
         )
         code_dim = self.quantize.codebooks[0].dim
         self.quant_convs = nn.ModuleList(nn.Conv2d(z_channels, code_dim, 1) for _ in range(num_codebooks))
@@ -208,94 +217,61 @@ class FQGANTokenizer(ModelMixin, ConfigMixin):
             }
         )
 
-    # ------------------------------------------------------------------ geometry
+    # ------------------------------------------------------------------ the tokenizer contract
     @property
     def downsample_factor(self) -> int:
         """Pixels per token along each side."""
         return 2 ** (len(self.config.channel_multipliers) - 1)
 
     @property
-    def grid_size(self) -> int:
-        """Token grid side for `sample_size` images (fixed when adapters are used)."""
-        return self.config.sample_size // self.downsample_factor
+    def has_adapters(self) -> bool:
+        """Whether the encoder heads use transformer adapters."""
+        return self.encoder.heads[0].adapter is not None
 
     @property
-    def has_adapters(self) -> bool:
-        """Whether the encoder heads use transformer adapters (which fix the grid)."""
-        return self.encoder.heads[0].adapter is not None
+    def fixed_size(self) -> bool:
+        """The adapters' position tables fix the grid; without adapters the model is fully convolutional."""
+        return self.has_adapters
+
+    @property
+    def num_codebooks(self) -> int:
+        """k, the number of sub-codebooks."""
+        return self.quantize.num_codebooks
 
     @property
     def codebook_sizes(self) -> list[int]:
         """Codebook size of each sub-codebook."""
         return [q.codebook_size for q in self.quantize.codebooks]
 
-    def _check_pixels(self, pixel_values: torch.Tensor) -> None:
-        if pixel_values.ndim != 4:
-            raise ValueError(f"pixel_values must be (B, C, H, W), got shape {tuple(pixel_values.shape)}")
-        b, c, h, w = pixel_values.shape
-        if c != self.config.in_channels:
-            raise ValueError(
-                f"this tokenizer takes {self.config.in_channels}-channel images, got {c} channels "
-                f"(convert with PIL `.convert('{'L' if self.config.in_channels == 1 else 'RGB'}')`)"
-            )
-        f = self.downsample_factor
-        if h % f or w % f:
-            raise ValueError(f"image size {h}x{w} must be divisible by the downsampling factor {f}; resize or crop")
-        if self.has_adapters and (h != self.config.sample_size or w != self.config.sample_size):
-            raise ValueError(
-                f"this tokenizer's adapters have a fixed {self.grid_size}x{self.grid_size} grid: images must be "
-                f"{self.config.sample_size}x{self.config.sample_size}, got {h}x{w}"
-            )
-
-    def _check_indices(self, indices: torch.Tensor) -> None:
-        k = self.config.num_codebooks
-        if indices.ndim != 4 or indices.shape[1] != k:
-            raise ValueError(f"indices must be (B, {k}, h, w), got shape {tuple(indices.shape)}")
-        if self.has_adapters and tuple(indices.shape[2:]) != (self.grid_size, self.grid_size):
-            raise ValueError(
-                f"indices must be on the {self.grid_size}x{self.grid_size} grid, got {tuple(indices.shape[2:])}"
-            )
-
-    # ------------------------------------------------------------------ API
     def encode(self, pixel_values: torch.Tensor, return_dict: bool = True) -> FQGANEncoderOutput | tuple:
         """Images -> quantized latents and indices."""
-        self._check_pixels(pixel_values)
+        self.check_pixels(pixel_values)
         latents = [conv(z) for conv, z in zip(self.quant_convs, self.encoder(pixel_values))]
         q = self.quantize(latents)
         out = FQGANEncoderOutput(
-            latents=torch.cat(q.quantized, dim=1), indices=q.indices, losses=q.losses, codes=q.quantized, usage=q.usage
+            latents=torch.cat(q.quantized, dim=1), indices=q.indices, losses=q.losses, usage=q.usage, codes=q.quantized
         )
-        return out if return_dict else (out.latents, out.indices)
+        return out if return_dict else out.to_tuple()
 
-    def decode(self, latents: torch.Tensor, return_dict: bool = True) -> FQGANDecoderOutput | tuple:
+    def decode(self, latents: torch.Tensor, return_dict: bool = True) -> TokenizerDecoderOutput | tuple:
         """Quantized latents (B, k*D, h, w) -> images (not clamped)."""
         expected = self.post_quant_conv.in_channels
         if latents.ndim != 4 or latents.shape[1] != expected:
             raise ValueError(f"latents must be (B, {expected}, h, w), got shape {tuple(latents.shape)}")
         sample = self.decoder(self.post_quant_conv(latents))
-        return FQGANDecoderOutput(sample=sample) if return_dict else (sample,)
-
-    @torch.no_grad()
-    def tokenize(self, pixel_values: torch.Tensor) -> torch.LongTensor:
-        """(B, C, H, W) images in [-1, 1] -> (B, k, h, w) indices."""
-        return self.encode(pixel_values).indices
+        return TokenizerDecoderOutput(sample=sample) if return_dict else (sample,)
 
     def indices_to_latents(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, k, h, w) indices -> (B, k*D, h, w) quantized latents."""
-        self._check_indices(indices)
+        self.check_indices(indices)
         return torch.cat(self.quantize.indices_to_codes(indices), dim=1).to(self.post_quant_conv.weight.dtype)
-
-    @torch.no_grad()
-    def detokenize(self, indices: torch.Tensor) -> torch.Tensor:
-        """(B, k, h, w) indices -> (B, C, H, W) images, nominally [-1, 1], not clamped."""
-        return self.decode(self.indices_to_latents(indices)).sample
 
     def forward(
         self,
         pixel_values: torch.Tensor,
         teacher_features: Sequence[torch.Tensor | None] | None = None,
         return_dict: bool = True,
-    ) -> FQGANTokenizerOutput | tuple:
+    ) -> TokenizerOutput | tuple:
         """Training forward: reconstruction plus the tokenizer's own named losses.
 
         Args:
@@ -324,12 +300,10 @@ class FQGANTokenizer(ModelMixin, ConfigMixin):
                 student = self.feature_heads[str(i)](enc.codes[i])
                 losses[f"{i}/representation_loss"] = self.config.representation_weight * info_nce_loss(student, feats)
         sample = self.decode(enc.latents).sample
-        out = FQGANTokenizerOutput(sample=sample, indices=enc.indices, losses=losses, usage=enc.usage)
-        return out if return_dict else (sample, losses)
+        out = TokenizerOutput(sample=sample, indices=enc.indices, losses=losses, usage=enc.usage)
+        return out if return_dict else out.to_tuple()
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> FQGANTokenizer:
-        """A randomly initialised tokenizer with an official architecture ("vq-ds16", "fqgan-dual-ds8", ...)."""
-        if name not in TOKENIZER_PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(TOKENIZER_PRESETS)}")
-        return cls(**{**TOKENIZER_PRESETS[name], **overrides})
+    def upgrade_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """Configs saved before the quantizer spec had flat quantizer fields; fold them into `quantizer`."""
+        return upgrade_legacy_quantizer_fields(config)

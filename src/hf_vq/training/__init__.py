@@ -1,4 +1,4 @@
-"""Training utilities: datasets and image transforms."""
+"""Training: the one loop and its recipes, datasets and image transforms."""
 
 from .data import (
     FASHION_MNIST_LABELS,
@@ -8,12 +8,16 @@ from .data import (
     load_image_dataset,
     with_image_transform,
 )
+from .loop import TrainingRecipe, run, train
 
 __all__ = [
     "FASHION_MNIST_LABELS",
     "ImageTransform",
+    "TrainingRecipe",
     "collate",
     "id2label_from_dataset",
     "load_image_dataset",
+    "run",
+    "train",
     "with_image_transform",
 ]

@@ -188,7 +188,6 @@ def save_checkpoint(
     return final
 
 
-
 def add_run_arguments(parser: argparse.ArgumentParser, checkpointing_steps: int = 500) -> None:
     """Flags every training script shares: batch and steps, precision, EMA, checkpoints, logging, Hub."""
     p = parser
@@ -204,6 +203,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, checkpointing_steps: int 
     p.add_argument("--use_ema", action="store_true")
     p.add_argument("--ema_decay", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataloader_num_workers", type=int, default=0)
     p.add_argument("--checkpointing_steps", type=int, default=checkpointing_steps)
     p.add_argument("--checkpoints_total_limit", type=int, default=2)
     p.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")

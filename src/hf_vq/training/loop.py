@@ -1,0 +1,241 @@
+"""The one training loop. Every objective (GAN tokenizer, AR and NAR generators, ...) is a `TrainingRecipe` on it.
+
+The loop owns what every run needs: the Accelerate setup, the data loader, one optimizer and LR schedule per
+trained module, gradient accumulation and clipping, EMA, logging, preview images, atomic checkpoints with exact
+resume, the run summary and the Hub push. A recipe says what is trained and what the losses are:
+
+    class MyRecipe(TrainingRecipe):
+        name = "train_mine"
+        def build(self): self.model = ...
+        def make_optimizer(self, name, module): return torch.optim.AdamW(module.parameters(), self.args.learning_rate)
+        def train_dataset(self): return dataset, collate_fn
+        def training_step(self, batch, step):
+            loss = self.model(**batch).loss
+            yield "model", loss, {"loss": loss.detach()}
+        def save_final(self, model, output_dir): ...
+
+    run(MyRecipe, argv)  # flags: the loop's (add_run_arguments) plus the recipe's (add_arguments)
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..utils import push_folder
+from .checkpointing import (
+    RunMeter,
+    add_run_arguments,
+    batches_from,
+    prepare_run_dir,
+    resume_step,
+    save_checkpoint,
+    start_run,
+)
+
+# One optimizer phase of a training step: (name of the trained module, its loss, detached values to log).
+Phase = tuple[str, torch.Tensor, dict[str, torch.Tensor]]
+
+
+class TrainingRecipe:
+    """An objective on the shared loop.
+
+    `trainable` names the attributes that hold the trained modules; the first is the model that is kept (EMA,
+    saved, pushed), the others (a discriminator, say) get their own optimizer and schedule. After
+    `accelerator.prepare` the loop puts the prepared (e.g. DDP-wrapped) modules back on those attributes, and
+    the run's `accelerator` on the recipe.
+    """
+
+    accelerator: Accelerator
+
+    name: str = "train"
+    trainable: tuple[str, ...] = ("model",)
+    default_checkpointing_steps: int = 500
+
+    def __init__(self, args: argparse.Namespace):
+        """Read the configs and check the flags: what the run's identity needs, and cheap checks."""
+        self.args = args
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """The recipe's own flags (the loop's come from `add_run_arguments`)."""
+
+    def run_identity(self) -> dict[str, Any]:
+        """What defines this run: a folder holding a run with another identity is refused, not overwritten."""
+        raise NotImplementedError
+
+    def setup(self) -> None:
+        """Load what the run needs (data, frozen networks); like `__init__`, it fails on bad input before training."""
+
+    def build(self) -> None:
+        """Create the trained modules (under the run's seed) on the attributes named in `trainable`."""
+        raise NotImplementedError
+
+    def make_optimizer(self, name: str, module: nn.Module) -> torch.optim.Optimizer:
+        """The optimizer of trained module `name`."""
+        raise NotImplementedError
+
+    def train_dataset(self) -> tuple[Dataset, Callable | None]:
+        """The training dataset and its collate function (None for torch's default)."""
+        raise NotImplementedError
+
+    def before_prepare(self) -> None:
+        """Last chance to touch the unwrapped modules on every rank alike (e.g. a data-dependent codebook init)."""
+
+    def to_device(self, device: torch.device) -> None:
+        """Move frozen helpers (teachers, loss networks, a tokenizer) to the training device."""
+
+    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> Iterator[Phase]:
+        """Yield one phase per optimizer, in order; the loop runs backward, clipping and the step after each.
+
+        The values logged must include "loss".
+        """
+        raise NotImplementedError
+
+    def save_preview(self, model: nn.Module, path: Path) -> None:
+        """Write a preview image (samples, reconstructions) of `model`, in eval mode, to `path`."""
+
+    def save_final(self, model: nn.Module, output_dir: Path) -> Path:
+        """Save the final model (EMA weights when kept) under `output_dir`; return the folder to push."""
+        raise NotImplementedError
+
+
+def parse_recipe_args(recipe_cls: type[TrainingRecipe], argv: list[str] | None = None) -> argparse.Namespace:
+    """The loop's flags plus the recipe's."""
+    parser = argparse.ArgumentParser(description=recipe_cls.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(parser, checkpointing_steps=recipe_cls.default_checkpointing_steps)
+    recipe_cls.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def run(recipe_cls: type[TrainingRecipe], argv: list[str] | None = None) -> nn.Module:
+    """Parse the command line and train; what `examples/train_*.py` call."""
+    return train(recipe_cls(parse_recipe_args(recipe_cls, argv)))
+
+
+def train(recipe: TrainingRecipe) -> nn.Module:
+    """Train `recipe` to `--max_train_steps` (or `--max_minutes`); returns the final model on every rank."""
+    args = recipe.args
+    output_dir = Path(args.output_dir)
+
+    # ---- everything that can fail on bad input fails here (and in the recipe's __init__), before any training
+    identity = recipe.run_identity()
+    resume = prepare_run_dir(output_dir, identity, args.resume_from_checkpoint, args.push_to_hub)
+    recipe.setup()
+    set_seed(args.seed)
+    recipe.build()
+    accelerator = start_run(args, recipe.name, identity)
+    recipe.accelerator = accelerator
+
+    dataset, collate_fn = recipe.train_dataset()
+    loader = DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
+                        collate_fn=collate_fn, num_workers=args.dataloader_num_workers)
+    names = recipe.trainable
+    modules = [getattr(recipe, name) for name in names]
+    optimizers = [recipe.make_optimizer(name, module) for name, module in zip(names, modules)]
+    # Warmup and total steps count scheduler calls, which the prepared scheduler makes once per process.
+    schedulers = [
+        get_scheduler(args.lr_scheduler, opt, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                      num_training_steps=args.max_train_steps * accelerator.num_processes)
+        for opt in optimizers
+    ]
+    recipe.before_prepare()
+    prepared = accelerator.prepare(*modules, *optimizers, *schedulers, loader)
+    n = len(names)
+    modules, optimizers, schedulers, loader = prepared[:n], prepared[n:2 * n], prepared[2 * n:3 * n], prepared[-1]
+    for name, module in zip(names, modules):
+        setattr(recipe, name, module)
+    model = modules[0]
+    size = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
+    accelerator.print(f"{recipe.name}: {type(accelerator.unwrap_model(model)).__name__}, {size / 1e6:.2f}M parameters, "
+                      f"{len(dataset)} training examples")
+    ema = None
+    if args.use_ema:  # after prepare, so every rank starts from rank 0's (broadcast) weights
+        ema = EMAModel(model.parameters(), decay=args.ema_decay)
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    recipe.to_device(accelerator.device)
+
+    global_step = resume_step(accelerator, resume)
+    meter = RunMeter.for_run(args, accelerator)
+    progress = tqdm(total=args.max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
+                    desc=recipe.name)
+    for module in modules:
+        module.train()
+    for batch in batches_from(accelerator, loader, global_step, args.gradient_accumulation_steps):
+        if global_step >= args.max_train_steps:
+            break
+        logs: dict[str, torch.Tensor] = {}
+        with accelerator.accumulate(*modules):
+            for name, loss, phase_logs in recipe.training_step(batch, global_step):
+                i = names.index(name)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(modules[i].parameters(), args.max_grad_norm)
+                optimizers[i].step()
+                schedulers[i].step()
+                optimizers[i].zero_grad(set_to_none=True)
+                logs.update(phase_logs)
+        if not accelerator.sync_gradients:
+            continue
+        global_step += 1
+        progress.update(1)
+        meter.step()
+        if ema is not None:
+            ema.step(model.parameters())
+        if global_step % args.logging_steps == 0:
+            values = {key: float(value) for key, value in logs.items()}
+            values["lr"] = schedulers[0].get_last_lr()[0]
+            progress.set_postfix(loss=f"{values['loss']:.4f}")
+            accelerator.log(meter.log(values), step=global_step)
+        done = global_step >= args.max_train_steps or meter.timed_out()
+        if global_step % args.checkpointing_steps == 0 or done:
+            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+        if accelerator.is_main_process and (global_step % args.validation_steps == 0 or done):
+            preview = output_dir / "samples" / f"step-{global_step:07d}.png"
+            _preview(recipe, accelerator.unwrap_model(model), ema, preview)
+        if done:
+            break
+
+    progress.close()
+    accelerator.wait_for_everyone()
+    final = accelerator.unwrap_model(model)
+    if ema is not None:
+        ema.copy_to(final.parameters())
+    final.eval()
+    if accelerator.is_main_process:
+        folder = recipe.save_final(final, output_dir)
+        summary = meter.write_summary(output_dir, global_step, accelerator.device)  # before the push can fail
+        if args.push_to_hub:
+            push_folder(folder, args.hub_model_id or output_dir.name, message=f"Upload {folder.name} ({recipe.name})")
+        accelerator.print(f"saved {folder} after {global_step} steps; {summary}")
+    accelerator.end_training()
+    return final
+
+
+@torch.no_grad()
+def _preview(recipe: TrainingRecipe, model: nn.Module, ema: EMAModel | None, path: Path) -> None:
+    """The recipe's preview of the current model (its EMA weights when kept, swapped in and back out in place)."""
+    if ema is not None:
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+    model.eval()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recipe.save_preview(model, path)
+    finally:
+        model.train()
+        if ema is not None:
+            ema.restore(model.parameters())

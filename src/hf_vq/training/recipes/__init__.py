@@ -1,0 +1,6 @@
+"""Objectives on the shared training loop: one recipe per kind of model trained."""
+
+from .generators import ARGeneratorRecipe, GeneratorRecipe, NARGeneratorRecipe
+from .tokenizer_gan import TokenizerGANRecipe
+
+__all__ = ["ARGeneratorRecipe", "GeneratorRecipe", "NARGeneratorRecipe", "TokenizerGANRecipe"]

@@ -1,0 +1,152 @@
+"""Generator recipes: class-conditional AR (FAR / LlamaGen GPT) and NAR (MaskGIT) training on extracted codes.
+
+Reads a codes dataset written by examples/extract_codes.py; AdamW with weight decay on matrices only (LlamaGen),
+label dropout for CFG inside the models, and ends with a complete FQGANPipeline folder (tokenizer + generator +
+class names) at <output_dir>/pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import load_from_disk
+from diffusers.utils import make_image_grid
+from torch import nn
+from torch.utils.data import Dataset
+from transformers import PreTrainedConfig, PreTrainedModel
+
+from ...generators import (
+    FARConfig,
+    FARForClassConditionalGeneration,
+    MaskGITConfig,
+    MaskGITForClassConditionalGeneration,
+)
+from ...pipelines import FQGANPipeline
+from ...tokenizers import AutoImageTokenizer
+from ...utils import save_pretrained_atomic
+from ..loop import Phase, TrainingRecipe
+from ..optim import param_groups
+
+
+class GeneratorRecipe(TrainingRecipe):
+    """Train a class-conditional token generator on extracted codes; subclasses name the model and its loss."""
+
+    config_class: type[PreTrainedConfig]
+    model_class: type[PreTrainedModel]
+    kind: str
+    default_checkpointing_steps = 1000
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        p = parser
+        p.add_argument("--codes_dir", required=True, help="output of examples/extract_codes.py")
+        p.add_argument("--tokenizer", required=True, help="the tokenizer the codes came from (folder or Hub id)")
+        p.add_argument("--model_config", required=True,
+                       help="JSON of config kwargs; vocab_size, num_codebooks, grid_size and num_classes default to "
+                            "what the codes and tokenizer say")
+        p.add_argument("--learning_rate", type=float, default=1e-4)
+        p.add_argument("--weight_decay", type=float, default=0.05)
+        p.add_argument("--adam_beta1", type=float, default=0.9)
+        p.add_argument("--adam_beta2", type=float, default=0.95)
+        p.add_argument("--guidance_scale", type=float, default=2.0, help="for the sample grids")
+
+    def __init__(self, args: argparse.Namespace):
+        super().__init__(args)
+        self.codes = load_from_disk(args.codes_dir)
+        for column in ("codes", "label"):
+            if column not in self.codes.column_names:
+                raise ValueError(f"{args.codes_dir} has no {column!r} column (columns: {self.codes.column_names}); "
+                                 "write it with examples/extract_codes.py")
+        self.id2label = dict(enumerate(self.codes.features["label"].names))
+        self.tokenizer = AutoImageTokenizer.from_pretrained(args.tokenizer).eval()
+        k, n = self.codes.features["codes"].shape
+        self.model_kwargs = json.loads(Path(args.model_config).read_text())
+        derived = dict(vocab_size=self.tokenizer.codebook_sizes[0], num_codebooks=k, grid_size=int(round(n**0.5)),
+                       num_classes=len(self.id2label))
+        for name, value in derived.items():
+            if self.model_kwargs.setdefault(name, value) != value:
+                raise ValueError(
+                    f"--model_config sets {name}={self.model_kwargs[name]} but the codes/tokenizer give {value}"
+                )
+        self.config = self.config_class(**self.model_kwargs)
+
+    def run_identity(self) -> dict[str, Any]:
+        return {"kind": self.kind, "model_config": self.model_kwargs, "codes_dir": str(self.args.codes_dir)}
+
+    def build(self) -> None:
+        self.model = self.model_class(self.config)
+
+    def make_optimizer(self, name: str, module: nn.Module) -> torch.optim.Optimizer:
+        args = self.args
+        return torch.optim.AdamW(param_groups(module, args.weight_decay), lr=args.learning_rate,
+                                 betas=(args.adam_beta1, args.adam_beta2))
+
+    def train_dataset(self) -> tuple[Dataset, None]:
+        return self.codes.with_format("torch", columns=["codes", "label"]), None
+
+    def to_device(self, device: torch.device) -> None:
+        self.tokenizer.to(device)
+
+    def loss(self, tokens: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        """The objective on a batch of (B, k, N) token grids."""
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> Iterator[Phase]:
+        loss = self.loss(batch["codes"].long(), batch["label"])
+        yield "model", loss, {"loss": loss.detach()}
+
+    def pipeline(self, model: nn.Module) -> FQGANPipeline:
+        """The generator with the tokenizer and the class names."""
+        return FQGANPipeline(vqvae=self.tokenizer, transformer=model, id2label=self.id2label)
+
+    @torch.no_grad()
+    def save_preview(self, model: nn.Module, path: Path) -> None:
+        """One row per class (up to 10), 8 samples each."""
+        pipe = self.pipeline(model)
+        pipe.set_progress_bar_config(disable=True)
+        classes = list(range(min(self.config.num_classes, 10)))
+        images = pipe(classes, num_images_per_label=8, guidance_scale=self.args.guidance_scale,
+                      generator=torch.Generator(pipe.device).manual_seed(self.args.seed)).images
+        make_image_grid(images, rows=len(classes), cols=8).save(path)
+
+    def save_final(self, model: nn.Module, output_dir: Path) -> Path:
+        return save_pretrained_atomic(self.pipeline(model), output_dir / "pipeline")
+
+
+class ARGeneratorRecipe(GeneratorRecipe):
+    """Train a FAR (k > 1) or LlamaGen GPT (k = 1) class-conditional AR generator: next-token cross-entropy.
+
+        accelerate launch examples/train_far.py --codes_dir runs/fmnist-codes \\
+            --tokenizer runs/fmnist-tokenizer/tokenizer --model_config examples/configs/fmnist_far.json \\
+            --output_dir runs/fmnist-far
+    """
+
+    name = "train_far"
+    kind = "far"
+    config_class = FARConfig
+    model_class = FARForClassConditionalGeneration
+
+    def loss(self, tokens: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=tokens, class_labels=class_labels, labels=tokens).loss
+
+
+class NARGeneratorRecipe(GeneratorRecipe):
+    """Train a MaskGIT (NAR) class-conditional generator: cross-entropy on randomly masked positions.
+
+        accelerate launch examples/train_maskgit.py --codes_dir runs/fmnist-codes \\
+            --tokenizer runs/fmnist-tokenizer/tokenizer --model_config examples/configs/fmnist_maskgit.json \\
+            --output_dir runs/fmnist-maskgit
+    """
+
+    name = "train_maskgit"
+    kind = "maskgit"
+    config_class = MaskGITConfig
+    model_class = MaskGITForClassConditionalGeneration
+
+    def loss(self, tokens: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=tokens, class_labels=class_labels).loss

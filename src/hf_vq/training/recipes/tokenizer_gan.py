@@ -1,0 +1,191 @@
+"""The GAN tokenizer recipe: VQGAN, FQGAN-Dual/Triple, FSQ and LFQ tokenizers on images.
+
+Losses (FQGAN `vq_loss.py`, LlamaGen `vq_loss.py`): pixel (L2/L1) + LPIPS + hinge GAN from --disc_start, plus the
+tokenizer's own losses (quantizer, entropy, disentanglement, InfoNCE to frozen teachers). Adam as FQGAN, no
+adaptive weight. The final tokenizer is saved to <output_dir>/tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils import make_image_grid
+from torch import nn
+from torch.func import functional_call
+from torch.utils.data import Dataset
+
+from ...quantizers import Quantizer
+from ...tokenizers import AutoImageTokenizer, FrozenTeacher, ImageTokenizerMixin
+from ...utils import save_pretrained_atomic
+from ..data import ImageTransform, collate, load_image_dataset, with_image_transform
+from ..loop import Phase, TrainingRecipe
+from ..losses import LPIPS, LPIPS_DOWNLOAD_HINT, PatchGANDiscriminator, hinge_d_loss, hinge_g_loss
+
+# A config file without `_class_name` describes the CNN tokenizer every earlier config was written for.
+DEFAULT_TOKENIZER_CLASS = "FQGANTokenizer"
+PREVIEW_IMAGES = 8
+
+
+def pixel_loss(kind: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """L2 or L1 reconstruction loss."""
+    return F.mse_loss(y, x) if kind == "l2" else F.l1_loss(y, x)
+
+
+def load_teachers(names: list[str | None] | None, model_config: dict[str, Any]) -> list[FrozenTeacher | None]:
+    """One frozen teacher (or None) per sub-codebook, from `--teachers` or the config's `teacher_models`."""
+    k = model_config.get("num_codebooks", 1)
+    names = names if names is not None else (model_config.get("teacher_models") or [None] * k)
+    names = [None if n in (None, "none", "None", "") else n for n in names]
+    dims = model_config.get("teacher_dims") or [None] * k
+    if len(names) != k:
+        raise ValueError(f"--teachers needs one entry per sub-codebook ({k}); use 'none' where there is no teacher")
+    for i, (name, dim) in enumerate(zip(names, dims)):
+        if (name is None) != (dim is None):
+            raise ValueError(f"sub-codebook {i}: teacher {name!r} but teacher_dims[{i}]={dim}; set both or neither")
+    teachers = [FrozenTeacher.from_pretrained(n) if n else None for n in names]
+    for i, (teacher, dim) in enumerate(zip(teachers, dims)):
+        if teacher is not None and teacher.hidden_size != dim:
+            raise ValueError(f"teacher {names[i]!r} has width {teacher.hidden_size}, config teacher_dims[{i}]={dim}")
+    return teachers
+
+
+class TokenizerGANRecipe(TrainingRecipe):
+    """Train an image tokenizer (VQGAN, FQGAN-Dual/Triple, FSQ, LFQ) with pixel, perceptual and GAN losses.
+
+        accelerate launch examples/train_fqgan.py --tokenizer_config examples/configs/fmnist_fqgan_dual.json \\
+            --dataset fashion-mnist --resolution 28 --output_dir runs/fmnist-tokenizer
+    """
+
+    name = "train_fqgan"
+    trainable = ("model", "discriminator")
+    default_checkpointing_steps = 500
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        p = parser
+        p.add_argument("--tokenizer_config", required=True,
+                       help="JSON of tokenizer config kwargs (`_class_name` picks the class; default FQGANTokenizer)")
+        # data
+        p.add_argument("--dataset", default="fashion-mnist", help="'fashion-mnist', an imagefolder path or a Hub id")
+        p.add_argument("--split", default="train")
+        p.add_argument("--image_column", default=None)
+        p.add_argument("--label_column", default=None)
+        p.add_argument("--skip_corrupt", action="store_true", help="drop unreadable images instead of stopping")
+        p.add_argument("--resolution", type=int, default=256)
+        p.add_argument("--random_flip", action="store_true")
+        # optimisation (Adam, as FQGAN)
+        p.add_argument("--learning_rate", type=float, default=2e-4)
+        p.add_argument("--disc_learning_rate", type=float, default=None, help="defaults to --learning_rate")
+        p.add_argument("--adam_beta1", type=float, default=0.9)
+        p.add_argument("--adam_beta2", type=float, default=0.95)
+        p.add_argument("--weight_decay", type=float, default=0.0)
+        p.add_argument("--gradient_checkpointing", action="store_true")
+        # losses
+        p.add_argument("--reconstruction_loss", choices=["l2", "l1"], default="l2")
+        p.add_argument("--reconstruction_weight", type=float, default=1.0)
+        p.add_argument("--perceptual_weight", type=float, default=1.0)
+        p.add_argument("--vgg16_path", default=None, help="torchvision vgg16-397923af.pth")
+        p.add_argument("--lpips_path", default=None, help="lpips weights v0.1/vgg.pth")
+        p.add_argument("--disc_weight", type=float, default=0.5)
+        p.add_argument("--disc_start", type=int, default=20000)
+        p.add_argument("--disc_channels", type=int, default=64)
+        p.add_argument("--disc_layers", type=int, default=3)
+        p.add_argument(
+            "--teachers", nargs="*", default=None,
+            help="one teacher (Hub id or local path, or 'none') per sub-codebook; default: the config's teacher_models",
+        )
+
+    def __init__(self, args: argparse.Namespace):
+        super().__init__(args)
+        self.model_config = json.loads(Path(args.tokenizer_config).read_text())
+        if args.perceptual_weight > 0 and not (args.vgg16_path and args.lpips_path):
+            raise SystemExit(f"--perceptual_weight {args.perceptual_weight} needs LPIPS weights. {LPIPS_DOWNLOAD_HINT}")
+
+    def run_identity(self) -> dict[str, Any]:
+        args = self.args
+        return {"tokenizer_config": self.model_config, "dataset": args.dataset, "resolution": args.resolution}
+
+    def setup(self) -> None:
+        args = self.args
+        self.teachers = load_teachers(args.teachers, self.model_config)
+        self.lpips = LPIPS.from_files(args.vgg16_path, args.lpips_path) if args.perceptual_weight > 0 else None
+        dataset = load_image_dataset(args.dataset, args.split, args.image_column, args.label_column, args.skip_corrupt)
+        transform = ImageTransform(args.resolution, channels=self.model_config.get("in_channels", 3),
+                                   random_flip=args.random_flip)
+        self.dataset = with_image_transform(dataset, transform)
+
+    def build(self) -> None:
+        args = self.args
+        self.model: ImageTokenizerMixin = AutoImageTokenizer.from_config(self.model_config, DEFAULT_TOKENIZER_CLASS)
+        if args.gradient_checkpointing:
+            self.model.enable_gradient_checkpointing()
+        # Before the discriminator: random flips of the preview images draw from the seeded global RNG.
+        self.preview = collate([self.dataset[i] for i in range(PREVIEW_IMAGES)])["pixel_values"]
+        self.discriminator = PatchGANDiscriminator(self.model.in_channels, args.disc_channels, args.disc_layers)
+
+    def make_optimizer(self, name: str, module: nn.Module) -> torch.optim.Optimizer:
+        args = self.args
+        lr = args.learning_rate if name == "model" else (args.disc_learning_rate or args.learning_rate)
+        return torch.optim.Adam(module.parameters(), lr=lr, betas=(args.adam_beta1, args.adam_beta2),
+                                weight_decay=args.weight_decay)
+
+    def train_dataset(self) -> tuple[Dataset, Callable]:
+        return self.dataset, collate
+
+    def before_prepare(self) -> None:
+        if any(isinstance(m, Quantizer) and m.needs_data_init for m in self.model.modules()):
+            # Same seed, same first batch on every rank, so a data-dependent init gives every rank the same codebook.
+            with torch.no_grad():
+                self.model.train().encode(self.preview)
+
+    def to_device(self, device: torch.device) -> None:
+        for helper in (*self.teachers, self.lpips):
+            if helper is not None:
+                helper.to(device)
+        self.preview = self.preview.to(device)
+
+    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> Iterator[Phase]:
+        args = self.args
+        x = batch["pixel_values"]
+        use_gan = step >= args.disc_start and args.disc_weight > 0
+        feats = [t(x) if t is not None else None for t in self.teachers]
+        out = self.model(x, teacher_features=feats) if any(f is not None for f in feats) else self.model(x)
+        logs = {name: v.detach() for name, v in out.losses.items()}
+        logs["reconstruction_loss"] = pixel_loss(args.reconstruction_loss, x, out.sample)
+        loss = args.reconstruction_weight * logs["reconstruction_loss"] + sum(out.losses.values())
+        if self.lpips is not None:
+            logs["perceptual_loss"] = self.lpips(x, out.sample)
+            loss = loss + args.perceptual_weight * logs["perceptual_loss"]
+        if use_gan:
+            # Detached discriminator weights: the generator's loss must not train the discriminator.
+            disc = self.accelerator.unwrap_model(self.discriminator)
+            params = {n: p.detach() for n, p in disc.named_parameters()}
+            logits_fake = functional_call(disc, (params, dict(disc.named_buffers())), (out.sample,))
+            logs["generator_adv_loss"] = hinge_g_loss(logits_fake)
+            loss = loss + args.disc_weight * logs["generator_adv_loss"]
+        for i, usage in enumerate(out.usage or []):
+            if usage is not None:
+                logs[f"{i}/usage"] = usage.detach()
+        logs["loss"] = loss.detach()
+        yield "model", loss, {k: v.detach() for k, v in logs.items()}
+
+        if use_gan:
+            d_loss = args.disc_weight * hinge_d_loss(self.discriminator(x), self.discriminator(out.sample.detach()))
+            yield "discriminator", d_loss, {"discriminator_loss": d_loss.detach()}
+
+    @torch.no_grad()
+    def save_preview(self, model: nn.Module, path: Path) -> None:
+        """Originals on the top row, reconstructions below."""
+        recon = model(self.preview).sample.clamp(-1, 1)
+        pil = VaeImageProcessor().postprocess(torch.cat([self.preview, recon]).float().cpu(), output_type="pil")
+        make_image_grid(pil, rows=2, cols=len(self.preview)).save(path)
+
+    def save_final(self, model: nn.Module, output_dir: Path) -> Path:
+        return save_pretrained_atomic(model, output_dir / "tokenizer")
