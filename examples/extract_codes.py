@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from hf_vq import AutoImageTokenizer
 from hf_vq.training.data import ImageTransform, collate, id2label_from_dataset, load_image_dataset, with_image_transform
-from hf_vq.utils import atomic_directory
+from hf_vq.utils import atomic_directory, check_output_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,8 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"{output_dir} is not empty; pass --overwrite or choose another --output_dir")
+    check_output_dir(output_dir, args.overwrite)
     tokenizer = AutoImageTokenizer.from_pretrained(args.tokenizer).eval()
     dataset = load_image_dataset(args.dataset, args.split, args.image_column, args.label_column, args.skip_corrupt)
     if "label" not in dataset.column_names:
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> Path:
     table = Dataset.from_dict(
         {"codes": codes.numpy(), "label": torch.cat(labels).tolist(), "flipped": flipped}, features=features
     )
-    with atomic_directory(output_dir) as tmp:
+    with atomic_directory(output_dir, "extract_codes", args.overwrite) as tmp:
         table.save_to_disk(str(tmp))
     print(f"saved {len(table)} code grids of shape ({k}, {n}) to {output_dir}")
     return output_dir

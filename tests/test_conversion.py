@@ -388,3 +388,38 @@ def test_settings_the_weights_cannot_give_are_checked(tmp_path):
         convert_state_dict(tokenizer, num_heads=8)
     with pytest.raises(ValueError, match="fixed 8x8 grid.*16 px"):
         convert_state_dict(tokenizer, image_size=32)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_runs_code_is_refused_as_such(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"model": official_generator_state(tiny_generator()), "payload": _RunsCode(marker)}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="refused by weights-only loading.*Python objects or code") as error:
+        convert_checkpoint(tmp_path / "x.pt", tmp_path / "out")
+    assert "weights_only=False" not in str(error.value) and "truncated" not in str(error.value)
+    assert "safe_globals" not in str(error.value)
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_nan_and_integer_weights_are_refused_by_name(tmp_path):
+    state = official_generator_state(tiny_generator())
+    state["layers.0.attention.wo.weight"] = state["layers.0.attention.wo.weight"].clone()
+    state["layers.0.attention.wo.weight"][1, 2] = float("nan")
+    torch.save({"model": state}, tmp_path / "nan.pt")
+    with pytest.raises(ValueError, match=r"layers\.0\.attention\.wo\.weight.*NaN or infinite"):
+        convert_checkpoint(tmp_path / "nan.pt", tmp_path / "out", num_heads=4)
+    state = official_generator_state(tiny_generator())
+    state["norm.weight"] = state["norm.weight"].to(torch.int8)
+    torch.save({"model": state}, tmp_path / "int.pt")
+    with pytest.raises(ValueError, match=r"floating point.*norm\.weight \(torch\.int8\)"):
+        convert_checkpoint(tmp_path / "int.pt", tmp_path / "out", num_heads=4)
+    assert not (tmp_path / "out").exists()

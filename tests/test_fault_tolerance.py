@@ -1,5 +1,5 @@
 """A run killed with SIGKILL resumes with --resume_from_checkpoint latest and ends exactly where an
-uninterrupted run ends (optimizer, scheduler, EMA, RNG and data position all restored)."""
+uninterrupted run ends (optimizer, scheduler, EMA, RNG, random flips and data position all restored)."""
 
 import json
 import os
@@ -24,7 +24,7 @@ def command(tmp_path, data, out, steps: int) -> list[str]:
             "--dataset", str(data), "--resolution", "8", "--output_dir", str(out), "--perceptual_weight", "0",
             "--train_batch_size", "4", "--report_to", "none", "--disc_start", "3", "--disc_channels", "8",
             "--disc_layers", "1", "--use_ema", "--checkpointing_steps", "2", "--checkpoints_total_limit", "100",
-            "--validation_steps", "1000", "--max_train_steps", str(steps)]
+            "--validation_steps", "1000", "--random_flip", "--max_train_steps", str(steps)]
 
 
 def final_weights(out) -> dict:

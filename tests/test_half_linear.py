@@ -1,6 +1,8 @@
 """Half-precision weights with fp32 activations: the packed CPU kernel, its fallback, and how generators use them."""
 
+import os
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -165,3 +167,65 @@ def test_compiled_half_sampling_keeps_the_kernel_in_the_graph(monkeypatch):
     assert len(calls) >= GRID**2 * 5  # every position's block GEMMs ran the kernel from inside the graph
     with torch._dynamo.config.patch(error_on_recompile=True):  # fresh packed copies are inputs, not recompiles
         assert torch.equal(sample(compile=True), eager)
+
+
+# A library that records, from its load-time constructor, that it ran; and one without the kernel's symbol.
+PLANTED = """
+#include <stdio.h>
+__attribute__((constructor)) static void ran(void) { FILE *f = fopen("%s", "w"); if (f) fclose(f); }
+int hf_vq_half_linear(void) { return 0; }
+"""
+
+
+def build_library(source: str, path):
+    c_file = path.with_suffix(".c")
+    c_file.write_text(source)
+    subprocess.run([shutil.which("cc") or "gcc", "-shared", "-fPIC", str(c_file), "-o", str(path)], check=True)
+    c_file.unlink()
+    os.chmod(path, 0o755)
+    return path
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="needs a C compiler")
+def test_a_planted_library_is_never_loaded(tmp_path):
+    folder = tmp_path / "kernels"
+    folder.mkdir(mode=0o700)
+    ran = tmp_path / "ran"
+    library = build_library(PLANTED % ran, folder / "half_linear-planted.so")
+
+    os.chmod(folder, 0o777)
+    with pytest.raises(PermissionError, match="writable by group or others"):
+        kernel_module._load_checked(library)
+    os.chmod(folder, 0o700)
+    os.chmod(library, 0o666)
+    with pytest.raises(PermissionError, match="writable by group or others"):
+        kernel_module._load_checked(library)
+    os.chmod(library, 0o755)
+    (folder / "link.so").symlink_to(library)
+    with pytest.raises(OSError):
+        kernel_module._load_checked(folder / "link.so")  # links are not followed
+    if os.getuid() == 0:  # only root can give a file away
+        os.chown(library, 12345, -1)
+        with pytest.raises(PermissionError, match="another user"):
+            kernel_module._load_checked(library)
+        os.chown(library, 0, -1)
+    assert not ran.exists(), "a refused library must not run its constructor"
+
+    no_symbol = build_library("int something_else(void) { return 0; }", folder / "half_linear-empty.so")
+    with pytest.raises(AttributeError):
+        kernel_module._load_checked(no_symbol)
+
+
+@needs_kernel
+def test_a_library_planted_in_a_shared_cache_falls_back(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("HF_VQ_CACHE", str(tmp_path))
+    path = kernel_module._library_path()
+    path.parent.mkdir(parents=True)
+    build_library(PLANTED % (tmp_path / "ran"), path)
+    os.chmod(path.parent, 0o777)  # as if another user made the cache folder shared
+    kernel_module._library.cache_clear()
+    try:
+        assert kernel_module._library() is None
+        assert "writable by group or others" in caplog.text and not (tmp_path / "ran").exists()
+    finally:
+        kernel_module._library.cache_clear()

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -156,3 +158,27 @@ def test_bad_input_errors():
         FQGANTokenizer(**{**TINY, "num_codebooks": 2, "teacher_dims": (8,)})
     with pytest.raises(ValueError, match="no feature head"):
         model(images(), teacher_features=[None, torch.randn(2, 8)])
+
+
+def test_configs_saved_before_the_quantizer_spec_load_unchanged(tmp_path):
+    quantizer = {"kind": "vq", "codebook_size": 64, "dim": 4, "entropy_loss_ratio": 0.03, "kmeans_init": False}
+    model = tiny(2, quantizer=quantizer)
+    model.save_pretrained(tmp_path / "tok")
+    # Rewrite the config as hf_vq wrote it before: flat quantizer fields, including the ones the kind ignores.
+    config_path = tmp_path / "tok" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["quantizer"]
+    config.update(quantizer_type="vq", codebook_size=64, codebook_embed_dim=4, codebook_l2_norm=True,
+                  commit_loss_beta=0.25, entropy_loss_ratio=0.03, fsq_levels=None, kmeans_init=False)
+    config_path.write_text(json.dumps(config))
+    old = FQGANTokenizer.from_pretrained(tmp_path / "tok").eval()
+    assert old.config.quantizer == {**quantizer, "l2_norm": True, "commit_loss_beta": 0.25}
+    x = images()
+    assert torch.equal(old.tokenize(x), model.tokenize(x))
+    old.save_pretrained(tmp_path / "resaved")
+    resaved = json.loads((tmp_path / "resaved" / "config.json").read_text())
+    assert "codebook_size" not in resaved and resaved["quantizer"]["codebook_size"] == 64
+    with pytest.raises(ValueError, match="both a `quantizer` spec and the old flat fields"):
+        FQGANTokenizer.from_config({**config, "quantizer": quantizer})
+    with pytest.raises(ValueError, match="quantizer must be a spec dict"):
+        FQGANTokenizer(quantizer="vq")

@@ -26,8 +26,9 @@ def render_card(pipe: FQGANPipeline, repo_id: str, training: str, evaluation: di
     names = [pipe.config.id2label[i] for i in sorted(pipe.config.id2label)][7:9]
     return CARD.read_text().format(
         dataset="fashion_mnist", model_name=repo_id.split("/")[-1], repo_id=repo_id,
-        tokenizer_kind=f"FQGAN, {pipe.vqvae.config.num_codebooks} sub-codebooks of {pipe.vqvae.codebook_sizes[0]}",
-        num_codebooks=pipe.vqvae.config.num_codebooks, grid=pipe.transformer.config.grid_size,
+        tokenizer_kind=f"{type(pipe.vqvae).__name__}, {pipe.vqvae.num_codebooks} sub-codebooks of "
+                       f"{pipe.vqvae.codebook_sizes[0]}",
+        num_codebooks=pipe.vqvae.num_codebooks, grid=pipe.transformer.config.grid_size,
         generator_class=type(pipe.transformer).__name__, guidance_scale=2.0,
         example_labels=", ".join(repr(n) for n in names), example_labels_cli=" ".join(names),
         training=training, evaluation="```json\n" + json.dumps(evaluation, indent=2) + "\n```", limitations=limitations,
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> Path:
     pipe = FQGANPipeline.from_pretrained(args.pipeline)
     evaluation = json.loads(Path(args.evaluation).read_text())
     target = Path(args.output_dir) if args.output_dir else bundled_model_path()
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target, "package_fmnist_model", overwrite=True) as tmp:
         pipe.save_pretrained(tmp)
         (tmp / "README.md").write_text(render_card(pipe, args.repo_id, args.training, evaluation, args.limitations))
         # the README's picture: exactly the quickstart command's grid, shown at 2x

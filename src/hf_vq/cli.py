@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from importlib.resources import files
 from pathlib import Path
@@ -17,13 +16,15 @@ def bundled_model_path() -> Path:
     return Path(str(files("hf_vq") / "assets" / BUNDLED_MODEL))
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
 def _save_image(image, out: str) -> None:
     """Write a PIL image atomically (temp file in the same folder, then rename)."""
-    out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".tmp-{out_path.name}")
-    image.save(tmp, format=(out_path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
-    os.replace(tmp, out_path)
+    from .utils import write_file_atomic
+
+    image_format = Path(out).suffix.lstrip(".").upper().replace("JPG", "JPEG")
+    write_file_atomic(out, lambda tmp: image.save(tmp, format=image_format))
 
 
 def generate(args: argparse.Namespace) -> None:
@@ -33,12 +34,11 @@ def generate(args: argparse.Namespace) -> None:
     from transformers import AutoModel
 
     from .pipelines import FQGANPipeline
+    from .utils import check_output_file
 
     if args.n < 1:
         raise SystemExit(f"-n must be >= 1, got {args.n}")
-    suffix = Path(args.out).suffix.lower()
-    if suffix not in (".png", ".jpg", ".jpeg", ".webp"):
-        raise SystemExit(f"--out must end in .png, .jpg or .webp, got {args.out!r}")
+    check_output_file(args.out, IMAGE_SUFFIXES, "--out")
     model = args.model or bundled_model_path()
     if args.model is None and not Path(model).is_dir():
         raise SystemExit(f"the bundled model is missing from this install ({model}); pass --model")
@@ -67,11 +67,14 @@ def reconstruct(args: argparse.Namespace) -> None:
 
     from .evaluation.metrics import psnr
     from .tokenizers import AutoImageTokenizer
+    from .training.data import to_8bit
+    from .utils import check_output_file
 
-    tokenizer = AutoImageTokenizer.from_pretrained(args.tokenizer).eval()
+    check_output_file(args.out, IMAGE_SUFFIXES, "--out")
     if not Path(args.image).is_file():
         raise SystemExit(f"no such image: {args.image}")
-    image = Image.open(args.image).convert("L" if tokenizer.in_channels == 1 else "RGB")
+    tokenizer = AutoImageTokenizer.from_pretrained(args.tokenizer).eval()
+    image = to_8bit(Image.open(args.image)).convert("L" if tokenizer.in_channels == 1 else "RGB")
     x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).reshape(image.height, image.width, -1)
     x = x.permute(2, 0, 1)[None]
     indices = tokenizer.tokenize(x)
@@ -91,7 +94,7 @@ def assemble(args: argparse.Namespace) -> None:
     """Tokenizer + generator + labels -> one FQGANPipeline folder."""
     from .pipelines import assemble_pipeline
 
-    assemble_pipeline(args.tokenizer, args.transformer, args.output_dir, id2label=args.labels)
+    assemble_pipeline(args.tokenizer, args.transformer, args.output_dir, id2label=args.labels, overwrite=args.overwrite)
     print(f"wrote pipeline folder {args.output_dir}")
 
 
@@ -142,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--tokenizer", required=True)
     a.add_argument("--transformer", required=True)
     a.add_argument("--labels", default=None, help="id2label JSON (default: ImageNet names from the Hub)")
+    a.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty output folder (one hf_vq did not write is moved aside, not deleted)")
     a.add_argument("output_dir")
     a.set_defaults(func=assemble)
 
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError, TypeError) as err:
         raise SystemExit(f"hf-vq {args.command}: {err}") from err
 
 

@@ -2,39 +2,118 @@
 
 from __future__ import annotations
 
+import collections.abc
+import json
+import logging
 import os
+import secrets
 import shutil
-from collections.abc import Iterator
+import tempfile
+import time
+import types
+import typing
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+# Every folder hf_vq writes carries this file: what wrote it and when. A folder without it is not hf_vq's to delete.
+OUTPUT_MARKER = ".hf_vq-output.json"
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse, before any work, an output that is a file, or a non-empty folder (unless `overwrite`)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"output {path} exists and is not a folder; choose another output folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"output folder {path} is not empty; choose another folder, or pass --overwrite (overwrite=True): "
+            "a folder hf_vq wrote is then replaced, any other is moved aside, never deleted"
+        )
 
 
 @contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp folder beside `path`; on success it replaces `path`, on error it is removed.
+def atomic_directory(path: str | os.PathLike, writer: str, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a new temp folder beside `path`; on success it becomes `path` (with its marker), on error it is removed.
 
-    Readers never see a half-written folder: `path` is either the old complete one or the new complete one.
+    Readers never see a half-written folder. A non-empty `path` is refused unless `overwrite`; it is then replaced
+    when hf_vq wrote it (it has the marker) and otherwise moved aside to `<name>.replaced-<time>`: this helper only
+    ever deletes folders hf_vq made.
     """
     path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
+    check_output_dir(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}-{secrets.token_hex(4)}")
+    tmp.mkdir()  # fails if it exists: the folder removed on error is always the one made here
     try:
         yield tmp
+        marker = {"writer": writer, "hf_vq_version": _version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (tmp / OUTPUT_MARKER).write_text(json.dumps(marker, indent=2))
+        check_output_dir(path, overwrite)  # again: the work may have taken a while
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    previous = None
+    if path.is_dir() and any(path.iterdir()):
+        ours = (path / OUTPUT_MARKER).is_file()
+        stamp = secrets.token_hex(4) if ours else time.strftime("%Y%m%d-%H%M%S")
+        previous = path.with_name(f".old-{path.name}-{stamp}" if ours else f"{path.name}.replaced-{stamp}")
+        os.replace(path, previous)
+        if not ours:
+            logger.warning("%s was not written by hf_vq: moved it to %s instead of deleting it", path, previous)
+    os.replace(tmp, path)  # onto a missing or empty folder
+    if previous is not None and (previous / OUTPUT_MARKER).is_file():
+        shutil.rmtree(previous)
 
 
-def save_pretrained_atomic(obj, path: str | os.PathLike) -> Path:
+def save_pretrained_atomic(obj, path: str | os.PathLike, writer: str, overwrite: bool = False) -> Path:
     """`obj.save_pretrained(path)` through `atomic_directory`."""
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path, writer, overwrite) as tmp:
         obj.save_pretrained(tmp)
     return Path(path)
+
+
+def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...], flag: str = "output") -> Path:
+    """Refuse, before any work, an output file path that is a folder, has another extension, or cannot be written."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"{flag} must end in {', '.join(suffixes)}, got {str(path)!r}")
+    if path.is_dir():
+        raise IsADirectoryError(f"{flag} {path} is a folder; give a file name such as {path / ('out' + suffixes[0])}")
+    existing = path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {path}: {existing} is not a writable folder")
+    return path
+
+
+def write_file_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` on a temp file beside `path`, then rename it to `path`; on error the temp file is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)  # mkstemp makes the file private; the result gets the usual permissions
+    try:
+        write(Path(name))
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def require_hub_token() -> None:
@@ -58,3 +137,38 @@ def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False,
         raise FileNotFoundError(f"no such folder: {folder}")
     repo_id = create_repo(repo_id, private=private, exist_ok=True).repo_id
     return str(upload_folder(repo_id=repo_id, folder_path=folder, commit_message=message))
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether `value` fits a simple type hint (unions, None, bool, int, float, str, dicts, sequences)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    if origin in (list, tuple, collections.abc.Sequence):
+        element = args[0] if args else Any
+        return isinstance(value, (list, tuple)) and (element is Any or all(_matches(v, element) for v in value))
+    return True  # richer hints are left to the class itself
+
+
+def check_config_types(values: dict[str, Any], hints: dict[str, Any], owner: str) -> None:
+    """Raise a TypeError naming the field and the expected type for a config value of the wrong type."""
+    for name, value in values.items():
+        hint = hints.get(name)
+        if hint is not None and not _matches(value, hint):
+            expected = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+            expected = expected.replace("collections.abc.", "")
+            raise TypeError(
+                f"{owner} config field {name!r} must be {expected}, got {value!r} ({type(value).__name__})"
+            )

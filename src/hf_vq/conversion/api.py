@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..utils import save_pretrained_atomic
+from ..utils import check_output_dir, save_pretrained_atomic
 from .checkpoint import ConversionReport, load_official_state_dict, preview
 from .generator import GENERATOR_KINDS, convert_generator_state_dict
 from .tokenizer import TOKENIZER_KINDS, convert_tokenizer_state_dict
@@ -67,15 +67,6 @@ def convert_state_dict(
     return convert_generator_state_dict(state_dict, kind, image_size, num_heads, checkpoint_name)
 
 
-def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"output {output_dir} exists and is not a folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"output folder {output_dir} is not empty; choose another folder, or pass --overwrite (overwrite=True)"
-        )
-
-
 def _convert(
     checkpoint: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -85,14 +76,13 @@ def _convert(
     overwrite: bool,
 ) -> tuple[Path, ConversionReport]:
     output_dir = Path(output_dir)
-    _check_output_dir(output_dir, overwrite)
+    check_output_dir(output_dir, overwrite)
     state_dict, source = load_official_state_dict(checkpoint)
     model, report = convert_state_dict(
         state_dict, kind=kind, image_size=image_size, num_heads=num_heads, checkpoint_name=Path(checkpoint).name
     )
     report.source = source
-    _check_output_dir(output_dir, overwrite)  # again: the conversion of a large file takes a while
-    return save_pretrained_atomic(model, output_dir), report
+    return save_pretrained_atomic(model, output_dir, "hf-vq convert", overwrite), report
 
 
 def convert_checkpoint(

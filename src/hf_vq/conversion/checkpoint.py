@@ -65,16 +65,20 @@ def load_official_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.T
         obj = _torch_load(path)
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        refused = [line for line in lines if "Unsupported global" in line]
-        if refused:
+        # torch's first line may advise weights_only=False, which would run whatever the file holds: never quoted.
+        advice = ("weights_only", "file an issue", "Weights only load failed")
+        detail = next((line for line in lines if not any(a in line for a in advice)), lines[0] if lines else "")
+        detail = detail.split(" Please use")[0]  # torch's advice there is to allowlist the global
+        if "GLOBAL" in detail or "global" in detail:
             raise ValueError(
-                f"{path} holds Python objects that weights-only loading refuses to unpickle ({refused[0]}); only "
-                "tensors, plain containers and argparse.Namespace are allowed. Re-save just the weights: "
+                f"{path} was refused by weights-only loading: besides tensors it holds pickled Python objects or "
+                f"code, which hf_vq never runs ({detail}). Only tensors, plain containers and argparse.Namespace are "
+                "read. If the file comes from a source you trust, re-save just the weights: "
                 "torch.save({'model': model.state_dict()}, ...)"
             ) from e
         raise ValueError(
-            f"could not read checkpoint {path} ({type(e).__name__}: {lines[0] if lines else 'no details'}); "
-            "the file looks truncated or corrupted: download it again"
+            f"could not read checkpoint {path} ({type(e).__name__}: {detail or 'no details'}); the file looks "
+            "truncated or corrupted, or is not a torch checkpoint: download it again"
         ) from e
 
     if not isinstance(obj, Mapping):
@@ -192,5 +196,17 @@ def map_state_dict(
         raise ValueError(
             f"the checkpoint does not match a {kind} model: " + "; ".join(problems) + ". Check that the file is a "
             f"complete {kind} checkpoint, or pass the right kind (--kind)."
+        )
+    not_float = [f"{to_official(k)} ({t.dtype})" for k, t in mapped.items() if not t.is_floating_point()]
+    if not_float:
+        raise ValueError(
+            f"weights must be floating point, but {preview(not_float)} are not: the file is not an fp32/bf16/fp16 "
+            "release (quantized or damaged?); convert from the original release"
+        )
+    non_finite = [to_official(k) for k, t in mapped.items() if t.device.type != "meta" and not torch.isfinite(t).all()]
+    if non_finite:
+        raise ValueError(
+            f"{preview(non_finite)} hold NaN or infinite values: the checkpoint is damaged (or its training diverged); "
+            "refusing to convert it"
         )
     return mapped, dropped

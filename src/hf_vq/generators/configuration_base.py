@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from ..utils import check_config_types
 from .blocks import round_up
+
+
+def _declared_fields(config_class: type) -> dict[str, Any]:
+    """Type hints of the fields hf_vq's generator configs declare (not those of transformers' PreTrainedConfig)."""
+    hints = {}
+    for klass in reversed(config_class.__mro__):
+        if isinstance(klass, type) and issubclass(klass, ClassConditionalGeneratorConfig):
+            namespace = vars(sys.modules[klass.__module__])
+            for name, hint in vars(klass).get("__annotations__", {}).items():
+                hints[name] = eval(hint, namespace) if isinstance(hint, str) else hint  # postponed annotations
+    return hints
 
 
 @strict
@@ -45,6 +60,8 @@ class ClassConditionalGeneratorConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        hints = _declared_fields(type(self))
+        check_config_types({name: getattr(self, name) for name in hints}, hints, type(self).__name__)
         if self.intermediate_size is None:
             self.intermediate_size = round_up(8 * self.hidden_size // 3, 256)
         super().__post_init__(**kwargs)

@@ -17,11 +17,13 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import itertools
 import logging
 import math
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -36,11 +38,51 @@ FEW_ROWS = 64  # GEMMs with fewer rows are decoding-shaped: the kernel's, and in
 COLUMN_TILE = 32
 
 
-def _cache_dir() -> Path:
+def _library_path() -> Path:
+    """Where the built kernel lives: a private cache folder, the file named by a hash of the source and flags."""
     root = os.environ.get("HF_VQ_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "hf_vq"
     )
-    return Path(root) / "kernels"
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    return Path(root) / "kernels" / f"half_linear-{digest}.so"
+
+
+_LOADS = itertools.count()
+
+
+def _check_private(st: os.stat_result, what: str) -> None:
+    """Refuse a cache entry another user owns or can write: what it holds would run in this process."""
+    if st.st_uid != os.getuid():
+        raise PermissionError(f"{what} belongs to another user (uid {st.st_uid})")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise PermissionError(f"{what} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})")
+
+
+def _load_checked(path: Path) -> ctypes.CDLL:
+    """dlopen the kernel library at `path` only if it is a regular file of ours that nobody else can write.
+
+    The file is opened without following links, checked through that open descriptor, and loaded through the same
+    descriptor (/proc/self/fd), so it cannot be swapped between the check and the load.
+    """
+    folder = os.stat(path.parent, follow_symlinks=False)
+    if not stat.S_ISDIR(folder.st_mode):
+        raise PermissionError(f"the kernel cache folder {path.parent} is a link, not a folder")
+    _check_private(folder, f"the kernel cache folder {path.parent}")
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PermissionError(f"{path} is not a regular file")
+        _check_private(st, str(path))
+        # dlopen reuses an already loaded object whose name matches, and fd numbers are reused: a distinct name
+        # per load ("/proc/self//fd/N", ...) makes sure this file, not an earlier one, is what gets loaded.
+        library = ctypes.CDLL("/proc/self/" + "/" * next(_LOADS) + f"fd/{fd}")
+    finally:
+        os.close(fd)
+    function = library.hf_vq_half_linear  # AttributeError for a library without the kernel
+    function.restype = ctypes.c_int
+    function.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int] * 2
+    return library
 
 
 @functools.cache
@@ -54,12 +96,11 @@ def _library() -> ctypes.CDLL | None:
     if compiler[0] is None:
         logger.warning("hf_vq: no C compiler found; half-precision decoding uses torch's GEMMs")
         return None
-    source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
-    path = _cache_dir() / f"half_linear-{digest}.so"
+    path = _library_path()
     try:
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, exist_ok=True)  # private: the library in it runs in every sampling process
+        if not os.path.lexists(path):
             with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
                 built = Path(tmp) / path.name
                 command = [*compiler, *FLAGS, str(SOURCE), "-o", str(built)]
@@ -67,12 +108,11 @@ def _library() -> ctypes.CDLL | None:
                 if result.returncode != 0:
                     raise OSError(f"{' '.join(command)} failed:\n{result.stderr}")
                 os.replace(built, path)  # atomic: a concurrent process sees no library or the whole one
-        library = ctypes.CDLL(str(path))
-    except (OSError, subprocess.TimeoutExpired) as error:  # no cache folder, a failed build, a bad library
+        library = _load_checked(path)
+    except (OSError, subprocess.TimeoutExpired, AttributeError) as error:
+        # No cache folder, a failed build, a library that is not ours or not private, or one without the symbol.
         logger.warning("hf_vq: the half_linear kernel is unavailable (%s); using torch's GEMMs", error)
         return None
-    library.hf_vq_half_linear.restype = ctypes.c_int
-    library.hf_vq_half_linear.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int] * 2
     return library
 
 

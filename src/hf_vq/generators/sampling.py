@@ -108,6 +108,11 @@ def check_sampling_args(
     cfg_schedule: str = "constant",
 ) -> None:
     """Raise a clear error for sampling settings that cannot be honoured."""
+    for name, value in (("guidance_scale", guidance_scale), ("temperature", temperature), ("top_p", top_p)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int):
+        raise ValueError(f"top_k must be an integer in [0, {vocab_size}] (0 disables it), got {top_k!r}")
     if not guidance_scale >= 0:
         raise ValueError(f"guidance_scale must be >= 0 (1.0 disables guidance), got {guidance_scale}")
     if not temperature > 0:

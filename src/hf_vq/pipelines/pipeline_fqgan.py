@@ -7,13 +7,14 @@ import json
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 
-from ..generators import GENERATOR_CLASSES
+from ..generators import GENERATOR_CLASSES, ClassConditionalGeneratorConfig
 from ..tokenizers import AutoImageTokenizer, ImageTokenizerMixin
-from ..utils import save_pretrained_atomic
+from ..utils import check_output_dir, save_pretrained_atomic
 
 IMAGENET_LABELS_REPO = "huggingface/label-files"
 IMAGENET_LABELS_FILE = "imagenet-1k-id2label.json"
@@ -31,12 +32,17 @@ def load_id2label(path: str | os.PathLike | None = None) -> dict[int, str]:
 
 def check_components(vqvae: ImageTokenizerMixin, transformer: torch.nn.Module) -> None:
     """Raise when the components are not a tokenizer and a generator, or disagree on codebooks, size or grid."""
-    if not isinstance(vqvae, ImageTokenizerMixin):
-        raise TypeError(f"vqvae must be an hf_vq tokenizer (ImageTokenizerMixin), got {type(vqvae).__name__}")
     if not isinstance(transformer, tuple(GENERATOR_CLASSES)):
         names = ", ".join(cls.__name__ for cls in GENERATOR_CLASSES)
         raise TypeError(f"transformer must be an hf_vq generator ({names}), got {type(transformer).__name__}")
-    t = transformer.config
+    check_tokenizer_fits(vqvae, transformer.config)
+
+
+def check_tokenizer_fits(vqvae: ImageTokenizerMixin, config: ClassConditionalGeneratorConfig) -> None:
+    """Raise when a tokenizer cannot decode what a generator of `config` samples (codebooks, sizes, grid)."""
+    if not isinstance(vqvae, ImageTokenizerMixin):
+        raise TypeError(f"vqvae must be an hf_vq tokenizer (ImageTokenizerMixin), got {type(vqvae).__name__}")
+    t = config
     if t.num_codebooks != vqvae.num_codebooks:
         raise ValueError(f"vqvae has {vqvae.num_codebooks} sub-codebooks but transformer predicts {t.num_codebooks}")
     if any(size != t.vocab_size for size in vqvae.codebook_sizes):
@@ -73,10 +79,15 @@ class FQGANPipeline(DiffusionPipeline):
 
     def get_label_ids(self, labels: int | str | Sequence[int | str]) -> list[int]:
         """Class names (case-insensitive) or ids -> ids, with a clear error listing close matches."""
-        labels = [labels] if isinstance(labels, (int, str)) else list(labels)
+        is_sequence = isinstance(labels, (list, tuple, torch.Tensor, np.ndarray)) and not isinstance(labels, str)
+        labels = list(labels) if is_sequence else [labels]
         num_classes = self.transformer.config.num_classes
         ids = []
         for label in labels:
+            if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.dtype.is_floating_point:
+                label = label.item()
+            if isinstance(label, bool) or not isinstance(label, (int, str, np.integer)):
+                raise TypeError(f"class labels are ids (int) or names (str), got {label!r} ({type(label).__name__})")
             if isinstance(label, str) and not label.strip().isdigit():
                 key = label.strip().lower()
                 if key not in self.labels:
@@ -121,11 +132,19 @@ class FQGANPipeline(DiffusionPipeline):
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-        if num_images_per_label < 1:
-            raise ValueError(f"num_images_per_label must be >= 1, got {num_images_per_label}")
+        count = num_images_per_label
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"num_images_per_label must be an integer >= 1, got {num_images_per_label!r}")
         steps = self.transformer.num_sampling_steps(num_inference_steps)  # also refuses a bad step count
         ids = torch.tensor(self.get_label_ids(class_labels), device=self._execution_device)
         ids = ids.repeat_interleave(num_images_per_label)
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != len(ids):
+                raise ValueError(
+                    f"a list of generators needs one per image ({len(ids)} = labels x num_images_per_label), "
+                    f"got {len(generator)}"
+                )
+            raise ValueError("per-image generator lists are not supported yet; pass one torch.Generator")
         knobs = dict(guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p,
                      generator=generator, num_inference_steps=num_inference_steps, compile=compile)
 
@@ -143,11 +162,14 @@ def assemble_pipeline(
     transformer: str | os.PathLike | torch.nn.Module,
     output_dir: str | os.PathLike,
     id2label: dict[int, str] | str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> FQGANPipeline:
     """Build a pipeline from saved (or in-memory) components and labels, and save it to `output_dir`.
 
-    `id2label` may be a dict, a JSON file, or None for the ImageNet names from the Hub.
+    `id2label` may be a dict, a JSON file, or None for the ImageNet names from the Hub. A non-empty `output_dir`
+    is refused unless `overwrite` (see `hf_vq.utils.atomic_directory`).
     """
+    check_output_dir(output_dir, overwrite)
     from transformers import AutoModel
 
     if not isinstance(vqvae, torch.nn.Module):
@@ -157,5 +179,5 @@ def assemble_pipeline(
     if not isinstance(id2label, dict):
         id2label = load_id2label(id2label)
     pipe = FQGANPipeline(vqvae=vqvae, transformer=transformer, id2label=id2label)
-    save_pretrained_atomic(pipe, output_dir)
+    save_pretrained_atomic(pipe, output_dir, "hf-vq assemble", overwrite)
     return pipe

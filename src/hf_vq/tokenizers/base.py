@@ -8,11 +8,14 @@ here, so a new tokenizer is one modeling file plus one line in `tokenizers.auto.
 from __future__ import annotations
 
 import abc
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from diffusers.utils import BaseOutput
+
+from ..utils import check_config_types
 
 
 @dataclass
@@ -193,4 +196,6 @@ class ImageTokenizerMixin(abc.ABC):
                 f"this config belongs to a {saved}, not a {cls.__name__}: load it with {saved}.from_pretrained(...) "
                 "or hf_vq.AutoImageTokenizer.from_pretrained(...), which picks the class from the config"
             )
-        return super().extract_init_dict(cls.upgrade_config(dict(config_dict)), **kwargs)
+        init_dict, unused, hidden = super().extract_init_dict(cls.upgrade_config(dict(config_dict)), **kwargs)
+        check_config_types(init_dict, typing.get_type_hints(cls.__init__), cls.__name__)
+        return init_dict, unused, hidden

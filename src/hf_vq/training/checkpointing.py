@@ -45,14 +45,21 @@ def prepare_run_dir(
 ) -> Path | None:
     """Check the output folder belongs to this run and resolve `resume` ("latest" or a path) to a checkpoint.
 
-    Raises before any work when the folder holds a different run, when it holds checkpoints but no resume was
-    asked for, when the resume path does not exist, or when a Hub push is asked for without a token. Writes the
-    run identity on a fresh folder.
+    Raises before any work when the folder is not empty but holds no run (an unrelated folder), when it holds a
+    different run, when it holds checkpoints but no resume was asked for, when the resume path does not exist, or
+    when a Hub push is asked for without a token.
     """
     root = Path(output_dir)
     if push_to_hub:
         require_hub_token()
     run_file = root / RUN_FILE
+    if root.exists() and not root.is_dir():
+        raise FileExistsError(f"--output_dir {root} is a file; choose a new or empty folder")
+    if root.is_dir() and not run_file.exists() and any(root.iterdir()):
+        raise FileExistsError(
+            f"--output_dir {root} is not empty and holds no hf_vq run (no {RUN_FILE}); choose a new or empty folder, "
+            "so that nothing in it is overwritten"
+        )
     if run_file.exists():
         previous = json.loads(run_file.read_text())
         diff = sorted(k for k in set(previous) | set(run_identity) if previous.get(k) != run_identity.get(k))
@@ -186,6 +193,22 @@ def save_checkpoint(
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def check_run_arguments(args: argparse.Namespace) -> None:
+    """Refuse, before any work, run flags the loop cannot honour (zero steps or batch sizes, a bad EMA decay)."""
+    for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "checkpointing_steps",
+                 "validation_steps", "logging_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        raise ValueError(f"--checkpoints_total_limit must be >= 1 (or left out), got {args.checkpoints_total_limit}")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise ValueError(f"--max_minutes must be > 0, got {args.max_minutes}")
+    if not 0 <= args.ema_decay < 1:
+        raise ValueError(f"--ema_decay must lie in [0, 1), got {args.ema_decay}")
+    if args.dataloader_num_workers < 0:
+        raise ValueError(f"--dataloader_num_workers must be >= 0, got {args.dataloader_num_workers}")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, checkpointing_steps: int = 500) -> None:

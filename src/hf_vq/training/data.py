@@ -190,6 +190,19 @@ def id2label_from_dataset(ds: Dataset, label_column: str = "label") -> dict[int,
     return {int(value): str(value) for value in sorted(set(ds[label_column]))}
 
 
+# Modes of high-bit-depth grayscale images and their full-scale value; PIL's convert("L") would clip them at 255.
+_HIGH_BIT_DEPTH = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535}
+
+
+def to_8bit(image: PILImage.Image) -> PILImage.Image:
+    """16-bit grayscale images (16-bit PNGs) scaled to 8 bits over their real range; other images unchanged."""
+    full_scale = _HIGH_BIT_DEPTH.get(image.mode)
+    if full_scale is None:
+        return image
+    array = np.asarray(image, dtype=np.float64) * (255 / full_scale)
+    return PILImage.fromarray(np.rint(array).astype(np.uint8), mode="L")
+
+
 class ImageTransform:
     """PIL image -> float tensor (C, H, W) in [-1, 1]: resize the shorter side, crop square, optionally flip.
 
@@ -217,7 +230,7 @@ class ImageTransform:
 
     def __call__(self, image: PILImage.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         generator = generator if generator is not None else self.generator
-        image = image.convert("L" if self.channels == 1 else "RGB")
+        image = to_8bit(image).convert("L" if self.channels == 1 else "RGB")
 
         scale = self.resolution / min(image.size)
         size = (max(self.resolution, round(image.width * scale)), max(self.resolution, round(image.height * scale)))

@@ -20,6 +20,7 @@ resume, the run summary and the Hub push. A recipe says what is trained and what
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from .checkpointing import (
     RunMeter,
     add_run_arguments,
     batches_from,
+    check_run_arguments,
     prepare_run_dir,
     resume_step,
     save_checkpoint,
@@ -111,6 +113,11 @@ class TrainingRecipe:
         raise NotImplementedError
 
 
+def step_seed(seed: int, process: int, micro_step: int) -> int:
+    """The seed of one micro-step's random stream on one process."""
+    return ((seed * 1_000_003 + process) * 1_000_003 + micro_step) % 2**63
+
+
 def parse_recipe_args(recipe_cls: type[TrainingRecipe], argv: list[str] | None = None) -> argparse.Namespace:
     """The loop's flags plus the recipe's."""
     parser = argparse.ArgumentParser(description=recipe_cls.__doc__,
@@ -131,15 +138,22 @@ def train(recipe: TrainingRecipe) -> nn.Module:
     output_dir = Path(args.output_dir)
 
     # ---- everything that can fail on bad input fails here (and in the recipe's __init__), before any training
+    check_run_arguments(args)
     identity = recipe.run_identity()
     resume = prepare_run_dir(output_dir, identity, args.resume_from_checkpoint, args.push_to_hub)
     recipe.setup()
+    dataset, collate_fn = recipe.train_dataset()
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # as the launcher set it; the Accelerator comes later
+    if len(dataset) < args.train_batch_size * processes:
+        raise ValueError(
+            f"the training set has {len(dataset)} examples, fewer than one batch ({args.train_batch_size} per process "
+            f"x {processes} processes); lower --train_batch_size or use more data"
+        )
     set_seed(args.seed)
     recipe.build()
     accelerator = start_run(args, recipe.name, identity)
     recipe.accelerator = accelerator
 
-    dataset, collate_fn = recipe.train_dataset()
     loader = DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
                         collate_fn=collate_fn, num_workers=args.dataloader_num_workers)
     names = recipe.trainable
@@ -174,9 +188,15 @@ def train(recipe: TrainingRecipe) -> nn.Module:
                     desc=recipe.name)
     for module in modules:
         module.train()
+    micro_step = global_step * args.gradient_accumulation_steps
     for batch in batches_from(accelerator, loader, global_step, args.gradient_accumulation_steps):
         if global_step >= args.max_train_steps:
             break
+        # A micro-step's random draws (dropout, label dropout, masks, flips) come from a stream seeded by (seed,
+        # process, micro-step), so a resumed run replays them exactly whatever the data loader drew from the
+        # global RNG for its own bookkeeping (it draws when an epoch's iterator starts, and a resume starts one).
+        torch.manual_seed(step_seed(args.seed, accelerator.process_index, micro_step))
+        micro_step += 1
         logs: dict[str, torch.Tensor] = {}
         with accelerator.accumulate(*modules):
             for name, loss, phase_logs in recipe.training_step(batch, global_step):

@@ -26,7 +26,7 @@ from ...generators import (
     MaskGITConfig,
     MaskGITForClassConditionalGeneration,
 )
-from ...pipelines import FQGANPipeline
+from ...pipelines import FQGANPipeline, check_tokenizer_fits
 from ...tokenizers import AutoImageTokenizer
 from ...utils import save_pretrained_atomic
 from ..loop import Phase, TrainingRecipe
@@ -74,6 +74,13 @@ class GeneratorRecipe(TrainingRecipe):
                     f"--model_config sets {name}={self.model_kwargs[name]} but the codes/tokenizer give {value}"
                 )
         self.config = self.config_class(**self.model_kwargs)
+        check_tokenizer_fits(self.tokenizer, self.config)
+        highest = int(self.codes.with_format("numpy")[:]["codes"].max()) if len(self.codes) else -1
+        if highest >= self.config.vocab_size:
+            raise ValueError(
+                f"{args.codes_dir} holds code {highest}, beyond the tokenizer's codebook of {self.config.vocab_size}; "
+                "were the codes extracted with another tokenizer?"
+            )
 
     def run_identity(self) -> dict[str, Any]:
         return {"kind": self.kind, "model_config": self.model_kwargs, "codes_dir": str(self.args.codes_dir)}
@@ -115,16 +122,11 @@ class GeneratorRecipe(TrainingRecipe):
         make_image_grid(images, rows=len(classes), cols=8).save(path)
 
     def save_final(self, model: nn.Module, output_dir: Path) -> Path:
-        return save_pretrained_atomic(self.pipeline(model), output_dir / "pipeline")
+        return save_pretrained_atomic(self.pipeline(model), output_dir / "pipeline", self.name, overwrite=True)
 
 
 class ARGeneratorRecipe(GeneratorRecipe):
-    """Train a FAR (k > 1) or LlamaGen GPT (k = 1) class-conditional AR generator: next-token cross-entropy.
-
-        accelerate launch examples/train_far.py --codes_dir runs/fmnist-codes \\
-            --tokenizer runs/fmnist-tokenizer/tokenizer --model_config examples/configs/fmnist_far.json \\
-            --output_dir runs/fmnist-far
-    """
+    """Train a FAR (k > 1) or LlamaGen GPT (k = 1) AR generator (examples/train_far.py): next-token cross-entropy."""
 
     name = "train_far"
     kind = "far"
@@ -136,12 +138,7 @@ class ARGeneratorRecipe(GeneratorRecipe):
 
 
 class NARGeneratorRecipe(GeneratorRecipe):
-    """Train a MaskGIT (NAR) class-conditional generator: cross-entropy on randomly masked positions.
-
-        accelerate launch examples/train_maskgit.py --codes_dir runs/fmnist-codes \\
-            --tokenizer runs/fmnist-tokenizer/tokenizer --model_config examples/configs/fmnist_maskgit.json \\
-            --output_dir runs/fmnist-maskgit
-    """
+    """Train a MaskGIT NAR generator (examples/train_maskgit.py): cross-entropy on randomly masked positions."""
 
     name = "train_maskgit"
     kind = "maskgit"

@@ -22,7 +22,7 @@ from torch.func import functional_call
 from torch.utils.data import Dataset
 
 from ...quantizers import Quantizer
-from ...tokenizers import AutoImageTokenizer, FrozenTeacher, ImageTokenizerMixin
+from ...tokenizers import AutoImageTokenizer, FrozenTeacher, ImageTokenizerMixin, tokenizer_class
 from ...utils import save_pretrained_atomic
 from ..data import ImageTransform, collate, load_image_dataset, with_image_transform
 from ..loop import Phase, TrainingRecipe
@@ -79,7 +79,7 @@ class TokenizerGANRecipe(TrainingRecipe):
         p.add_argument("--label_column", default=None)
         p.add_argument("--skip_corrupt", action="store_true", help="drop unreadable images instead of stopping")
         p.add_argument("--resolution", type=int, default=256)
-        p.add_argument("--random_flip", action="store_true")
+        p.add_argument("--random_flip", action="store_true", help="flip each training image left-right with p=0.5")
         # optimisation (Adam, as FQGAN)
         p.add_argument("--learning_rate", type=float, default=2e-4)
         p.add_argument("--disc_learning_rate", type=float, default=None, help="defaults to --learning_rate")
@@ -105,6 +105,8 @@ class TokenizerGANRecipe(TrainingRecipe):
     def __init__(self, args: argparse.Namespace):
         super().__init__(args)
         self.model_config = json.loads(Path(args.tokenizer_config).read_text())
+        model_class = tokenizer_class(self.model_config.get("_class_name", DEFAULT_TOKENIZER_CLASS))
+        model_class.extract_init_dict(dict(self.model_config))  # field types and old fields, checked before any work
         if args.perceptual_weight > 0 and not (args.vgg16_path and args.lpips_path):
             raise SystemExit(f"--perceptual_weight {args.perceptual_weight} needs LPIPS weights. {LPIPS_DOWNLOAD_HINT}")
 
@@ -117,8 +119,7 @@ class TokenizerGANRecipe(TrainingRecipe):
         self.teachers = load_teachers(args.teachers, self.model_config)
         self.lpips = LPIPS.from_files(args.vgg16_path, args.lpips_path) if args.perceptual_weight > 0 else None
         dataset = load_image_dataset(args.dataset, args.split, args.image_column, args.label_column, args.skip_corrupt)
-        transform = ImageTransform(args.resolution, channels=self.model_config.get("in_channels", 3),
-                                   random_flip=args.random_flip)
+        transform = ImageTransform(args.resolution, channels=self.model_config.get("in_channels", 3))
         self.dataset = with_image_transform(dataset, transform)
 
     def build(self) -> None:
@@ -126,8 +127,7 @@ class TokenizerGANRecipe(TrainingRecipe):
         self.model: ImageTokenizerMixin = AutoImageTokenizer.from_config(self.model_config, DEFAULT_TOKENIZER_CLASS)
         if args.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
-        # Before the discriminator: random flips of the preview images draw from the seeded global RNG.
-        self.preview = collate([self.dataset[i] for i in range(PREVIEW_IMAGES)])["pixel_values"]
+        self.preview = collate([self.dataset[i] for i in range(min(PREVIEW_IMAGES, len(self.dataset)))])["pixel_values"]
         self.discriminator = PatchGANDiscriminator(self.model.in_channels, args.disc_channels, args.disc_layers)
 
     def make_optimizer(self, name: str, module: nn.Module) -> torch.optim.Optimizer:
@@ -154,6 +154,11 @@ class TokenizerGANRecipe(TrainingRecipe):
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> Iterator[Phase]:
         args = self.args
         x = batch["pixel_values"]
+        if args.random_flip:
+            # Drawn here, from the step's seeded stream, not in the data pipeline: the loader reads a batch ahead,
+            # so draws made there would fall on the other side of a checkpoint and replay differently on resume.
+            flip = (torch.rand(x.shape[0]) < 0.5).to(x.device)
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         use_gan = step >= args.disc_start and args.disc_weight > 0
         feats = [t(x) if t is not None else None for t in self.teachers]
         out = self.model(x, teacher_features=feats) if any(f is not None for f in feats) else self.model(x)
@@ -188,4 +193,4 @@ class TokenizerGANRecipe(TrainingRecipe):
         make_image_grid(pil, rows=2, cols=len(self.preview)).save(path)
 
     def save_final(self, model: nn.Module, output_dir: Path) -> Path:
-        return save_pretrained_atomic(model, output_dir / "tokenizer")
+        return save_pretrained_atomic(model, output_dir / "tokenizer", self.name, overwrite=True)

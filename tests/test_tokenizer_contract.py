@@ -1,0 +1,153 @@
+"""Every registered tokenizer class, in every "tiny*" preset it lists, honours the tokenizer contract.
+
+The cases come from `TOKENIZER_CLASSES` and each class's presets: adding a class to the registry adds it here.
+"""
+
+import json
+
+import pytest
+import torch
+from conftest import load_script
+
+from hf_vq import AutoImageTokenizer, FARConfig, FARForClassConditionalGeneration, FQGANPipeline
+from hf_vq.tokenizers import TOKENIZER_CLASSES, ImageTokenizerMixin, TokenizerDecoderOutput, TokenizerEncoderOutput
+
+CASES = [(cls, name) for cls in TOKENIZER_CLASSES for name in sorted(cls.presets) if name.startswith("tiny")]
+
+
+def build(cls, preset: str):
+    torch.manual_seed(0)
+    return cls.from_preset(preset).eval()
+
+
+def images(model, batch: int = 3, seed: int = 1) -> torch.Tensor:
+    size = model.sample_size
+    return torch.rand(batch, model.in_channels, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.fixture(params=CASES, ids=[f"{cls.__name__}-{name}" for cls, name in CASES])
+def model(request):
+    return build(*request.param)
+
+
+def test_every_class_lists_a_tiny_preset():
+    assert TOKENIZER_CLASSES
+    for cls in TOKENIZER_CLASSES:
+        assert issubclass(cls, ImageTokenizerMixin)
+        assert any(name.startswith("tiny") for name in cls.presets), cls.__name__
+
+
+def test_shapes_dtypes_and_determinism(model):
+    x = images(model)
+    indices = model.tokenize(x)
+    h, w = model.token_grid()
+    assert indices.shape == (3, model.num_codebooks, h, w) and indices.dtype == torch.long
+    assert len(model.codebook_sizes) == model.num_codebooks
+    for j, size in enumerate(model.codebook_sizes):
+        assert 0 <= int(indices[:, j].min()) and int(indices[:, j].max()) < size
+    assert torch.equal(model.tokenize(x), indices)
+    recon = model.detokenize(indices)
+    assert recon.shape == x.shape and recon.dtype == torch.float32
+    assert torch.equal(model.detokenize(indices), recon)
+    assert model.token_grid(2 * model.sample_size) == (2 * h, 2 * w)
+
+
+def test_encode_decode_outputs_and_tuples(model):
+    x = images(model)
+    enc = model.encode(x)
+    assert isinstance(enc, TokenizerEncoderOutput) and torch.equal(enc.indices, model.tokenize(x))
+    as_tuple = model.encode(x, return_dict=False)
+    assert torch.equal(as_tuple[0], enc.latents) and torch.equal(as_tuple[1], enc.indices)
+    dec = model.decode(enc.latents)
+    assert isinstance(dec, TokenizerDecoderOutput)
+    torch.testing.assert_close(model.decode(enc.latents, return_dict=False)[0], dec.sample)
+    torch.testing.assert_close(model.indices_to_latents(enc.indices), enc.latents)
+    torch.testing.assert_close(dec.sample, model.detokenize(enc.indices))
+
+
+def test_training_forward_has_named_losses_and_gradients(model):
+    model.train()
+    x = images(model)
+    out = model(x)
+    assert out.sample.shape == x.shape and out.indices.shape[1] == model.num_codebooks
+    assert all(isinstance(name, str) and loss.ndim == 0 for name, loss in out.losses.items())
+    total = (out.sample - x).pow(2).mean() + sum(out.losses.values())
+    total.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_save_load_round_trip_and_family_loader(model, tmp_path):
+    model.save_pretrained(tmp_path / "tok")
+    x = images(model)
+    for loaded in (type(model).from_pretrained(tmp_path / "tok"), AutoImageTokenizer.from_pretrained(tmp_path / "tok")):
+        assert type(loaded) is type(model)
+        saved, fresh = json.loads(loaded.to_json_string()), json.loads(model.to_json_string())
+        assert {k: v for k, v in saved.items() if not k.startswith("_")} == {
+            k: v for k, v in fresh.items() if not k.startswith("_")}
+        assert torch.equal(loaded.eval().tokenize(x), model.tokenize(x))
+    config = json.loads((tmp_path / "tok" / "config.json").read_text())
+    assert config["_class_name"] == type(model).__name__
+
+
+def test_a_concrete_class_refuses_another_class_folder(model, tmp_path):
+    model.save_pretrained(tmp_path / "tok")
+    config_path = tmp_path / "tok" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["_class_name"] = "SomeOtherTokenizer"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"belongs to a SomeOtherTokenizer, not a {type(model).__name__}"):
+        type(model).from_pretrained(tmp_path / "tok")
+    with pytest.raises(ValueError, match="not an hf_vq tokenizer class"):
+        AutoImageTokenizer.from_pretrained(tmp_path / "tok")
+
+
+def test_bad_input_is_refused_before_work(model):
+    size, c = model.sample_size, model.in_channels
+    with pytest.raises(ValueError, match=f"{c}-channel"):
+        model.tokenize(torch.zeros(1, c + 1, size, size))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        model.tokenize(torch.zeros(c, size, size))
+    with pytest.raises(TypeError, match="floating point"):
+        model.tokenize(torch.zeros(1, c, size, size, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="divisible"):
+        model.tokenize(torch.zeros(1, c, size + 1, size + 1))
+    h, w = model.token_grid()
+    with pytest.raises(ValueError, match=rf"\(B, {model.num_codebooks}, h, w\)"):
+        model.detokenize(torch.zeros(1, model.num_codebooks + 1, h, w, dtype=torch.long))
+    with pytest.raises(ValueError, match=rf"\[0, {model.codebook_sizes[0]}\)"):
+        model.detokenize(torch.full((1, model.num_codebooks, h, w), model.codebook_sizes[0]))
+
+
+def tiny_far(model) -> FARForClassConditionalGeneration:
+    torch.manual_seed(0)
+    grid = model.grid_size
+    config = FARConfig(vocab_size=model.codebook_sizes[0], num_codebooks=model.num_codebooks, num_classes=2,
+                       hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_head_layers=1, grid_size=grid)
+    return FARForClassConditionalGeneration(config).eval()
+
+
+def test_works_inside_the_pipeline(model, tmp_path):
+    pipe = FQGANPipeline(vqvae=model, transformer=tiny_far(model), id2label={0: "a", 1: "b"})
+    pipe.set_progress_bar_config(disable=True)
+    images_ = pipe(["a", 1], num_images_per_label=2, output_type="pt", generator=torch.manual_seed(0)).images
+    assert images_.shape == (4, model.in_channels, model.sample_size, model.sample_size)
+    assert 0 <= float(images_.min()) and float(images_.max()) <= 1
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = FQGANPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.vqvae) is type(model)
+    again = loaded(["a", 1], num_images_per_label=2, output_type="pt", generator=torch.manual_seed(0)).images
+    assert torch.equal(again, images_)
+
+
+def test_code_extraction(model, tmp_path, imagefolder):
+    from datasets import load_from_disk
+
+    if model.sample_size != 8 or model.in_channels != 1:
+        pytest.skip("the imagefolder fixture holds 8x8 grayscale images")
+    model.save_pretrained(tmp_path / "tok")
+    load_script("extract_codes").main(["--tokenizer", str(tmp_path / "tok"), "--dataset", str(imagefolder),
+                                       "--resolution", "8", "--output_dir", str(tmp_path / "codes"), "--no_flip"])
+    table = load_from_disk(str(tmp_path / "codes"))
+    h, w = model.token_grid()
+    assert table.features["codes"].shape == (model.num_codebooks, h * w) and len(table) == 16
