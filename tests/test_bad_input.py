@@ -28,7 +28,7 @@ def tiny_pipeline() -> FQGANPipeline:
 
 
 # ------------------------------------------------------------------------------------------------ data loss
-def test_assemble_never_deletes_a_folder_it_did_not_write(tmp_path):
+def test_assemble_never_deletes_a_folder_it_did_not_write(tmp_path, monkeypatch):
     pipe = tiny_pipeline()
     pipe.vqvae.save_pretrained(tmp_path / "tok")
     pipe.transformer.save_pretrained(tmp_path / "gen")
@@ -47,6 +47,11 @@ def test_assemble_never_deletes_a_folder_it_did_not_write(tmp_path):
     assert (mine / "model_index.json").exists() and (mine / OUTPUT_MARKER).exists()
     (aside,) = tmp_path.glob("work.replaced-*")
     assert (aside / "notes" / "thesis.txt").read_text() == "irreplaceable"
+    (mine / "sub").mkdir()
+    monkeypatch.chdir(mine / "sub")
+    with pytest.raises(SystemExit, match="not empty"):
+        cli([*args, ".."])  # from a subfolder, ".." is the non-empty parent
+    (mine / "sub").rmdir()
     cli([*args, "--overwrite", str(mine)])  # a folder hf_vq wrote is replaced, and nothing else appears
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("work", ".old", ".tmp"))) == [
         "work", aside.name]

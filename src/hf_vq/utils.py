@@ -44,7 +44,7 @@ def atomic_directory(path: str | os.PathLike, writer: str, overwrite: bool = Fal
     when hf_vq wrote it (it has the marker) and otherwise moved aside to `<name>.replaced-<time>`: this helper only
     ever deletes folders hf_vq made.
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # "..", "." and "out/" get a real name to put the temp folder beside
     check_output_dir(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}-{secrets.token_hex(4)}")
