@@ -68,3 +68,34 @@ def test_push_uploads_a_saved_folder(pipe_dir, tmp_path, fake_hub, capsys):
     assert "pushed" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no such folder"):
         main(["push", str(tmp_path / "missing"), "me/x"])
+
+
+def test_push_takes_repo_id_then_folder(pipe_dir, fake_hub, capsys):
+    main(["push", "me/fmnist-pipe", str(pipe_dir)])
+    assert fake_hub[0] == ("create", "me/fmnist-pipe", False)
+    assert "warning" not in capsys.readouterr().err
+    main(["push", str(pipe_dir), "me/old-order"])  # the order of earlier versions still works, with a warning
+    assert fake_hub[2] == ("create", "me/old-order", False)
+    assert "REPO_ID first" in capsys.readouterr().err
+
+
+def test_version_help_and_one_line_errors(pipe_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("hf-vq ")
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    help_text = capsys.readouterr().out
+    assert "Sneaker" in help_text and "default: 4" in help_text
+    Image.fromarray(np.full((8, 8), 128, dtype=np.uint8)).save(tmp_path / "in.png")
+    for model in (str(tmp_path / "no" / "such" / "tok"), "./typo"):
+        with pytest.raises(SystemExit, match=r"^--tokenizer .*no such folder") as error:
+            main(["reconstruct", "--tokenizer", model, "--image", str(tmp_path / "in.png")])
+        assert "\n" not in str(error.value)
+
+
+def test_reconstruct_takes_a_pipeline_folder(pipe_dir, tmp_path, capsys):
+    Image.fromarray(np.full((8, 8), 128, dtype=np.uint8)).save(tmp_path / "in.png")
+    main(["reconstruct", "--tokenizer", str(pipe_dir), "--image", str(tmp_path / "in.png"), "--out",
+          str(tmp_path / "out.png")])
+    assert "tokens (1, 2, 4, 4)" in capsys.readouterr().out

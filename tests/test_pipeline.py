@@ -156,3 +156,30 @@ def test_bad_input(pipe):
         FQGANPipeline(vqvae=tokenizer(codebook_size=64), transformer=far())
     with pytest.raises(ValueError, match="grid"):
         FQGANPipeline(vqvae=tokenizer(), transformer=far(grid=3))
+
+
+def test_latent_output_and_step_callbacks(pipe):
+    seen = []
+
+    def on_step(pipeline, step, timestep, tensors):
+        assert pipeline is pipe and step == timestep
+        seen.append(tensors["tokens"].clone())
+
+    out = pipe(["Trouser", 0], num_images_per_label=2, output_type="latent", generator=torch.manual_seed(0),
+               callback_on_step_end=on_step)
+    tokens = out.images
+    assert tokens.shape == (4, 2, 4, 4) and tokens.dtype == torch.long
+    assert len(seen) == pipe.transformer.num_sampling_steps() and torch.equal(seen[-1].view_as(tokens), tokens)
+    images = pipe(["Trouser", 0], num_images_per_label=2, output_type="pt", generator=torch.manual_seed(0)).images
+    torch.testing.assert_close(images, ((pipe.vqvae.detokenize(tokens).clamp(-1, 1) + 1) / 2))
+    with pytest.raises(ValueError, match="can hold"):
+        pipe(["Trouser"], callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents"])
+
+
+def test_a_compiled_transformer_can_be_assigned(pipe):
+    compiled = FQGANPipeline(vqvae=pipe.vqvae, transformer=pipe.transformer, id2label=LABELS)
+    compiled.set_progress_bar_config(disable=True)
+    compiled.transformer = torch.compile(pipe.transformer)  # the diffusers idiom; sampling goes through the model
+    tokens = compiled(["Trouser"], output_type="latent", generator=torch.manual_seed(0)).images
+    expected = pipe(["Trouser"], output_type="latent", generator=torch.manual_seed(0)).images
+    assert torch.equal(tokens, expected)

@@ -117,3 +117,25 @@ def test_run_meter_counts_samples_after_warmup():
     assert meter.samples_per_second() > 0 and not meter.timed_out()
     assert RunMeter(max_minutes=0, samples_per_step=1).timed_out()
     assert meter.log({"loss": 1.0})["samples_per_second"] > 0 and meter.last_logs == {"loss": 1.0}
+
+
+def test_teachers_none_and_a_missing_teacher_folder(tmp_path, imagefolder, caplog):
+    config = {**json.loads((ROOT / "examples" / "configs" / "fmnist_fqgan_dual.json").read_text()),
+              "sample_size": 8, "channel_multipliers": [1, 2]}
+    (tmp_path / "a").mkdir()
+    with pytest.raises(FileNotFoundError, match="train_fmnist_teacher.py --output_dir outputs/fmnist-teacher"):
+        run(tmp_path / "a", imagefolder, "--max_train_steps", "1", "--teachers", "none", "./no-teacher",
+            config=config)
+    run(tmp_path, imagefolder, "--max_train_steps", "1", "--teachers", "none", "none", config=config)
+    assert "feature head but no teacher" in caplog.text
+
+
+def test_tensorboard_logging_without_tensorboard_is_refused_up_front(tmp_path, imagefolder, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "tensorboard" else find_spec(name, *args))
+    with pytest.raises(ValueError, match="needs the tensorboard package"):
+        run(tmp_path, imagefolder, "--max_train_steps", "1", "--report_to", "tensorboard")
+    assert not (tmp_path / "out").exists()

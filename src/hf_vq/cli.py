@@ -39,6 +39,8 @@ def generate(args: argparse.Namespace) -> None:
     if args.n < 1:
         raise SystemExit(f"-n must be >= 1, got {args.n}")
     check_output_file(args.out, IMAGE_SUFFIXES, "--out")
+    if args.model is not None:
+        _check_model_path(args.model, "--model")
     model = args.model or bundled_model_path()
     if args.model is None and not Path(model).is_dir():
         raise SystemExit(f"the bundled model is missing from this install ({model}); pass --model")
@@ -73,7 +75,10 @@ def reconstruct(args: argparse.Namespace) -> None:
     check_output_file(args.out, IMAGE_SUFFIXES, "--out")
     if not Path(args.image).is_file():
         raise SystemExit(f"no such image: {args.image}")
-    tokenizer = AutoImageTokenizer.from_pretrained(args.tokenizer).eval()
+    _check_model_path(args.tokenizer, "--tokenizer")
+    # A pipeline folder (or Hub repo) holds its tokenizer in vqvae/.
+    is_pipeline = (Path(args.tokenizer) / "model_index.json").is_file()
+    tokenizer = AutoImageTokenizer.from_pretrained(args.tokenizer, subfolder="vqvae" if is_pipeline else None).eval()
     image = to_8bit(Image.open(args.image)).convert("L" if tokenizer.in_channels == 1 else "RGB")
     x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).reshape(image.height, image.width, -1)
     x = x.permute(2, 0, 1)[None]
@@ -99,23 +104,49 @@ def assemble(args: argparse.Namespace) -> None:
 
 
 def push(args: argparse.Namespace) -> None:
-    """Upload a saved folder (pipeline, tokenizer or generator) to the Hub."""
+    """Upload a saved folder (pipeline, tokenizer or generator) to the Hub: `hf-vq push REPO_ID FOLDER`."""
     from .utils import push_folder
 
-    url = push_folder(args.folder, args.repo_id, private=args.private, message=args.message)
-    print(f"pushed {args.folder} to {url}")
+    repo_id, folder = args.repo_id, args.folder
+    if Path(repo_id).is_dir() and not Path(folder).is_dir():  # the order of hf_vq before 0.2: FOLDER REPO_ID
+        print(f"warning: reading `hf-vq push {repo_id} {folder}` as FOLDER REPO_ID; the order is now "
+              f"`hf-vq push {folder} {repo_id}` (REPO_ID first, as `hf upload`)", file=sys.stderr)
+        repo_id, folder = folder, repo_id
+    url = push_folder(folder, repo_id, private=args.private, message=args.message)
+    print(f"pushed {folder} to {url}")
+
+
+def _check_model_path(name: str, flag: str) -> None:
+    """A model argument is a folder or a Hub id; anything else that does not exist is named in one line."""
+    from .tokenizers.teachers import _HUB_ID
+
+    if not Path(name).exists() and not _HUB_ID.match(name):
+        raise SystemExit(f"{flag} {name}: no such folder (and not a Hub id such as org/name)")
+
+
+def _bundled_labels() -> str:
+    """The class names of the bundled model, for help texts."""
+    import json
+
+    index = bundled_model_path() / "model_index.json"
+    labels = json.loads(index.read_text()).get("id2label", {}) if index.is_file() else {}
+    return ", ".join(labels.values())
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The `hf-vq` argument parser."""
+    from . import __version__
     from .conversion import add_convert_arguments
 
     parser = argparse.ArgumentParser(prog="hf-vq", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"hf-vq {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    defaults = argparse.ArgumentDefaultsHelpFormatter
 
-    g = sub.add_parser("generate", help="class-conditional samples as an image grid")
+    g = sub.add_parser("generate", help="class-conditional samples as an image grid", formatter_class=defaults)
     g.add_argument("--model", default=None, help="pipeline folder or Hub id (default: the bundled Fashion-MNIST model)")
-    g.add_argument("--labels", nargs="+", required=True, help="class names or ids")
+    g.add_argument("--labels", nargs="+", required=True,
+                   help=f"class names or ids; the bundled model's: {_bundled_labels()}")
     g.add_argument("-n", type=int, default=4, help="images per label")
     g.add_argument("--out", default="grid.png")
     g.add_argument("--guidance-scale", type=float, default=2.0)
@@ -131,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="cpu")
     g.set_defaults(func=generate)
 
-    r = sub.add_parser("reconstruct", help="tokenize and decode an image")
-    r.add_argument("--tokenizer", required=True)
+    r = sub.add_parser("reconstruct", help="tokenize and decode an image", formatter_class=defaults)
+    r.add_argument("--tokenizer", required=True, help="a tokenizer or pipeline folder, or a Hub id")
     r.add_argument("--image", required=True)
     r.add_argument("--out", default="reconstruction.png")
     r.set_defaults(func=reconstruct)
@@ -141,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_arguments(c)
     c.set_defaults(func=convert)
 
-    a = sub.add_parser("assemble", help="tokenizer + generator -> pipeline folder")
+    a = sub.add_parser("assemble", help="tokenizer + generator -> pipeline folder", formatter_class=defaults)
     a.add_argument("--tokenizer", required=True)
     a.add_argument("--transformer", required=True)
     a.add_argument("--labels", default=None, help="id2label JSON (default: ImageNet names from the Hub)")
@@ -150,9 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("output_dir")
     a.set_defaults(func=assemble)
 
-    p = sub.add_parser("push", help="upload a folder to the Hub")
-    p.add_argument("folder")
-    p.add_argument("repo_id")
+    p = sub.add_parser("push", help="upload a folder to the Hub (as `hf upload REPO_ID FOLDER`)",
+                       formatter_class=defaults)
+    p.add_argument("repo_id", help="org/name")
+    p.add_argument("folder", help="a saved pipeline, tokenizer or generator folder")
     p.add_argument("--private", action="store_true")
     p.add_argument("--message", default="Upload with hf-vq")
     p.set_defaults(func=push)
@@ -164,8 +196,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError, TypeError) as err:
-        raise SystemExit(f"hf-vq {args.command}: {err}") from err
+    except (ValueError, OSError, TypeError) as err:  # OSError: missing files, Hub and network failures
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SystemExit(f"hf-vq {args.command}: {message}") from err
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -65,6 +65,7 @@ class FQGANPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "transformer->vqvae"
+    _callback_tensor_inputs = ["tokens"]
 
     def __init__(self, vqvae: ImageTokenizerMixin, transformer: torch.nn.Module, id2label: dict | None = None):
         super().__init__()
@@ -116,6 +117,8 @@ class FQGANPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         compile: bool = False,
+        callback_on_step_end: Callable[[FQGANPipeline, int, int, dict], dict | None] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("tokens",),
     ) -> ImagePipelineOutput | tuple:
         """Generate `num_images_per_label` images for each class label.
 
@@ -126,12 +129,21 @@ class FQGANPipeline(DiffusionPipeline):
             generator: a `torch.Generator` for reproducible samples.
             num_inference_steps: parallel decoding steps of a NAR generator (default: the model's); an AR
                 generator decodes one position per step and accepts only None.
-            output_type: "pil", "np" or "pt"; images are in [0, 1].
+            output_type: "pil", "np" or "pt" for images in [0, 1]; "latent" for the (B, k, h, w) token grids.
             compile: sample with `torch.compile` graphs (AR generators only); the first call compiles (tens of
                 seconds), later calls of the same shapes are faster.
+            callback_on_step_end: as in diffusers pipelines, called as `callback_on_step_end(pipe, step, step,
+                {"tokens": tokens})` after each sampling step; `tokens` is the (B, k, N) grid so far (not yet
+                sampled entries: unspecified for AR, the mask id for NAR). What it returns is not fed back.
+            callback_on_step_end_tensor_inputs: the tensors passed to the callback; only "tokens" exists.
         """
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs can hold {self._callback_tensor_inputs}, got {sorted(unknown)}"
+            )
         count = num_images_per_label
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"num_images_per_label must be an integer >= 1, got {num_images_per_label!r}")
@@ -149,9 +161,19 @@ class FQGANPipeline(DiffusionPipeline):
                      generator=generator, num_inference_steps=num_inference_steps, compile=compile)
 
         with self.progress_bar(total=steps) as bar:
-            tokens = self.transformer.sample(ids, callback=lambda *_: bar.update(), **knobs)
+
+            def on_step(step: int, tokens: torch.Tensor) -> None:
+                bar.update()
+                if callback_on_step_end is not None:
+                    callback_on_step_end(self, step, step, {"tokens": tokens})
+
+            tokens = self.transformer.sample(ids, callback=on_step, **knobs)
         grid = self.transformer.config.grid_size
-        images = self.vqvae.detokenize(tokens.view(len(ids), -1, grid, grid))
+        tokens = tokens.view(len(ids), -1, grid, grid)
+        if output_type == "latent":
+            self.maybe_free_model_hooks()
+            return ImagePipelineOutput(images=tokens) if return_dict else (tokens,)
+        images = self.vqvae.detokenize(tokens)
         images = self.image_processor.postprocess(images.float().clamp(-1, 1), output_type=output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+_HUB_ID = re.compile(r"^\w[\w.-]*(/\w[\w.-]*)?$")  # "org/name" or "name"; anything else can only be a folder
 _OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -40,13 +42,19 @@ class FrozenTeacher(nn.Module):
         """Load a teacher by Hub id or local path (CLIP's vision tower is taken out of a full CLIPModel)."""
         from transformers import AutoConfig, AutoModel
 
+        where = f"there is no folder {name_or_path} here (relative paths start at {os.getcwd()})"
+        missing = (
+            f"{where}; the Fashion-MNIST configs' teacher is made by `python examples/train_fmnist_teacher.py "
+            "--output_dir outputs/fmnist-teacher`, a Hub teacher by `hf download ID`; or train without one: "
+            "--teachers none"
+        )
+        if not os.path.isdir(name_or_path) and not _HUB_ID.match(str(name_or_path)):
+            raise FileNotFoundError(f"could not load the teacher: {missing}")
         try:
             config = AutoConfig.from_pretrained(name_or_path, **kwargs)
         except OSError as err:
-            raise OSError(
-                f"Could not load the teacher {name_or_path!r}: download it first (e.g. `hf download {name_or_path}`) "
-                "or pass a local folder saved with `save_pretrained`."
-            ) from err
+            hint = "the folder holds no transformers config.json" if os.path.isdir(name_or_path) else missing
+            raise OSError(f"could not load the teacher {name_or_path!r}: {hint}") from err
         if hasattr(config, "vision_config"):  # CLIP/SigLIP: keep only the vision tower
             model = AutoModel.from_pretrained(name_or_path, **kwargs).vision_model
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -209,6 +210,11 @@ def check_run_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--ema_decay must lie in [0, 1), got {args.ema_decay}")
     if args.dataloader_num_workers < 0:
         raise ValueError(f"--dataloader_num_workers must be >= 0, got {args.dataloader_num_workers}")
+    if args.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise ValueError(
+            "--report_to tensorboard needs the tensorboard package: pip install tensorboard (or hf_vq[train]), "
+            "or pass --report_to none to train without logs"
+        )
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, checkpointing_steps: int = 500) -> None:

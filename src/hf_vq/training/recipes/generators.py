@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from datasets import load_from_disk
 from diffusers.utils import make_image_grid
@@ -75,7 +77,10 @@ class GeneratorRecipe(TrainingRecipe):
                 )
         self.config = self.config_class(**self.model_kwargs)
         check_tokenizer_fits(self.tokenizer, self.config)
-        highest = int(self.codes.with_format("numpy")[:]["codes"].max()) if len(self.codes) else -1
+        # On the Arrow column (Array2D is stored as a list of lists), without copying the codes out of the file.
+        chunks = [c.storage if isinstance(c, pa.ExtensionArray) else c for c in self.codes.data.column("codes").chunks]
+        highest = pc.max(pc.list_flatten(pc.list_flatten(pa.chunked_array(chunks)))).as_py()
+        highest = -1 if highest is None else highest
         if highest >= self.config.vocab_size:
             raise ValueError(
                 f"{args.codes_dir} holds code {highest}, beyond the tokenizer's codebook of {self.config.vocab_size}; "

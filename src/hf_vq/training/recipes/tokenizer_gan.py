@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from ..losses import LPIPS, LPIPS_DOWNLOAD_HINT, PatchGANDiscriminator, hinge_d_
 
 # A config file without `_class_name` describes the CNN tokenizer every earlier config was written for.
 DEFAULT_TOKENIZER_CLASS = "FQGANTokenizer"
+logger = logging.getLogger(__name__)
 PREVIEW_IMAGES = 8
 
 
@@ -47,8 +49,11 @@ def load_teachers(names: list[str | None] | None, model_config: dict[str, Any]) 
     if len(names) != k:
         raise ValueError(f"--teachers needs one entry per sub-codebook ({k}); use 'none' where there is no teacher")
     for i, (name, dim) in enumerate(zip(names, dims)):
-        if (name is None) != (dim is None):
-            raise ValueError(f"sub-codebook {i}: teacher {name!r} but teacher_dims[{i}]={dim}; set both or neither")
+        if name is not None and dim is None:
+            raise ValueError(f"sub-codebook {i}: teacher {name!r} but no feature head (teacher_dims[{i}] is unset)")
+        if name is None and dim is not None:
+            logger.warning("sub-codebook %d has a feature head but no teacher: it trains without the "
+                           "representation loss", i)
     teachers = [FrozenTeacher.from_pretrained(n) if n else None for n in names]
     for i, (teacher, dim) in enumerate(zip(teachers, dims)):
         if teacher is not None and teacher.hidden_size != dim:
