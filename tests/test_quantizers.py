@@ -370,3 +370,44 @@ def test_bad_constructor_arguments():
         VectorQuantizer(16, 4, usage_window=0)
     with pytest.raises(ValueError, match=r"\(N, 4\)"):
         VectorQuantizer(16, 4).restart_dead_codes(torch.randn(2, 4, 3, 3))
+
+
+# ---------------------------------------------------------------- cosine EMA codebook (VQ-KD)
+def test_cosine_ema_update_matches_a_hand_computed_case():
+    from hf_vq.quantizers import CosineEMAQuantizer
+
+    q = CosineEMAQuantizer(3, 2, decay=0.5, kmeans_init=False).train()
+    codes = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    q.codebook.copy_(codes)
+    # four latents: three nearest code 0, one nearest code 1, none nearest code 2
+    z = torch.tensor([[2.0, 0.2], [1.0, -0.1], [3.0, 0.3], [0.1, 5.0]]).t().reshape(1, 2, 2, 2)
+    out = q(z)
+    assert out.indices.flatten().tolist() == [0, 0, 0, 1]
+    unit = F.normalize(z.reshape(2, 4).t(), dim=-1)
+    mean0 = F.normalize(unit[:3].sum(0) / 3, dim=0)
+    expected0 = F.normalize(0.5 * codes[0] + 0.5 * mean0, dim=0)
+    expected1 = F.normalize(0.5 * codes[1] + 0.5 * unit[3], dim=0)
+    torch.testing.assert_close(q.codebook[0], expected0)
+    torch.testing.assert_close(q.codebook[1], expected1)
+    torch.testing.assert_close(q.codebook[2], codes[2])  # not chosen: unchanged
+    torch.testing.assert_close(out.losses["commit_loss"], F.mse_loss(unit, codes[[0, 0, 0, 1]]))
+
+
+def test_cosine_ema_codebook_starts_from_kmeans_of_the_first_batch_and_gets_no_gradient():
+    from hf_vq.quantizers import CosineEMAQuantizer
+
+    torch.manual_seed(0)
+    q = CosineEMAQuantizer(4, 3, kmeans_init=True).train()
+    assert q.needs_data_init and not any(p.requires_grad for p in q.parameters())
+    batch = F.normalize(torch.randn(4, 3), dim=-1)  # as many latents as codes: k-means makes each one a code
+    z = batch.t().reshape(1, 3, 2, 2).requires_grad_()
+    out = q(z)
+    assert not q.needs_data_init
+    torch.testing.assert_close(q.codebook[out.indices.flatten()], batch)
+    assert sorted(out.indices.flatten().tolist()) == [0, 1, 2, 3]
+    (out.quantized.sum() + out.losses["commit_loss"]).backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all()  # straight-through to the encoder
+    assert "codebook" not in dict(q.named_parameters()) and "codebook" in q.state_dict()
+    frozen = q.codebook.clone()
+    q.eval()(z.detach())
+    assert torch.equal(q.codebook, frozen)  # eval never moves the codebook

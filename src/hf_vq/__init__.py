@@ -11,7 +11,7 @@ from .generators import (
 )
 from .pipelines import FQGANPipeline, assemble_pipeline
 from .quantizers import FSQ, LFQ, FactorizedQuantizer, VectorQuantizer
-from .tokenizers import AutoImageTokenizer, FQGANTokenizer, FrozenTeacher, ImageTokenizerMixin
+from .tokenizers import AutoImageTokenizer, FQGANTokenizer, FrozenTeacher, ImageTokenizerMixin, VQKDTokenizer
 
 __all__ = [
     "AutoImageTokenizer",
@@ -26,6 +26,7 @@ __all__ = [
     "LFQ",
     "MaskGITConfig",
     "MaskGITForClassConditionalGeneration",
+    "VQKDTokenizer",
     "VectorQuantizer",
     "assemble_pipeline",
     "convert_checkpoint",

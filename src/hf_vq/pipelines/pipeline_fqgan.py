@@ -42,6 +42,7 @@ def check_tokenizer_fits(vqvae: ImageTokenizerMixin, config: ClassConditionalGen
     """Raise when a tokenizer cannot decode what a generator of `config` samples (codebooks, sizes, grid)."""
     if not isinstance(vqvae, ImageTokenizerMixin):
         raise TypeError(f"vqvae must be an hf_vq tokenizer (ImageTokenizerMixin), got {type(vqvae).__name__}")
+    vqvae.check_can_decode()
     t = config
     if t.num_codebooks != vqvae.num_codebooks:
         raise ValueError(f"vqvae has {vqvae.num_codebooks} sub-codebooks but transformer predicts {t.num_codebooks}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import Quantizer, QuantizerOutput
+from .cosine_ema import CosineEMAQuantizer
 from .factorized import FactorizedQuantizer, FactorizedQuantizerOutput, disentanglement_loss
 from .fsq import FSQ
 from .lfq import LFQ
@@ -13,6 +14,7 @@ QUANTIZERS: dict[str, type[Quantizer]] = {
     "vq": VectorQuantizer,
     "fsq": FSQ,
     "lfq": LFQ,
+    "cosine_ema": CosineEMAQuantizer,
 }
 QUANTIZER_KINDS = tuple(QUANTIZERS)
 
@@ -29,6 +31,7 @@ def build_quantizer(kind: str, codebook_size: int, dim: int, **kwargs) -> Quanti
 
 
 __all__ = [
+    "CosineEMAQuantizer",
     "FSQ",
     "LFQ",
     "QUANTIZERS",

@@ -26,7 +26,7 @@ def _squared_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return torch.addmm(codebook.pow(2).sum(dim=1), x, codebook.t(), alpha=-2).add_(x.pow(2).sum(dim=1, keepdim=True))
 
 
-def _sample_rows(x: torch.Tensor, num: int) -> torch.Tensor:
+def sample_rows(x: torch.Tensor, num: int) -> torch.Tensor:
     """`num` random rows of x, without replacement when x has enough rows."""
     if x.shape[0] >= num:
         return x[torch.randperm(x.shape[0], device=x.device)[:num]]
@@ -145,7 +145,7 @@ class VectorQuantizer(Quantizer):
         dead = ~self.used_codes()
         num_dead = int(dead.sum())
         if num_dead:
-            replacements = _sample_rows(latents.float(), num_dead)
+            replacements = sample_rows(latents.float(), num_dead)
             if self.l2_norm:
                 replacements = F.normalize(replacements, dim=-1)
             self.embedding.weight[dead] = replacements.to(self.embedding.weight)
@@ -158,7 +158,7 @@ class VectorQuantizer(Quantizer):
 
     @torch.no_grad()
     def _kmeans_init(self, latents: torch.Tensor) -> None:
-        centroids = _sample_rows(latents, self.codebook_size)
+        centroids = sample_rows(latents, self.codebook_size)
         for _ in range(self.kmeans_iters):
             assignment = _squared_distances(latents, centroids).argmin(dim=1)
             counts = torch.bincount(assignment, minlength=self.codebook_size).unsqueeze(1)

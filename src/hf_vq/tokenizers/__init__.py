@@ -9,6 +9,7 @@ from .modeling_fqgan import (
     FQGANTokenizer,
     FQGANTokenizerOutput,
 )
+from .modeling_vqkd import VQKD_PRESETS, VQKDTokenizer
 from .teachers import FrozenTeacher
 
 __all__ = [
@@ -24,5 +25,7 @@ __all__ = [
     "TokenizerDecoderOutput",
     "TokenizerEncoderOutput",
     "TokenizerOutput",
+    "VQKDTokenizer",
+    "VQKD_PRESETS",
     "tokenizer_class",
 ]

@@ -9,11 +9,13 @@ from diffusers.configuration_utils import ConfigMixin
 
 from .base import ImageTokenizerMixin
 from .modeling_fqgan import FQGANTokenizer
+from .modeling_vqkd import VQKDTokenizer
 
 # Every tokenizer class, in one place: the family loader, the diffusers pipeline loader and the contract tests
 # read this list. A new tokenizer is its modeling file plus one line here.
 TOKENIZER_CLASSES: list[type[ImageTokenizerMixin]] = [
     FQGANTokenizer,
+    VQKDTokenizer,
 ]
 
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "local_files_only", "revision", "subfolder")

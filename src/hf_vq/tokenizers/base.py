@@ -47,7 +47,7 @@ class TokenizerOutput(BaseOutput):
     """Output of the training `forward`.
 
     Attributes:
-        sample: (B, C, H, W) reconstruction.
+        sample: (B, C, H, W) reconstruction (None for a tokenizer that cannot decode, see `can_decode`).
         indices: (B, k, h, w) code indices.
         losses: named, already-weighted losses owned by the tokenizer (quantizer, and whatever else the model
             computes itself); pixel, perceptual and adversarial losses belong to the training recipe.
@@ -109,6 +109,14 @@ class ImageTokenizerMixin(abc.ABC):
         """True when the model takes only `sample_size` images (learned position tables, fixed adapters)."""
 
     # ------------------------------------------------------------------ provided by the contract
+    @property
+    def can_decode(self) -> bool:
+        """Whether this tokenizer turns tokens back into images (a VQ-KD tokenizer before stage 2 does not)."""
+        return True
+
+    def check_can_decode(self) -> None:  # noqa: B027 - a hook: most tokenizers always decode
+        """Raise a clear error, before any work, when this tokenizer cannot turn tokens into images."""
+
     @property
     def in_channels(self) -> int:
         """Image channels the tokenizer takes (1 for grayscale, 3 for RGB)."""

@@ -1,0 +1,102 @@
+"""Cosine-distance codebook updated by EMA, as VQ-KD (BEiT-v2 `NormEMAVectorQuantizer`, the VQ-KD benchmark).
+
+Latents and codes are L2-normalised; a latent takes the code of highest cosine similarity. The codebook gets no
+gradient: after each training batch, every code that was chosen moves towards the normalised mean of its
+latents, code <- normalize(decay * code + (1 - decay) * normalize(mean)), with the counts and sums all-reduced
+across processes so that every rank keeps the same codebook. Codes start from k-means of the first batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .base import Quantizer, QuantizerOutput
+from .vq import sample_rows
+
+
+def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over processes (in place) when running distributed."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+class CosineEMAQuantizer(Quantizer):
+    """Nearest code by cosine similarity; EMA codebook (no gradient), commitment loss, straight-through."""
+
+    def __init__(
+        self,
+        codebook_size: int,
+        dim: int,
+        decay: float = 0.99,
+        commitment_weight: float = 1.0,
+        kmeans_init: bool = True,
+        kmeans_iters: int = 10,
+    ):
+        super().__init__()
+        if codebook_size < 1 or dim < 1:
+            raise ValueError(f"codebook_size and dim must be positive, got {codebook_size} and {dim}")
+        if not 0 <= decay < 1:
+            raise ValueError(f"decay must lie in [0, 1), got {decay}")
+        if kmeans_init and kmeans_iters < 1:
+            raise ValueError(f"kmeans_iters must be at least 1 when kmeans_init=True, got {kmeans_iters}")
+        self.codebook_size = codebook_size
+        self.dim = dim
+        self.decay = decay
+        self.commitment_weight = commitment_weight
+        self.kmeans_init = kmeans_init
+        self.kmeans_iters = kmeans_iters
+        # Buffers, not parameters: the codebook is learned by EMA only, so no optimizer or gradient touches it.
+        self.register_buffer("codebook", F.normalize(torch.randn(codebook_size, dim), dim=-1))
+        self.register_buffer("initted", torch.tensor(not kmeans_init))
+
+    @property
+    def needs_data_init(self) -> bool:
+        """True until k-means of the first training batch has set the codebook."""
+        return not bool(self.initted)
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """Quantize (B, D, H, W) latents to their most similar codes."""
+        self.check_latents(z)
+        b, _, h, w = z.shape
+        with torch.autocast(z.device.type, enabled=False):  # similarities and the EMA in fp32
+            flat = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, self.dim).float(), dim=-1)
+            if self.training and not bool(self.initted):
+                self._kmeans_init(flat.detach())
+            indices = (flat @ self.codebook.t()).argmax(dim=1)
+            quantized = self.codebook[indices]
+            losses = {"commit_loss": self.commitment_weight * F.mse_loss(flat, quantized.detach())}
+            if self.training:
+                self._ema_update(flat.detach(), indices)
+            quantized = flat + (quantized - flat).detach()
+        quantized = quantized.view(b, h, w, self.dim).permute(0, 3, 1, 2).to(z.dtype)
+        return QuantizerOutput(quantized, indices.view(b, h, w), losses)
+
+    def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) long indices -> (B, D, H, W) unit-norm codes."""
+        self.check_indices(indices, ndim=3)
+        return self.codebook[indices].permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def _ema_update(self, latents: torch.Tensor, indices: torch.Tensor) -> None:
+        counts = _all_reduce(torch.bincount(indices, minlength=self.codebook_size).float())
+        sums = _all_reduce(torch.zeros_like(self.codebook).index_add_(0, indices, latents))
+        chosen = counts > 0
+        means = F.normalize(sums / counts.clamp_min(1).unsqueeze(1), dim=-1)
+        moved = F.normalize(self.decay * self.codebook + (1 - self.decay) * means, dim=-1)
+        self.codebook.copy_(torch.where(chosen.unsqueeze(1), moved, self.codebook))
+
+    @torch.no_grad()
+    def _kmeans_init(self, latents: torch.Tensor) -> None:
+        """Spherical k-means of `latents` (the first batch) sets the codebook; identical on every rank given the
+        same batch and seed."""
+        centroids = sample_rows(latents, self.codebook_size)
+        for _ in range(self.kmeans_iters):
+            assignment = (latents @ centroids.t()).argmax(dim=1)
+            counts = torch.bincount(assignment, minlength=self.codebook_size).unsqueeze(1)
+            means = F.normalize(torch.zeros_like(centroids).index_add_(0, assignment, latents), dim=-1)
+            centroids = torch.where(counts > 0, means, centroids)  # an empty cluster keeps its centroid
+        self.codebook.copy_(centroids)
+        self.initted.fill_(True)
