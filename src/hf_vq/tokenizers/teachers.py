@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -15,7 +16,11 @@ _OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class FrozenTeacher(nn.Module):
-    """Wraps a vision transformer; maps [-1, 1] images to its CLS feature with no gradient."""
+    """Wraps a vision transformer; maps [-1, 1] images to its CLS feature (FQGAN) or its patch features (VQ-KD),
+    with no gradient.
+
+    `projection` is CLIP's `visual_projection` (it lives outside `vision_model`), applied to patch features.
+    """
 
     def __init__(
         self,
@@ -24,9 +29,11 @@ class FrozenTeacher(nn.Module):
         image_mean: tuple[float, ...] = _OPENAI_CLIP_MEAN,
         image_std: tuple[float, ...] = _OPENAI_CLIP_STD,
         num_channels: int = 3,
+        projection: nn.Module | None = None,
     ):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
+        self.projection = projection.eval().requires_grad_(False) if projection is not None else None
         self.image_size = image_size
         self.num_channels = num_channels
         self.register_buffer("mean", torch.tensor(image_mean).view(1, -1, 1, 1), persistent=False)
@@ -55,8 +62,10 @@ class FrozenTeacher(nn.Module):
         except OSError as err:
             hint = "the folder holds no transformers config.json" if os.path.isdir(name_or_path) else missing
             raise OSError(f"could not load the teacher {name_or_path!r}: {hint}") from err
-        if hasattr(config, "vision_config"):  # CLIP/SigLIP: keep only the vision tower
-            model = AutoModel.from_pretrained(name_or_path, **kwargs).vision_model
+        projection = None
+        if hasattr(config, "vision_config"):  # CLIP/SigLIP: keep the vision tower (and CLIP's projection)
+            full = AutoModel.from_pretrained(name_or_path, **kwargs)
+            model, projection = full.vision_model, getattr(full, "visual_projection", None)
         else:
             model = AutoModel.from_pretrained(name_or_path, **kwargs)
         mean, std = _OPENAI_CLIP_MEAN, _OPENAI_CLIP_STD
@@ -72,7 +81,7 @@ class FrozenTeacher(nn.Module):
         if len(mean) != channels:  # e.g. a grayscale ViT saved without a preprocessor config
             mean, std = (0.5,) * channels, (0.5,) * channels
         return cls(model, image_size=size if isinstance(size, int) else size[0], image_mean=mean, image_std=std,
-                   num_channels=channels)
+                   num_channels=channels, projection=projection)
 
     def train(self, mode: bool = True) -> FrozenTeacher:
         """A teacher stays in eval mode (no dropout, frozen norms) whatever the caller asks."""
@@ -89,3 +98,47 @@ class FrozenTeacher(nn.Module):
         param = next(self.model.parameters())
         out = self.model(pixel_values=x.to(param.dtype))
         return out.last_hidden_state[:, 0].float()
+
+    @property
+    def patch_dim(self) -> int:
+        """Width of the patch features (CLIP: its projection's)."""
+        return self.projection.out_features if self.projection is not None else self.model.config.hidden_size
+
+    @torch.no_grad()
+    def patch_features(self, pixel_values: torch.Tensor, grid_size: int) -> torch.Tensor:
+        """(B, C, H, W) in [-1, 1] -> (B, grid_size**2, patch_dim): the final-layer patch tokens (VQ-KD's targets).
+
+        The image is resized bicubically to the teacher's size and normalised with its statistics; the token grid
+        is resized bicubically to `grid_size`. CLIP's tokens go through `post_layernorm` and `visual_projection`;
+        DINOv2's register tokens are skipped; MAE is run unmasked in the identity patch order.
+        """
+        x = (pixel_values.float() + 1) / 2
+        if x.shape[1] == 1 and self.num_channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
+        x = ((x - self.mean) / self.std).to(next(self.model.parameters()).dtype)
+        config = self.model.config
+        kwargs = {}
+        if config.model_type == "vit_mae":
+            # ViTMAEModel shuffles patches by argsort(noise) even with nothing masked: arange keeps their order.
+            if config.mask_ratio != 0:
+                raise ValueError(f"an MAE teacher must keep every patch: set its config.mask_ratio to 0 "
+                                 f"(got {config.mask_ratio})")
+            num = (self.image_size // config.patch_size) ** 2
+            kwargs["noise"] = torch.arange(num, device=x.device, dtype=torch.float32).expand(x.shape[0], -1)
+        tokens = self.model(pixel_values=x, **kwargs).last_hidden_state
+        registers = config.num_register_tokens if config.model_type == "dinov2_with_registers" else 0
+        tokens = tokens[:, 1 + registers:]  # the CLS token, then DINOv2's registers
+        if self.projection is not None:
+            tokens = self.projection(self.model.post_layernorm(tokens))
+        side = math.isqrt(tokens.shape[1])
+        if tokens.shape[1] == 0 or side * side != tokens.shape[1]:
+            raise ValueError(
+                f"the teacher gives {tokens.shape[1]} patch tokens, not a square grid of patches: VQ-KD needs a ViT "
+                "teacher whose final layer has one token per patch after the CLS token"
+            )
+        if side != grid_size:
+            grid = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, side, side).float()
+            grid = F.interpolate(grid, size=(grid_size, grid_size), mode="bicubic", align_corners=False)
+            tokens = grid.flatten(2).transpose(1, 2)
+        return tokens.float()
