@@ -128,8 +128,8 @@ class VQKDTokenizer(ImageTokenizerMixin, ModelMixin, ConfigMixin):
     def check_can_decode(self) -> None:
         if self.image_decoder is None:
             raise ValueError(
-                "this VQ-KD tokenizer has no pixel decoder, so tokens cannot become images: train stage 2 (a pixel "
-                "decoder on its frozen codes) first"
+                "this VQ-KD tokenizer has no pixel decoder, so tokens cannot become images: train stage 2 with "
+                "`examples/train_vqkd_pixel_decoder.py --tokenizer FOLDER ...`"
             )
 
     def encode(self, pixel_values: torch.Tensor, return_dict: bool = True) -> TokenizerEncoderOutput | tuple:

@@ -2,5 +2,13 @@
 
 from .generators import ARGeneratorRecipe, GeneratorRecipe, NARGeneratorRecipe
 from .tokenizer_gan import TokenizerGANRecipe
+from .vqkd import VQKDPixelDecoderRecipe, VQKDRecipe
 
-__all__ = ["ARGeneratorRecipe", "GeneratorRecipe", "NARGeneratorRecipe", "TokenizerGANRecipe"]
+__all__ = [
+    "ARGeneratorRecipe",
+    "GeneratorRecipe",
+    "NARGeneratorRecipe",
+    "TokenizerGANRecipe",
+    "VQKDPixelDecoderRecipe",
+    "VQKDRecipe",
+]

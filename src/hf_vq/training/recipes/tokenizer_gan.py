@@ -23,7 +23,7 @@ from torch.func import functional_call
 from torch.utils.data import Dataset
 
 from ...quantizers import Quantizer
-from ...tokenizers import AutoImageTokenizer, FrozenTeacher, ImageTokenizerMixin, tokenizer_class
+from ...tokenizers import AutoImageTokenizer, FrozenTeacher, ImageTokenizerMixin, TokenizerOutput, tokenizer_class
 from ...utils import save_pretrained_atomic
 from ..data import ImageTransform, collate, load_image_dataset, with_image_transform
 from ..loop import Phase, TrainingRecipe
@@ -61,6 +61,52 @@ def load_teachers(names: list[str | None] | None, model_config: dict[str, Any]) 
     return teachers
 
 
+def add_image_data_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of an image training set: any recipe that trains on images takes these."""
+    p.add_argument("--dataset", default="fashion-mnist", help="'fashion-mnist', an imagefolder path or a Hub id")
+    p.add_argument("--split", default="train")
+    p.add_argument("--image_column", default=None)
+    p.add_argument("--label_column", default=None)
+    p.add_argument("--skip_corrupt", action="store_true", help="drop unreadable images instead of stopping")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--random_flip", action="store_true", help="flip each training image left-right with p=0.5")
+
+
+def load_training_images(args: argparse.Namespace, channels: int) -> Dataset:
+    """The training images of `add_image_data_arguments`' flags, as {"pixel_values"} rows in [-1, 1]."""
+    dataset = load_image_dataset(args.dataset, args.split, args.image_column, args.label_column, args.skip_corrupt)
+    return with_image_transform(dataset, ImageTransform(args.resolution, channels=channels))
+
+
+def random_flips(x: torch.Tensor) -> torch.Tensor:
+    """Flip each image left-right with p=0.5, drawing from the step's seeded stream (see the loop).
+
+    Drawn here, not in the data pipeline: the loader reads a batch ahead, so draws made there would fall on the
+    other side of a checkpoint and replay differently on resume.
+    """
+    flip = (torch.rand(x.shape[0]) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def add_gan_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of pixel + perceptual + adversarial training (Adam, as FQGAN and the VQ-KD pixel decoder)."""
+    p.add_argument("--learning_rate", type=float, default=2e-4)
+    p.add_argument("--disc_learning_rate", type=float, default=None, help="defaults to --learning_rate")
+    p.add_argument("--adam_beta1", type=float, default=0.9)
+    p.add_argument("--adam_beta2", type=float, default=0.95)
+    p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--gradient_checkpointing", action="store_true")
+    p.add_argument("--reconstruction_loss", choices=["l2", "l1"], default="l2")
+    p.add_argument("--reconstruction_weight", type=float, default=1.0)
+    p.add_argument("--perceptual_weight", type=float, default=1.0)
+    p.add_argument("--vgg16_path", default=None, help="torchvision vgg16-397923af.pth")
+    p.add_argument("--lpips_path", default=None, help="lpips weights v0.1/vgg.pth")
+    p.add_argument("--disc_weight", type=float, default=0.5)
+    p.add_argument("--disc_start", type=int, default=20000)
+    p.add_argument("--disc_channels", type=int, default=64)
+    p.add_argument("--disc_layers", type=int, default=3)
+
+
 class TokenizerGANRecipe(TrainingRecipe):
     """Train an image tokenizer (VQGAN, FQGAN-Dual/Triple, FSQ, LFQ) with pixel, perceptual and GAN losses.
 
@@ -74,38 +120,16 @@ class TokenizerGANRecipe(TrainingRecipe):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        p = parser
-        p.add_argument("--tokenizer_config", required=True,
-                       help="JSON of tokenizer config kwargs (`_class_name` picks the class; default FQGANTokenizer)")
-        # data
-        p.add_argument("--dataset", default="fashion-mnist", help="'fashion-mnist', an imagefolder path or a Hub id")
-        p.add_argument("--split", default="train")
-        p.add_argument("--image_column", default=None)
-        p.add_argument("--label_column", default=None)
-        p.add_argument("--skip_corrupt", action="store_true", help="drop unreadable images instead of stopping")
-        p.add_argument("--resolution", type=int, default=256)
-        p.add_argument("--random_flip", action="store_true", help="flip each training image left-right with p=0.5")
-        # optimisation (Adam, as FQGAN)
-        p.add_argument("--learning_rate", type=float, default=2e-4)
-        p.add_argument("--disc_learning_rate", type=float, default=None, help="defaults to --learning_rate")
-        p.add_argument("--adam_beta1", type=float, default=0.9)
-        p.add_argument("--adam_beta2", type=float, default=0.95)
-        p.add_argument("--weight_decay", type=float, default=0.0)
-        p.add_argument("--gradient_checkpointing", action="store_true")
-        # losses
-        p.add_argument("--reconstruction_loss", choices=["l2", "l1"], default="l2")
-        p.add_argument("--reconstruction_weight", type=float, default=1.0)
-        p.add_argument("--perceptual_weight", type=float, default=1.0)
-        p.add_argument("--vgg16_path", default=None, help="torchvision vgg16-397923af.pth")
-        p.add_argument("--lpips_path", default=None, help="lpips weights v0.1/vgg.pth")
-        p.add_argument("--disc_weight", type=float, default=0.5)
-        p.add_argument("--disc_start", type=int, default=20000)
-        p.add_argument("--disc_channels", type=int, default=64)
-        p.add_argument("--disc_layers", type=int, default=3)
-        p.add_argument(
+        parser.add_argument(
+            "--tokenizer_config", required=True,
+            help="JSON of tokenizer config kwargs (`_class_name` picks the class; default FQGANTokenizer)",
+        )
+        parser.add_argument(
             "--teachers", nargs="*", default=None,
             help="one teacher (Hub id or local path, or 'none') per sub-codebook; default: the config's teacher_models",
         )
+        add_image_data_arguments(parser)
+        add_gan_arguments(parser)
 
     def __init__(self, args: argparse.Namespace):
         super().__init__(args)
@@ -123,9 +147,7 @@ class TokenizerGANRecipe(TrainingRecipe):
         args = self.args
         self.teachers = load_teachers(args.teachers, self.model_config)
         self.lpips = LPIPS.from_files(args.vgg16_path, args.lpips_path) if args.perceptual_weight > 0 else None
-        dataset = load_image_dataset(args.dataset, args.split, args.image_column, args.label_column, args.skip_corrupt)
-        transform = ImageTransform(args.resolution, channels=self.model_config.get("in_channels", 3))
-        self.dataset = with_image_transform(dataset, transform)
+        self.dataset = load_training_images(args, self.model_config.get("in_channels", 3))
 
     def build(self) -> None:
         args = self.args
@@ -158,15 +180,9 @@ class TokenizerGANRecipe(TrainingRecipe):
 
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> Iterator[Phase]:
         args = self.args
-        x = batch["pixel_values"]
-        if args.random_flip:
-            # Drawn here, from the step's seeded stream, not in the data pipeline: the loader reads a batch ahead,
-            # so draws made there would fall on the other side of a checkpoint and replay differently on resume.
-            flip = (torch.rand(x.shape[0]) < 0.5).to(x.device)
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        x = random_flips(batch["pixel_values"]) if args.random_flip else batch["pixel_values"]
         use_gan = step >= args.disc_start and args.disc_weight > 0
-        feats = [t(x) if t is not None else None for t in self.teachers]
-        out = self.model(x, teacher_features=feats) if any(f is not None for f in feats) else self.model(x)
+        out = self.reconstruct(x)
         logs = {name: v.detach() for name, v in out.losses.items()}
         logs["reconstruction_loss"] = pixel_loss(args.reconstruction_loss, x, out.sample)
         loss = args.reconstruction_weight * logs["reconstruction_loss"] + sum(out.losses.values())
@@ -189,6 +205,11 @@ class TokenizerGANRecipe(TrainingRecipe):
         if use_gan:
             d_loss = args.disc_weight * hinge_d_loss(self.discriminator(x), self.discriminator(out.sample.detach()))
             yield "discriminator", d_loss, {"discriminator_loss": d_loss.detach()}
+
+    def reconstruct(self, x: torch.Tensor) -> TokenizerOutput:
+        """The trained model's reconstruction of `x` and its own losses (with teacher features where configured)."""
+        feats = [t(x) if t is not None else None for t in self.teachers]
+        return self.model(x, teacher_features=feats) if any(f is not None for f in feats) else self.model(x)
 
     @torch.no_grad()
     def save_preview(self, model: nn.Module, path: Path) -> None:
