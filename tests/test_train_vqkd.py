@@ -54,6 +54,10 @@ def test_stage_one_distils_and_stage_two_leaves_the_codes_alone(tmp_path, imagef
     x = torch.rand(2, 1, 8, 8) * 2 - 1
     assert torch.equal(full.tokenize(x), tokenizer.eval().tokenize(x))
     assert full.detokenize(full.tokenize(x)).shape == x.shape
+    result = load_script("evaluate_tokenizer").main(
+        ["--tokenizer", str(tmp_path / "s2" / "tokenizer"), "--dataset", str(imagefolder), "--split", "train",
+         "--resolution", "8", "--teacher", str(teacher)])
+    assert result["images"] == 16 and result["psnr_db"] > 0 and -1 <= result["teacher_cosine"] <= 1
 
 
 def test_bad_stage_inputs_are_refused_before_work(tmp_path, imagefolder, teacher):

@@ -41,6 +41,8 @@ def command(name: str, config: dict, args: argparse.Namespace, out: Path) -> lis
     """The training command for one config, or None when it cannot run here."""
     common = ["--output_dir", str(out), "--max_train_steps", str(args.steps), "--report_to", "none",
               "--checkpointing_steps", str(10 * args.steps), "--validation_steps", str(10 * args.steps)]
+    if "hidden_size" not in config and not {"z_channels", "num_codebooks"} <= set(config):
+        return None  # VQ-KD stages have their own scripts
     if "z_channels" in config:
         teachers = ["none" if t is None else args.teacher
                     for t in config.get("teacher_models") or [None] * config["num_codebooks"]]
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with tempfile.TemporaryDirectory() as tmp:
             cmd = command(name, config, args, Path(tmp) / "run")
             if cmd is None:
-                print(f"{name:<22} skipped (generators need --codes_dir and --tokenizer)")
+                print(f"{name:<22} skipped (generators need --codes_dir and --tokenizer; VQ-KD has its own scripts)")
                 continue
             done = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if done.returncode:
