@@ -79,3 +79,20 @@ def test_tokenizer_and_generator_scripts_on_two_processes(tmp_path, imagefolder)
                    "--validation_steps", "100")
     assert_same(*ranks)
     assert (tmp_path / "far-run" / "pipeline" / "model_index.json").exists()
+
+
+def test_vqkd_codebooks_stay_identical_across_two_processes(tmp_path, imagefolder):
+    from transformers import ViTConfig, ViTModel
+
+    from hf_vq import VQKDTokenizer
+
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                       image_size=8, patch_size=2, num_channels=1)).save_pretrained(tmp_path / "teacher")
+    config = tmp_path / "vqkd.json"
+    config.write_text(json.dumps(VQKDTokenizer.presets["tiny-no-pixel-decoder"]))
+    ranks = launch(tmp_path, "vqkd", "--tokenizer_config", str(config), "--teacher", str(tmp_path / "teacher"),
+                   "--dataset", str(imagefolder), "--resolution", "8", "--output_dir", str(tmp_path / "run"),
+                   "--train_batch_size", "2", "--max_train_steps", "3", "--report_to", "none")
+    assert_same(*ranks)  # the EMA codebook (a buffer) included: counts and sums are all-reduced
+    assert "quantize.codebook" in ranks[0]
