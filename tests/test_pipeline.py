@@ -183,3 +183,17 @@ def test_a_compiled_transformer_can_be_assigned(pipe):
     tokens = compiled(["Trouser"], output_type="latent", generator=torch.manual_seed(0)).images
     expected = pipe(["Trouser"], output_type="latent", generator=torch.manual_seed(0)).images
     assert torch.equal(tokens, expected)
+
+
+def test_the_diffusers_loader_tables_hf_vq_registers_in_keep_their_shape():
+    from diffusers.pipelines import pipeline_loading_utils as loading
+
+    from hf_vq.generators import GENERATOR_CLASSES
+    from hf_vq.tokenizers import TOKENIZER_CLASSES
+
+    # The private tables hf_vq extends: {library: {class name: [save method, load method]}} and the flat union.
+    assert isinstance(loading.LOADABLE_CLASSES, dict) and isinstance(loading.ALL_IMPORTABLE_CLASSES, dict)
+    assert loading.LOADABLE_CLASSES["diffusers"]["ModelMixin"] == ["save_pretrained", "from_pretrained"]
+    for cls in TOKENIZER_CLASSES + GENERATOR_CLASSES:
+        assert loading.LOADABLE_CLASSES["hf_vq"][cls.__name__] == ["save_pretrained", "from_pretrained"]
+        assert loading.ALL_IMPORTABLE_CLASSES[cls.__name__] == ["save_pretrained", "from_pretrained"]
