@@ -1,6 +1,6 @@
 """Conversion of official LlamaGen / FQGAN checkpoints, on state dicts laid out like the official files.
 
-Full-size layouts are built on the meta device (key and shape accounting against REFERENCE.md facts); numeric
+Full-size layouts are built on the meta device (key and shape accounting against the official files' layouts); numeric
 round trips use reduced widths with the same key pattern. No official code is needed.
 """
 
@@ -130,7 +130,7 @@ def test_full_size_tokenizer_layout_matches_the_official_facts_and_converts(pres
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     levels = len(model.config.channel_multipliers)
     grid, k = 256 // 2 ** (levels - 1), len(BRANCHES[kind])
-    # REFERENCE.md §1: the LlamaGen trunk.
+    # LlamaGen tokenizer/tokenizer_image/vq_model.py: the CNN trunk.
     assert shapes["encoder.conv_in.weight"] == (128, 3, 3, 3)
     assert shapes[f"encoder.conv_blocks.{levels - 1}.attn.1.q.weight"] == (512, 512, 1, 1)
     assert f"encoder.conv_blocks.{levels - 1}.downsample.conv.weight" not in shapes
@@ -147,7 +147,7 @@ def test_full_size_tokenizer_layout_matches_the_official_facts_and_converts(pres
     num_params = sum(v.numel() for key, v in state.items() if not key.endswith("codebook_used")) / 1e6
     if kind == "llamagen-vq":
         assert round(num_params, 2) == {5: 71.88, 4: 70.11}[levels]
-    else:  # REFERENCE.md §3
+    else:  # FQGAN tokenizer/vq_model_dual.py, vq_model_triple.py
         assert 150 <= num_params <= 160
         adapters = ["visual_head"] + (["semantic_head"] if k == 2 else ["semantic_head_mid", "semantic_head_high"])
         for adapter in adapters:
@@ -184,7 +184,7 @@ def test_full_size_generator_layout_matches_the_official_facts_and_converts(pres
     shapes = {key: tuple(v.shape) for key, v in state.items()}
     c = model.config
     d = c.hidden_size
-    # REFERENCE.md §2, §4.
+    # LlamaGen autoregressive/models/gpt.py; FQGAN autoregressive/models/far_dual.py, far_triple.py.
     assert shapes["cls_embedding.embedding_table.weight"] == (1001, d)
     assert shapes[f"layers.{c.num_hidden_layers - 1}.attention.wqkv.weight"] == (3 * d, d)
     assert shapes["layers.0.feed_forward.w1.weight"] == (math.ceil(8 * d / 3 / 256) * 256, d)

@@ -135,7 +135,7 @@ def test_presets_match_official_parameter_counts():
     with torch.device("meta"):
         vq16 = FQGANTokenizer.from_preset("vq-ds16")
         vq8 = FQGANTokenizer.from_preset("vq-ds8")
-    # REFERENCE.md: VQ-16 71.88M, VQ-8 70.11M parameters
+    # LlamaGen's VQ-16 and VQ-8 (tokenizer/tokenizer_image/vq_model.py): 71.88M and 70.11M parameters
     assert round(sum(p.numel() for p in vq16.parameters()) / 1e6, 2) == 71.88
     assert round(sum(p.numel() for p in vq8.parameters()) / 1e6, 2) == 70.11
 

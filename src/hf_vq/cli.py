@@ -118,9 +118,9 @@ def push(args: argparse.Namespace) -> None:
 
 def _check_model_path(name: str, flag: str) -> None:
     """A model argument is a folder or a Hub id; anything else that does not exist is named in one line."""
-    from .tokenizers.teachers import _HUB_ID
+    from .utils import is_hub_id
 
-    if not Path(name).exists() and not _HUB_ID.match(name):
+    if not Path(name).exists() and not is_hub_id(name):
         raise SystemExit(f"{flag} {name}: no such folder (and not a Hub id such as org/name)")
 
 

@@ -6,6 +6,7 @@ import collections.abc
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -22,6 +23,14 @@ logger = logging.getLogger(__name__)
 
 # Every folder hf_vq writes carries this file: what wrote it and when. A folder without it is not hf_vq's to delete.
 OUTPUT_MARKER = ".hf_vq-output.json"
+
+
+_HUB_ID = re.compile(r"^\w[\w.-]*(/\w[\w.-]*)?$")
+
+
+def is_hub_id(name: str | os.PathLike) -> bool:
+    """Whether `name` has the form of a Hub repo id ("org/name" or "name"); anything else can only be a folder."""
+    return bool(_HUB_ID.match(str(name)))
 
 
 def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> None:

@@ -20,7 +20,8 @@ from .cnn import Decoder, EncoderTrunk, group_norm
 _DEFAULT_QUANTIZER = dict(kind="vq", codebook_size=16384, dim=8)  # LlamaGen's VQ
 _FQGAN_QUANTIZER = dict(_DEFAULT_QUANTIZER, entropy_loss_ratio=0.03)  # FQGAN's training scripts
 
-# Presets matching the official models (REFERENCE.md §1, §3).
+# Presets matching the official models (LlamaGen tokenizer/tokenizer_image/vq_model.py; FQGAN
+# tokenizer/vq_model_dual.py, vq_model_triple.py and their training scripts).
 TOKENIZER_PRESETS: dict[str, dict] = {
     "vq-ds16": dict(channel_multipliers=(1, 1, 2, 2, 4), num_codebooks=1),
     "vq-ds8": dict(channel_multipliers=(1, 2, 2, 4), num_codebooks=1),

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 import os
-import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_HUB_ID = re.compile(r"^\w[\w.-]*(/\w[\w.-]*)?$")  # "org/name" or "name"; anything else can only be a folder
+from ..utils import is_hub_id
+
 _OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -55,7 +55,7 @@ class FrozenTeacher(nn.Module):
             "--output_dir outputs/fmnist-teacher`, a Hub teacher by `hf download ID`; or train without one: "
             "--teachers none"
         )
-        if not os.path.isdir(name_or_path) and not _HUB_ID.match(str(name_or_path)):
+        if not os.path.isdir(name_or_path) and not is_hub_id(name_or_path):
             raise FileNotFoundError(f"could not load the teacher: {missing}")
         try:
             config = AutoConfig.from_pretrained(name_or_path, **kwargs)
@@ -90,14 +90,18 @@ class FrozenTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [-1, 1] -> (B, hidden_size) CLS feature."""
+        # FQGAN resizes with F.interpolate's default (nearest) mode.
+        out = self.model(pixel_values=self._teacher_input(pixel_values, "nearest"))
+        return out.last_hidden_state[:, 0].float()
+
+    def _teacher_input(self, pixel_values: torch.Tensor, mode: str) -> torch.Tensor:
+        """[-1, 1] images -> the teacher's input: RGB where it wants RGB, its size (`mode` resize), its statistics."""
         x = (pixel_values.float() + 1) / 2
         if x.shape[1] == 1 and self.num_channels == 3:
             x = x.expand(-1, 3, -1, -1)
-        x = F.interpolate(x, size=(self.image_size, self.image_size))
-        x = (x - self.mean) / self.std
-        param = next(self.model.parameters())
-        out = self.model(pixel_values=x.to(param.dtype))
-        return out.last_hidden_state[:, 0].float()
+        resize = {} if mode == "nearest" else {"mode": mode, "align_corners": False}
+        x = F.interpolate(x, size=(self.image_size, self.image_size), **resize)
+        return ((x - self.mean) / self.std).to(next(self.model.parameters()).dtype)
 
     @property
     def patch_dim(self) -> int:
@@ -112,11 +116,7 @@ class FrozenTeacher(nn.Module):
         is resized bicubically to `grid_size`. CLIP's tokens go through `post_layernorm` and `visual_projection`;
         DINOv2's register tokens are skipped; MAE is run unmasked in the identity patch order.
         """
-        x = (pixel_values.float() + 1) / 2
-        if x.shape[1] == 1 and self.num_channels == 3:
-            x = x.expand(-1, 3, -1, -1)
-        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
-        x = ((x - self.mean) / self.std).to(next(self.model.parameters()).dtype)
+        x = self._teacher_input(pixel_values, "bicubic")
         config = self.model.config
         kwargs = {}
         if config.model_type == "vit_mae":

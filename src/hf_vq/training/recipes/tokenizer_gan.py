@@ -78,6 +78,22 @@ def load_training_images(args: argparse.Namespace, channels: int) -> Dataset:
     return with_image_transform(dataset, ImageTransform(args.resolution, channels=channels))
 
 
+def preview_images(dataset: Dataset) -> torch.Tensor:
+    """The first PREVIEW_IMAGES training images (fewer for a smaller set): preview grids and codebook init."""
+    return collate([dataset[i] for i in range(min(PREVIEW_IMAGES, len(dataset)))])["pixel_values"]
+
+
+@torch.no_grad()
+def init_codebooks(model: ImageTokenizerMixin, images: torch.Tensor) -> None:
+    """Run the data-dependent codebook init (k-means) of any quantizer that waits for one, on `images`.
+
+    Called before `accelerator.prepare` with the same seed and images on every rank, so every rank gets the same
+    codebook.
+    """
+    if any(isinstance(m, Quantizer) and m.needs_data_init for m in model.modules()):
+        model.train().encode(images)
+
+
 def random_flips(x: torch.Tensor) -> torch.Tensor:
     """Flip each image left-right with p=0.5, drawing from the step's seeded stream (see the loop).
 
@@ -154,23 +170,21 @@ class TokenizerGANRecipe(TrainingRecipe):
         self.model: ImageTokenizerMixin = AutoImageTokenizer.from_config(self.model_config, DEFAULT_TOKENIZER_CLASS)
         if args.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
-        self.preview = collate([self.dataset[i] for i in range(min(PREVIEW_IMAGES, len(self.dataset)))])["pixel_values"]
+        self.preview = preview_images(self.dataset)
         self.discriminator = PatchGANDiscriminator(self.model.in_channels, args.disc_channels, args.disc_layers)
 
     def make_optimizer(self, name: str, module: nn.Module) -> torch.optim.Optimizer:
         args = self.args
         lr = args.learning_rate if name == "model" else (args.disc_learning_rate or args.learning_rate)
-        return torch.optim.Adam(module.parameters(), lr=lr, betas=(args.adam_beta1, args.adam_beta2),
+        params = [p for p in module.parameters() if p.requires_grad]  # frozen parts (VQ-KD stage 2) stay out
+        return torch.optim.Adam(params, lr=lr, betas=(args.adam_beta1, args.adam_beta2),
                                 weight_decay=args.weight_decay)
 
     def train_dataset(self) -> tuple[Dataset, Callable]:
         return self.dataset, collate
 
     def before_prepare(self) -> None:
-        if any(isinstance(m, Quantizer) and m.needs_data_init for m in self.model.modules()):
-            # Same seed, same first batch on every rank, so a data-dependent init gives every rank the same codebook.
-            with torch.no_grad():
-                self.model.train().encode(self.preview)
+        init_codebooks(self.model, self.preview)
 
     def to_device(self, device: torch.device) -> None:
         for helper in (*self.teachers, self.lpips):

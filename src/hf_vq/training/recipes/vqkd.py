@@ -21,18 +21,18 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ...quantizers import Quantizer
 from ...tokenizers import FrozenTeacher, TokenizerOutput, VQKDTokenizer
 from ...utils import save_pretrained_atomic
 from ..data import collate
 from ..loop import Phase, TrainingRecipe
 from ..losses import LPIPS, LPIPS_DOWNLOAD_HINT, PatchGANDiscriminator
 from .tokenizer_gan import (
-    PREVIEW_IMAGES,
     TokenizerGANRecipe,
     add_gan_arguments,
     add_image_data_arguments,
+    init_codebooks,
     load_training_images,
+    preview_images,
     random_flips,
 )
 
@@ -85,7 +85,7 @@ class VQKDRecipe(TrainingRecipe):
 
     def build(self) -> None:
         self.model = VQKDTokenizer.from_config(self.model_config)
-        self.preview = collate([self.dataset[i] for i in range(min(PREVIEW_IMAGES, len(self.dataset)))])["pixel_values"]
+        self.preview = preview_images(self.dataset)
 
     def make_optimizer(self, name: str, module: nn.Module) -> torch.optim.Optimizer:
         args = self.args
@@ -100,9 +100,7 @@ class VQKDRecipe(TrainingRecipe):
         return self.dataset, collate
 
     def before_prepare(self) -> None:
-        if any(isinstance(m, Quantizer) and m.needs_data_init for m in self.model.modules()):
-            with torch.no_grad():  # k-means on the first batch, the same on every rank
-                self.model.train().encode(self.preview)
+        init_codebooks(self.model, self.preview)
 
     def to_device(self, device: torch.device) -> None:
         self.teacher.to(device)
@@ -190,18 +188,9 @@ class VQKDPixelDecoderRecipe(TokenizerGANRecipe):
         if unexpected or any(not k.startswith(("post_quant_conv.", "image_decoder.")) for k in missing):
             raise ValueError(f"{self.args.tokenizer} does not match its own config: {missing + unexpected}")
         self.model = PixelDecoderStage(tokenizer)
-        self.preview = collate([self.dataset[i] for i in range(min(PREVIEW_IMAGES, len(self.dataset)))])["pixel_values"]
+        self.preview = preview_images(self.dataset)
         self.discriminator = PatchGANDiscriminator(tokenizer.in_channels, self.args.disc_channels,
                                                    self.args.disc_layers)
-
-    def make_optimizer(self, name: str, module: nn.Module) -> torch.optim.Optimizer:
-        args = self.args
-        lr = args.learning_rate if name == "model" else (args.disc_learning_rate or args.learning_rate)
-        params = [p for p in module.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=lr, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.weight_decay)
-
-    def before_prepare(self) -> None:
-        pass  # the codebook is frozen: no initialisation
 
     def reconstruct(self, x: torch.Tensor) -> TokenizerOutput:
         return self.model(x)
