@@ -71,6 +71,26 @@ def test_same_seed_same_images_and_synonyms(pipe):
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("kind", ["ar", "nar"])
+def test_a_generator_per_image_makes_each_image_independent_of_its_batch(kind):
+    """With one generator per image, image i is the same alone or in any batch: sharded sampling relies on it."""
+    pipe = FQGANPipeline(vqvae=tokenizer(), transformer=far() if kind == "ar" else maskgit(), id2label=LABELS)
+
+    def generators(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    knobs = dict(output_type="latent", guidance_scale=2.0, top_k=8)
+    batch = pipe([0, 1, 2], generator=generators(10, 11, 12), **knobs).images
+    alone = pipe([1], generator=generators(11), **knobs).images
+    reordered = pipe([2, 1], generator=generators(12, 11), **knobs).images
+    assert torch.equal(batch[1:2], alone) and torch.equal(reordered, batch[[2, 1]])
+    assert not torch.equal(pipe([1], generator=generators(13), **knobs).images, alone)
+    with pytest.raises(ValueError, match="one per image"):
+        pipe([0, 1], generator=generators(1))
+    with pytest.raises(ValueError, match="one torch.Generator per sample"):
+        pipe.transformer.sample([0, 1], generator=[torch.Generator(), 3])
+
+
 def test_nar_pipeline():
     pipe = FQGANPipeline(vqvae=tokenizer(), transformer=maskgit(), id2label=LABELS)
     images = pipe([0, 1], num_inference_steps=3, output_type="pt", generator=torch.manual_seed(0)).images

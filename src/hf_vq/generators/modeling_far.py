@@ -26,7 +26,9 @@ from .blocks import (
 )
 from .configuration_far import FARConfig
 from .sampling import (
+    Generators,
     check_class_labels,
+    check_generators,
     check_sampling_args,
     eval_mode,
     exponential_noise,
@@ -265,7 +267,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         cfg_schedule: str = "constant",
         use_cache: bool = True,
         callback: Callable[[int, torch.Tensor], None] | None = None,
@@ -281,6 +283,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             temperature, top_k, top_p: applied in that order to every sub-token's logits (top_k=0, top_p=1 off).
             generator: torch.Generator for the draws; the same seed gives the same tokens, and the tokens
                 torch.multinomial would draw (the noise it would use is drawn up front, position by position).
+                A list of B generators draws each sample from its own, so a sample does not depend on its batch.
             cfg_schedule: "constant", or "linear" (the scale ramps from 1 to s with the fraction of tokens done).
             use_cache: decode on preallocated static KV caches; False re-runs the whole prefix every step
                 (a slow reference that gives the same tokens).
@@ -296,6 +299,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         self.num_sampling_steps(num_inference_steps)
         labels = check_class_labels(class_labels, c.num_classes, self.norm.weight.device)
         check_sampling_args(guidance_scale, temperature, top_k, top_p, c.vocab_size, cfg_schedule)
+        check_generators(generator, labels.shape[0])
         if compile and not use_cache:
             raise ValueError("compile=True compiles the cached decoding step; it needs use_cache=True")
         warpers = logits_warpers(temperature, top_k, top_p)
@@ -327,7 +331,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         batch: int,
         guidance_scale: float,
         warpers: list[LogitsProcessor],
-        generator: torch.Generator | None,
+        generator: Generators,
         cfg_schedule: str,
         use_cache: bool,
         callback: Callable[[int, torch.Tensor], None] | None,

@@ -15,13 +15,18 @@ from transformers.utils import ModelOutput
 from .blocks import LabelEmbedder, RMSNorm, TokenGridMixin, make_blocks, rope_2d_table
 from .configuration_maskgit import MaskGITConfig
 from .sampling import (
+    Generators,
     check_class_labels,
+    check_generators,
     check_sampling_args,
     eval_mode,
+    exponential_noise,
     guidance_scale_at,
     guide,
     logits_warpers,
     masking_schedule,
+    multinomial_from_noise,
+    uniform_noise,
     warp,
 )
 
@@ -142,7 +147,7 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         top_k: int = 0,
         top_p: float = 1.0,
         choice_temperature: float = 4.5,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         cfg_schedule: str = "constant",
         callback: Callable[[int, torch.Tensor], None] | None = None,
         compile: bool = False,
@@ -165,6 +170,7 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             raise ValueError("compile=True is for AR generators (FAR/GPT); MaskGIT samples eagerly")
         labels = check_class_labels(class_labels, c.num_classes, device)
         check_sampling_args(guidance_scale, temperature, top_k, top_p, c.vocab_size, cfg_schedule)
+        check_generators(generator, labels.shape[0])
         if not choice_temperature >= 0:
             raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature}")
         warpers = logits_warpers(temperature, top_k, top_p)
@@ -181,13 +187,17 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
                 if use_cfg:
                     logits = guide(logits, guidance_scale_at(guidance_scale, cfg_schedule, 1 - num_masked / n))
                 logits = warp(logits.flatten(0, 2), warpers)
-                sampled = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+                if isinstance(generator, (list, tuple)):  # one generator per sample: its k*n draws from it
+                    noise = exponential_noise(1, (batch, k * n * logits.shape[-1]), generator, device)
+                    sampled = multinomial_from_noise(logits.softmax(-1), noise.view(logits.shape))[:, None]
+                else:
+                    sampled = torch.multinomial(logits.softmax(-1), 1, generator=generator)
                 log_probs = logits.log_softmax(-1).gather(-1, sampled).view(batch, k, n).sum(1)
                 sampled = torch.where(unknown[:, None], sampled.view(batch, k, n), tokens)
                 if num_masked == 0:
                     tokens = sampled
                 else:
-                    noise = torch.rand(batch, n, device=device, generator=generator)
+                    noise = uniform_noise((batch, n), generator, device)
                     gumbel = -torch.log(-torch.log(noise.clamp_min(torch.finfo(noise.dtype).tiny)))
                     confidence = log_probs + choice_temperature * (1 - (step + 1) / num_steps) * gumbel
                     confidence = confidence.masked_fill(~unknown, math.inf)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -166,14 +166,51 @@ def sampling_probs(logits: torch.Tensor, warpers: list[LogitsProcessor]) -> torc
     return torch.softmax(warp(logits.float(), warpers), dim=-1)
 
 
-def exponential_noise(
-    count: int, shape: tuple[int, int], generator: torch.Generator | None, device: torch.device
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def check_generators(generator: Generators, batch: int) -> None:
+    """Refuse a list of generators that does not hold one torch.Generator per sample."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != batch or not all(isinstance(g, torch.Generator) for g in generator):
+            raise ValueError(
+                f"a list of generators needs one torch.Generator per sample ({batch}), got {len(generator)} items"
+            )
+    elif generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
+
+
+def _per_sample(
+    draw: Callable[[torch.Generator, torch.device], torch.Tensor],
+    generators: Sequence[torch.Generator],
+    device: torch.device,
 ) -> torch.Tensor:
+    # Each sample's numbers come from its own generator, drawn on that generator's device (as diffusers'
+    # randn_tensor does), so a sample does not depend on which others share its batch.
+    return torch.stack([draw(g, g.device) for g in generators]).to(device)
+
+
+def exponential_noise(count: int, shape: tuple[int, int], generator: Generators, device: torch.device) -> torch.Tensor:
     """(count, rows, vocab) fp32 Exp(1) noise, drawn as `count` successive torch.multinomial calls on (rows, vocab)
-    probabilities would draw theirs (one `exponential_` per call), so `multinomial_from_noise` gives their tokens."""
+    probabilities would draw theirs (one `exponential_` per call), so `multinomial_from_noise` gives their tokens.
+
+    With a list of generators (one per row), row r of every call is drawn from generator r instead.
+    """
+    if isinstance(generator, (list, tuple)):
+        def draw(g: torch.Generator, on: torch.device) -> torch.Tensor:
+            return torch.empty(count, shape[1], dtype=torch.float32, device=on).exponential_(generator=g)
+
+        return _per_sample(draw, generator, device).transpose(0, 1)
     return torch.stack(
         [torch.empty(shape, dtype=torch.float32, device=device).exponential_(generator=generator) for _ in range(count)]
     )
+
+
+def uniform_noise(shape: tuple[int, ...], generator: Generators, device: torch.device) -> torch.Tensor:
+    """(rows, ...) fp32 U[0, 1) noise, row r from generator r when a list of generators is given."""
+    if isinstance(generator, (list, tuple)):
+        return _per_sample(lambda g, on: torch.rand(shape[1:], device=on, generator=g), generator, device)
+    return torch.rand(shape, device=device, generator=generator)
 
 
 def multinomial_from_noise(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -113,7 +113,7 @@ class FQGANPipeline(DiffusionPipeline):
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         num_inference_steps: int | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -127,7 +127,8 @@ class FQGANPipeline(DiffusionPipeline):
             class_labels: ids or names (see `get_label_ids`).
             guidance_scale: classifier-free guidance scale (1.0 = none).
             temperature, top_k, top_p: sampling knobs per sub-token (top_k=0 and top_p=1.0 disable them).
-            generator: a `torch.Generator` for reproducible samples.
+            generator: a `torch.Generator` for reproducible samples, or a list with one per image (as in
+                diffusers), which makes each image independent of the others in the batch.
             num_inference_steps: parallel decoding steps of a NAR generator (default: the model's); an AR
                 generator decodes one position per step and accepts only None.
             output_type: "pil", "np" or "pt" for images in [0, 1]; "latent" for the (B, k, h, w) token grids.
@@ -151,13 +152,11 @@ class FQGANPipeline(DiffusionPipeline):
         steps = self.transformer.num_sampling_steps(num_inference_steps)  # also refuses a bad step count
         ids = torch.tensor(self.get_label_ids(class_labels), device=self._execution_device)
         ids = ids.repeat_interleave(num_images_per_label)
-        if isinstance(generator, (list, tuple)):
-            if len(generator) != len(ids):
-                raise ValueError(
-                    f"a list of generators needs one per image ({len(ids)} = labels x num_images_per_label), "
-                    f"got {len(generator)}"
-                )
-            raise ValueError("per-image generator lists are not supported yet; pass one torch.Generator")
+        if isinstance(generator, (list, tuple)) and len(generator) != len(ids):
+            raise ValueError(
+                f"a list of generators needs one per image ({len(ids)} = labels x num_images_per_label), "
+                f"got {len(generator)}"
+            )
         knobs = dict(guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p,
                      generator=generator, num_inference_steps=num_inference_steps, compile=compile)
 
