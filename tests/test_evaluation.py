@@ -125,13 +125,23 @@ def test_inception_loads_a_pytorch_fid_style_checkpoint(tmp_path):
     state = {k: torch.ones(shape) if k.endswith("running_var") else torch.zeros(shape)
              for k, shape in shapes.items() if not k.endswith("num_batches_tracked")}
     state |= {k: torch.randn(shape, generator=generator) for k, shape in shapes.items() if k.endswith("bn.bias")}
-    state["fc.weight"], state["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)
+    # the unbiased logits must ignore fc.bias (as ADM's evaluator and torch-fidelity's logits_unbiased)
+    state["fc.weight"], state["fc.bias"] = torch.randn(1008, 2048, generator=generator), torch.full((1008,), 1e3)
     torch.save(state, tmp_path / FID_WEIGHTS_NAME)
 
-    features = InceptionFeatureExtractor(tmp_path)(torch.rand(1, 1, 32, 32))
+    extractor = InceptionFeatureExtractor(tmp_path)
+    images = torch.rand(2, 1, 32, 32)
+    features = extractor(images)
     branches = ["branch1x1", "branch3x3_2a", "branch3x3_2b", "branch3x3dbl_3a", "branch3x3dbl_3b", "branch_pool"]
     expected = torch.cat([state[f"Mixed_7c.{name}.bn.bias"] for name in branches]).relu()
-    torch.testing.assert_close(features, expected[None])
+    torch.testing.assert_close(features, expected[None].expand(2, -1))
+    calls = []
+    extractor.inception.Mixed_7c.register_forward_hook(lambda *args: calls.append(1))
+    pool, logits = extractor.extract(images)
+    assert len(calls) == 1  # features and logits come from one pass
+    torch.testing.assert_close(pool, features)
+    assert logits.shape == (2, 1008)
+    torch.testing.assert_close(logits, pool @ state["fc.weight"].T)
 
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="not the pytorch-fid Inception checkpoint"):

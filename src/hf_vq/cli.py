@@ -1,4 +1,4 @@
-"""`hf-vq`: generate, reconstruct, convert, assemble and push from the command line."""
+"""`hf-vq`: generate, reconstruct, evaluate, convert, assemble and push from the command line."""
 
 from __future__ import annotations
 
@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The `hf-vq` argument parser."""
     from . import __version__
     from .conversion import add_convert_arguments
+    from .evaluation.command import add_evaluate_arguments
 
     parser = argparse.ArgumentParser(prog="hf-vq", description=__doc__)
     parser.add_argument("--version", action="version", version=f"hf-vq {__version__}")
@@ -188,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true")
     p.add_argument("--message", default="Upload with hf-vq")
     p.set_defaults(func=push)
+
+    add_evaluate_arguments(sub, defaults)
     return parser
 
 

@@ -122,9 +122,18 @@ class ClassifierAccuracy:
     @torch.no_grad()
     def features(self, images: torch.Tensor, value_range: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
         """(B, D) penultimate features: the backbone's pooled output (or CLS token) that feeds the classifier head."""
-        feats = []
+        return self.features_and_logits(images, value_range)[0]
+
+    @torch.no_grad()
+    def features_and_logits(
+        self, images: torch.Tensor, value_range: tuple[float, float] = (0.0, 1.0)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, D) penultimate features and (B, num_classes) logits from one pass of the network."""
+        feats, logits = [], []
         for x in self._batches(images, value_range):
             out = self.model.base_model(pixel_values=x)
             pooled = getattr(out, "pooler_output", None)
-            feats.append((pooled if pooled is not None else out.last_hidden_state[:, 0]).flatten(1).float().cpu())
-        return torch.cat(feats)
+            pooled = pooled if pooled is not None else out.last_hidden_state[:, 0]
+            feats.append(pooled.flatten(1).float().cpu())
+            logits.append(self.model.classifier(pooled).float().cpu())
+        return torch.cat(feats), torch.cat(logits)

@@ -2,7 +2,7 @@
 
 FID is only comparable to published numbers when computed with `InceptionFeatureExtractor`. The same maths
 on other features (e.g. `ClassifierAccuracy.features` of the Fashion-MNIST classifier) is a different metric:
-report it under its own name ("FD-fmnist-classifier"), never as FID.
+report it under its own name (`fd_fmnist`: see `features.py`), never as FID.
 """
 
 from __future__ import annotations
@@ -39,8 +39,14 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         # singular product (e.g. fewer samples than dimensions): regularise both covariances slightly
         offset = np.eye(d) * 1e-6
         covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    # sqrtm of a product of PSD matrices is real up to round-off
-    covmean = covmean.real
+    # sqrtm of a product of PSD matrices is real up to round-off; more than that means the covariances are broken
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(
+                f"the Fréchet distance's matrix square root has an imaginary part of up to "
+                f"{np.abs(covmean.imag).max():.3g}: the covariances are not valid (NaN or not positive semi-definite)"
+            )
+        covmean = covmean.real
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
@@ -53,6 +59,14 @@ def fid_from_features(feats_a: torch.Tensor | np.ndarray, feats_b: torch.Tensor 
         raise ValueError(f"features must be (N, D) and (M, D) with the same D, got {a.shape} and {b.shape}")
     if len(a) < 2 or len(b) < 2:
         raise ValueError(f"need at least 2 feature vectors per set to estimate a covariance, got {len(a)} and {len(b)}")
+    if min(len(a), len(b)) <= a.shape[1]:
+        # a rank-deficient covariance makes the distance depend on round-off rather than on the images
+        raise ValueError(
+            f"a Fréchet distance on {a.shape[1]}-d features needs more images than dimensions in each set, got "
+            f"{len(a)} and {len(b)}; published FIDs use 50,000 samples (and never fewer than 10,000)"
+        )
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("features contain NaN or infinite values")
     return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
 
 
@@ -61,20 +75,30 @@ class InceptionFeatureExtractor(nn.Module):
 
     `weights` is the path of pt_inception-2015-12-05-6726825d.pth, a folder holding it, or a Hub repo id already
     in the local cache; None looks in torch hub's checkpoint folder. Inputs are resized to 299 (bilinear), as
-    pytorch-fid does.
+    pytorch-fid does. `extract` also returns the unbiased 1008-way logits for the Inception Score.
     """
 
     def __init__(self, weights: str | os.PathLike | None = None):
         super().__init__()
         self.inception = load_fid_inception(weights)
 
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _preprocess(images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"images must be (B, 1 or 3, H, W) in [0, 1], got shape {tuple(images.shape)}")
         x = images.float().expand(-1, 3, -1, -1) if images.shape[1] == 1 else images.float()
         x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        return self.inception(2 * x - 1)
+        return 2 * x - 1
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Pool3 features (B, 2048) of images in [0, 1]."""
+        return self.inception(self._preprocess(images))
+
+    @torch.no_grad()
+    def extract(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pool3 features (B, 2048) and unbiased logits (B, 1008) of images in [0, 1], from one network pass."""
+        return self.inception.forward_features_and_logits(self._preprocess(images))
 
 
 def frechet_feature_distance(

@@ -1,8 +1,9 @@
 """Inception-v3 as used for FID (the TF 2015-12-05 graph ported to PyTorch by pytorch-fid), without torchvision.
 
-Module names follow torchvision's `Inception3`, so `pt_inception-2015-12-05-6726825d.pth` loads as is. The FID
-graph differs from torchvision's Inception-v3 in its pooling: the average pools of the A, C and first E blocks
-exclude padding (TensorFlow's behaviour), and the last E block max-pools its pool branch.
+Module names follow torchvision's `Inception3`, so `pt_inception-2015-12-05-6726825d.pth` loads as is, its
+1008-way `fc` included (the Inception Score needs it). The FID graph differs from torchvision's Inception-v3 in
+its pooling: the average pools of the A, C and first E blocks exclude padding (TensorFlow's behaviour), and the
+last E block max-pools its pool branch.
 """
 
 from __future__ import annotations
@@ -130,7 +131,13 @@ class InceptionE(nn.Module):
 
 
 class FIDInceptionV3(nn.Module):
-    """The FID Inception-v3 trunk: (B, 3, 299, 299) in [-1, 1] -> (B, 2048) pool3 features."""
+    """The FID Inception-v3: (B, 3, 299, 299) in [-1, 1] -> (B, 2048) pool3 features (and 1008 logits on request).
+
+    `forward` returns pool3 (FID, precision/recall); `forward_features_and_logits` also returns the unbiased logits
+    `pool3 @ fc.weight.T` (the Inception Score's input). `fc.bias` is loaded with the checkpoint but never used:
+    guided-diffusion's evaluations/evaluator.py (`_create_softmax_graph`) multiplies pool3 by the graph's
+    softmax/logits/MatMul weight only, as torch-fidelity's `logits_unbiased` does.
+    """
 
     def __init__(self):
         super().__init__()
@@ -150,8 +157,11 @@ class FIDInceptionV3(nn.Module):
         self.Mixed_7a = InceptionD(768)
         self.Mixed_7b = InceptionE(1280, max_pool=False)
         self.Mixed_7c = InceptionE(2048, max_pool=True)
+        # the 2015-12-05 TF graph's classifier has 1008 outputs, not torchvision's 1000
+        self.fc = nn.Linear(2048, 1008)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool3 features (B, 2048) of images (B, 3, 299, 299) in [-1, 1]."""
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
@@ -160,6 +170,11 @@ class FIDInceptionV3(nn.Module):
                       self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
             x = block(x)
         return x.mean(dim=(2, 3))
+
+    def forward_features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pool3 features (B, 2048) and unbiased logits (B, 1008) from one pass of the trunk."""
+        features = self.forward(x)
+        return features, features @ self.fc.weight.T
 
 
 def find_fid_weights(weights: str | os.PathLike | None = None) -> Path:
@@ -193,9 +208,7 @@ def find_fid_weights(weights: str | os.PathLike | None = None) -> Path:
 def load_fid_inception(weights: str | os.PathLike | None = None) -> FIDInceptionV3:
     """Build the FID Inception-v3 and load its pytorch-fid weights (see `find_fid_weights`); eval mode."""
     path = find_fid_weights(weights)
-    # the 1008-way classifier is not needed for pool3 features
-    state_dict = {k: v for k, v in torch.load(path, map_location="cpu", weights_only=True).items()
-                  if not k.startswith("fc.")}
+    state_dict = dict(torch.load(path, map_location="cpu", weights_only=True))
     with torch.device("meta"):
         model = FIDInceptionV3()  # every weight comes from the file: skip the random init
     expected = model.state_dict().keys()

@@ -1,10 +1,10 @@
-"""Reconstruction and codebook statistics: PSNR, codebook usage, codebook perplexity."""
+"""Reconstruction PSNR, on raw tensors or (the protocol of published numbers) on uint8-rounded images."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
+
+from .images import check_image_pair, to_uint8_unit
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, reduction: str = "mean") -> torch.Tensor:
@@ -24,38 +24,10 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, reduction: s
     return values.mean() if reduction == "mean" else values
 
 
-def _code_counts(indices: torch.Tensor, codebook_size: int | Sequence[int]) -> list[torch.Tensor]:
-    """Per sub-codebook histogram of the codes in `indices` (N, k, ...)."""
-    if indices.dtype.is_floating_point or indices.dtype == torch.bool:
-        raise TypeError(f"indices must be an integer tensor, got {indices.dtype}")
-    if indices.dim() < 2:
-        raise ValueError(f"indices must be (N, k, ...) with k sub-codebooks, got shape {tuple(indices.shape)}")
-    k = indices.shape[1]
-    sizes = [codebook_size] * k if isinstance(codebook_size, int) else list(codebook_size)
-    if len(sizes) != k:
-        raise ValueError(
-            f"got {len(sizes)} codebook sizes for {k} sub-codebooks (indices shape {tuple(indices.shape)})"
-        )
-    counts = []
-    for j, size in enumerate(sizes):
-        codes = indices[:, j].reshape(-1)
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= size):
-            raise ValueError(
-                f"sub-codebook {j} has indices in [{int(codes.min())}, {int(codes.max())}], outside [0, {size})"
-            )
-        counts.append(torch.bincount(codes, minlength=size))
-    return counts
-
-
-def codebook_usage(indices: torch.Tensor, codebook_size: int | Sequence[int]) -> list[float]:
-    """Fraction of each sub-codebook's codes that occur at least once in `indices` (N, k, ...)."""
-    return [(counts > 0).sum().item() / counts.numel() for counts in _code_counts(indices, codebook_size)]
-
-
-def codebook_perplexity(indices: torch.Tensor, codebook_size: int | Sequence[int]) -> list[float]:
-    """exp(entropy) of each sub-codebook's code histogram: 1 for one code, codebook_size for uniform use."""
-    perplexities = []
-    for counts in _code_counts(indices, codebook_size):
-        p = counts[counts > 0].double() / counts.sum()
-        perplexities.append(torch.exp(-(p * p.log()).sum()).item())
-    return perplexities
+def psnr_uint8(
+    x: torch.Tensor, y: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0), reduction: str = "mean"
+) -> torch.Tensor:
+    """PSNR of two (B, C, H, W) batches first rounded to uint8 and scaled to [0, 1], as published tokenizer PSNRs are
+    measured (saved images; the VQ-KD benchmark's protocol)."""
+    check_image_pair(x, y, value_range)
+    return psnr(to_uint8_unit(x, value_range), to_uint8_unit(y, value_range), data_range=1.0, reduction=reduction)

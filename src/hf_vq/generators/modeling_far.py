@@ -178,6 +178,8 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
     config: FARConfig
     config_class = FARConfig
     main_input_name = "input_ids"
+    # forward's logits at position i predict token i from the tokens before it (the AR validation perplexity)
+    is_autoregressive = True
     _no_split_modules = ["TransformerBlock"]
     _supports_sdpa = True
 

@@ -59,6 +59,7 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
     config: MaskGITConfig
     config_class = MaskGITConfig
     main_input_name = "input_ids"
+    is_autoregressive = False
     _no_split_modules = ["TransformerBlock"]
     _supports_sdpa = True
 

@@ -1,0 +1,184 @@
+"""`hf-vq evaluate tokenizer|pipeline`: the metrics of `reports.py` from the command line, as one JSON result.
+
+    hf-vq evaluate tokenizer PATH --dataset fashion-mnist --split test --output tok.json
+    hf-vq evaluate pipeline PATH --per_class 50 --samples_dir runs/samples --output gen.json
+    accelerate launch -m hf_vq.cli evaluate pipeline PATH ...   # samples sharded over processes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_FEATURES = {"fashion-mnist": "fmnist"}  # other datasets: the FID Inception
+
+
+def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> None:
+    """Register `evaluate tokenizer` and `evaluate pipeline` on the `hf-vq` parser."""
+    e = sub.add_parser("evaluate", help="metrics of a tokenizer or a pipeline, as JSON", formatter_class=formatter)
+    kinds = e.add_subparsers(dest="target", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dataset", default="fashion-mnist", help="dataset name, Hub id or image folder")
+        p.add_argument("--features", default=None, choices=["fmnist", "inception", "none"],
+                       help="feature network of the Fréchet distance (default: fmnist for fashion-mnist, else "
+                            "inception, which needs --feature_weights or the pytorch-fid file in torch hub's cache)")
+        p.add_argument("--feature_weights", default=None,
+                       help="FID Inception .pth, or a classifier folder for --features fmnist (default: bundled)")
+        p.add_argument("--batch_size", type=int, default=100)
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--output", default=None, help="write the JSON result here (.json)")
+
+    t = kinds.add_parser("tokenizer", help="PSNR, SSIM, LPIPS, codebook statistics, rFID / rfd_fmnist",
+                         formatter_class=formatter)
+    t.add_argument("model", help="tokenizer or pipeline folder, or Hub id")
+    common(t)
+    t.add_argument("--split", default="test")
+    t.add_argument("--resolution", type=int, default=None, help="default: the tokenizer's sample_size")
+    t.add_argument("--max_images", type=int, default=None)
+    t.add_argument("--lpips_vgg", default=None, help="torchvision vgg16-397923af.pth (LPIPS is skipped without it)")
+    t.add_argument("--lpips_weights", default=None, help="lpips v0.1 vgg.pth (default: from `pip install --no-deps "
+                                                        "lpips`)")
+    t.set_defaults(func=evaluate_tokenizer_command)
+
+    g = kinds.add_parser("pipeline", help="gFID / fd_fmnist, IS, precision/recall, class accuracy, AR perplexity",
+                         formatter_class=formatter)
+    g.add_argument("model", nargs="?", default=None, help="pipeline folder or Hub id (default: the bundled model)")
+    common(g)
+    g.add_argument("--samples_dir", required=True, help="sample folder: resumed when it exists")
+    g.add_argument("--per_class", type=int, default=50, help="samples per class (50 x 1000 classes = ADM's 50k)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--guidance_scale", type=float, default=None, help="default: the pipeline's")
+    g.add_argument("--num_inference_steps", type=int, default=None, help="NAR generators only")
+    g.add_argument("--max_batches", type=int, default=None, help="stop after this many batches per process")
+    g.add_argument("--reference", default=None,
+                   help="reference batch .npz (ADM arr_0 images, or a feature set hf-vq wrote); default: --dataset "
+                        "--reference_split, saved to SAMPLES_DIR for the next run")
+    g.add_argument("--reference_split", default="test")
+    g.add_argument("--reference_max_images", type=int, default=None)
+    g.add_argument("--ppl_split", default="test", help="held-out split for the AR validation perplexity ('none': skip)")
+    g.add_argument("--ppl_max_images", type=int, default=None)
+    g.set_defaults(func=evaluate_pipeline_command)
+
+
+def _network(args: argparse.Namespace):
+    from .features import load_feature_network
+
+    name = args.features or DEFAULT_FEATURES.get(args.dataset, "inception")
+    return None if name == "none" else load_feature_network(name, args.feature_weights, device=args.device)
+
+
+def _finish(result: dict, output: str | None) -> dict:
+    from .. import __version__
+    from ..utils import check_output_file, write_file_atomic
+
+    result = {"hf_vq_version": __version__, **result}
+    text = json.dumps(result, indent=2)
+    if output:
+        write_file_atomic(check_output_file(output, (".json",), "--output"), lambda p: p.write_text(text + "\n"))
+    print(text)
+    return result
+
+
+def evaluate_tokenizer_command(args: argparse.Namespace) -> dict:
+    """`hf-vq evaluate tokenizer`."""
+    from ..tokenizers import AutoImageTokenizer
+    from .feature_sets import dataset_images
+    from .reports import PROTOCOL, evaluate_tokenizer
+
+    if args.output:
+        from ..utils import check_output_file
+
+        check_output_file(args.output, (".json",), "--output")
+    is_pipeline = (Path(args.model) / "model_index.json").is_file()
+    tokenizer = AutoImageTokenizer.from_pretrained(args.model, subfolder="vqvae" if is_pipeline else None)
+    tokenizer = tokenizer.to(args.device).eval()
+    tokenizer.check_can_decode()
+    lpips_model = None
+    if args.lpips_vgg or args.lpips_weights:
+        from .lpips import LPIPS
+
+        lpips_model = LPIPS.from_pretrained(args.lpips_vgg, args.lpips_weights).to(args.device)
+    network = _network(args)
+    resolution = args.resolution or tokenizer.sample_size
+    images, _ = dataset_images(args.dataset, args.split, resolution, tokenizer.in_channels, args.max_images)
+    result = evaluate_tokenizer(tokenizer, images, network, lpips_model, args.batch_size, progress=True)
+    protocol = {k: PROTOCOL[k] for k in ("psnr_db", "ssim", "codebook", "frechet")}
+    if lpips_model is not None:
+        protocol["lpips"] = PROTOCOL["lpips"]
+    return _finish({"tokenizer": str(args.model), "dataset": args.dataset, "split": args.split, **result,
+                    "protocol": protocol}, args.output)
+
+
+def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
+    """`hf-vq evaluate pipeline` (under `accelerate launch`, sampling is sharded over the processes)."""
+    import torch
+    from accelerate import PartialState
+
+    from ..cli import bundled_model_path
+    from ..pipelines import FQGANPipeline
+    from .feature_sets import dataset_images, feature_set_of_images, load_feature_set
+    from .perplexity import validation_perplexity
+    from .reports import PROTOCOL, evaluate_generation
+    from .sampling import generate_samples, load_samples, pipeline_sample_fn
+
+    if args.output:
+        from ..utils import check_output_file
+
+        check_output_file(args.output, (".json",), "--output")
+    network = _network(args)
+    if network is None:
+        raise ValueError("evaluate pipeline needs a feature network: --features fmnist or inception")
+    state = PartialState()
+    model = args.model or str(bundled_model_path())
+    pipe = FQGANPipeline.from_pretrained(model).to(args.device if state.num_processes == 1 else state.device)
+    pipe.set_progress_bar_config(disable=True)
+    knobs = {k: v for k, v in (("guidance_scale", args.guidance_scale),
+                               ("num_inference_steps", args.num_inference_steps)) if v is not None}
+    num_classes = pipe.transformer.config.num_classes
+    settings = {"pipeline": model, **knobs}
+    path = generate_samples(pipeline_sample_fn(pipe, **knobs), args.samples_dir, num_classes, args.per_class,
+                            args.seed, args.batch_size, settings, args.max_batches, progress=state.is_main_process)
+    if path is None:
+        print(f"sampling stopped after --max_batches; run the same command again to resume {args.samples_dir}")
+        return None
+    if not state.is_main_process:
+        return None
+
+    images, labels = load_samples(path)
+    size, channels = images.shape[1], images.shape[3]
+    if args.reference:
+        reference = load_feature_set(args.reference, network, args.batch_size, progress=True)
+    else:
+        cached = Path(args.samples_dir) / f"reference-{args.dataset.replace('/', '_')}-{args.reference_split}-" \
+                                          f"{network.name}-{network.sha256[:12]}.npz"
+        if cached.is_file():
+            reference = load_feature_set(cached, network)
+        else:
+            ref_images, ref_labels = dataset_images(args.dataset, args.reference_split, size, channels,
+                                                    args.reference_max_images)
+            reference = feature_set_of_images(network, ref_images, ref_labels,
+                                              f"{args.dataset}:{args.reference_split}", args.batch_size, progress=True)
+            reference.save(cached)
+    samples = feature_set_of_images(network, images, labels, str(path), args.batch_size, progress=True)
+    same_classes = network.id2label is not None and {int(k): v for k, v in pipe.config.id2label.items()} == \
+        network.id2label
+    result = evaluate_generation(samples, reference, network.id2label if same_classes else None)
+
+    if args.ppl_split != "none" and getattr(pipe.transformer, "is_autoregressive", False):
+        ppl_images, ppl_labels = dataset_images(args.dataset, args.ppl_split, size, pipe.vqvae.in_channels,
+                                                args.ppl_max_images)
+        if ppl_labels is None:
+            raise ValueError(f"{args.dataset} has no class labels: the AR perplexity needs them (--ppl_split none)")
+
+        def batches():
+            for start in range(0, len(ppl_images), args.batch_size):
+                x = torch.from_numpy(ppl_images[start : start + args.batch_size]).permute(0, 3, 1, 2)
+                x = (x.float() / 127.5 - 1).to(pipe.vqvae.device)
+                yield pipe.vqvae.tokenize(x), torch.from_numpy(ppl_labels[start : start + args.batch_size])
+
+        result["ar_validation_perplexity"] = validation_perplexity(pipe.transformer, batches()).to_dict()
+    protocol = {k: PROTOCOL[k] for k in ("frechet", "score", "precision_recall")}
+    return _finish({"pipeline": model, "samples": str(path), "reference": reference.source, "seed": args.seed,
+                    "per_class": args.per_class, **knobs, **result, "protocol": protocol}, args.output)
