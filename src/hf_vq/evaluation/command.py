@@ -102,6 +102,8 @@ def evaluate_tokenizer_command(args: argparse.Namespace) -> dict:
         lpips_model = LPIPS.from_pretrained(args.lpips_vgg, args.lpips_weights).to(args.device)
     network = _network(args)
     resolution = args.resolution or tokenizer.sample_size
+    if tokenizer.fixed_size and resolution != tokenizer.sample_size:
+        raise ValueError(f"--resolution {resolution}: this tokenizer only takes {tokenizer.sample_size} px images")
     images, _ = dataset_images(args.dataset, args.split, resolution, tokenizer.in_channels, args.max_images)
     result = evaluate_tokenizer(tokenizer, images, network, lpips_model, args.batch_size, progress=True)
     protocol = {k: PROTOCOL[k] for k in ("psnr_db", "ssim", "codebook", "frechet")}
@@ -113,7 +115,6 @@ def evaluate_tokenizer_command(args: argparse.Namespace) -> dict:
 
 def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
     """`hf-vq evaluate pipeline` (under `accelerate launch`, sampling is sharded over the processes)."""
-    import torch
     from accelerate import PartialState
 
     from ..cli import bundled_model_path
@@ -138,6 +139,18 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
                                ("num_inference_steps", args.num_inference_steps)) if v is not None}
     num_classes = pipe.transformer.config.num_classes
     settings = {"pipeline": model, **knobs}
+    ppl_data = None  # loaded and checked before sampling, so a bad held-out set fails before the long part
+    if args.ppl_split != "none" and getattr(pipe.transformer, "is_autoregressive", False):
+        size = pipe.transformer.config.grid_size * pipe.vqvae.downsample_factor
+        ppl_images, ppl_labels = dataset_images(args.dataset, args.ppl_split, size, pipe.vqvae.in_channels,
+                                                args.ppl_max_images)
+        if ppl_labels is None or ppl_labels.max() >= num_classes:
+            found = "no class labels" if ppl_labels is None else f"labels up to {ppl_labels.max()}"
+            raise ValueError(
+                f"the AR perplexity needs held-out images of the generator's {num_classes} classes, but "
+                f"{args.dataset}:{args.ppl_split} has {found}; pass the dataset it was trained on, or --ppl_split none"
+            )
+        ppl_data = (ppl_images, ppl_labels)
     path = generate_samples(pipeline_sample_fn(pipe, **knobs), args.samples_dir, num_classes, args.per_class,
                             args.seed, args.batch_size, settings, args.max_batches, progress=state.is_main_process)
     if path is None:
@@ -166,19 +179,18 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
         network.id2label
     result = evaluate_generation(samples, reference, network.id2label if same_classes else None)
 
-    if args.ppl_split != "none" and getattr(pipe.transformer, "is_autoregressive", False):
-        ppl_images, ppl_labels = dataset_images(args.dataset, args.ppl_split, size, pipe.vqvae.in_channels,
-                                                args.ppl_max_images)
-        if ppl_labels is None:
-            raise ValueError(f"{args.dataset} has no class labels: the AR perplexity needs them (--ppl_split none)")
-
-        def batches():
-            for start in range(0, len(ppl_images), args.batch_size):
-                x = torch.from_numpy(ppl_images[start : start + args.batch_size]).permute(0, 3, 1, 2)
-                x = (x.float() / 127.5 - 1).to(pipe.vqvae.device)
-                yield pipe.vqvae.tokenize(x), torch.from_numpy(ppl_labels[start : start + args.batch_size])
-
-        result["ar_validation_perplexity"] = validation_perplexity(pipe.transformer, batches()).to_dict()
+    if ppl_data is not None:
+        result["ar_validation_perplexity"] = validation_perplexity(pipe.transformer, _token_batches(
+            pipe.vqvae, *ppl_data, args.batch_size)).to_dict()
     protocol = {k: PROTOCOL[k] for k in ("frechet", "score", "precision_recall")}
     return _finish({"pipeline": model, "samples": str(path), "reference": reference.source, "seed": args.seed,
                     "per_class": args.per_class, **knobs, **result, "protocol": protocol}, args.output)
+
+
+def _token_batches(tokenizer, images, labels, batch_size: int):
+    """(tokens, labels) batches of uint8 images tokenized by `tokenizer`."""
+    import torch
+
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        yield tokenizer.tokenize(x.to(tokenizer.device)), torch.from_numpy(labels[start : start + batch_size])
