@@ -207,3 +207,22 @@ def test_cli_evaluate_pipeline_samples_scores_and_resumes(tmp_path):
         {k: result[k] for k in ("fd_fmnist", "precision", "recall")}
     with pytest.raises(SystemExit, match="seed: 0 on disk, 1 now"):
         cli.main([*argv, "--seed", "1"])
+    # the same sample file scored on its own gives the pipeline command's numbers
+    cli.main(["evaluate", "samples", str(tmp_path / "samples" / "samples.npz"), "--reference_max_images", "200",
+              "--output", str(tmp_path / "file.json")])
+    scored = json.loads((tmp_path / "file.json").read_text())
+    assert scored["fd_fmnist"] == result["fd_fmnist"] and scored["precision"] == result["precision"]
+
+
+def test_cli_evaluate_samples_scores_real_images_for_the_floor(tmp_path):
+    from hf_vq import cli
+
+    argv = ["evaluate", "samples", "fashion-mnist:train", "--max_images", "150", "--reference_max_images", "200",
+            "--output", str(tmp_path / "floor.json")]
+    with pytest.raises(SystemExit, match="needs --resolution"):
+        cli.main(argv)
+    cli.main([*argv, "--resolution", "28"])
+    floor = json.loads((tmp_path / "floor.json").read_text())
+    assert floor["num_samples"] == 150 and floor["reference"] == "fashion-mnist:test"
+    assert floor["class_accuracy"] > 0.7  # real images, judged by the classifier trained on them
+    assert floor["fd_fmnist"] > 0

@@ -52,14 +52,48 @@ def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> 
     g.add_argument("--guidance_scale", type=float, default=None, help="default: the pipeline's")
     g.add_argument("--num_inference_steps", type=int, default=None, help="NAR generators only")
     g.add_argument("--max_batches", type=int, default=None, help="stop after this many batches per process")
-    g.add_argument("--reference", default=None,
-                   help="reference batch .npz (ADM arr_0 images, or a feature set hf-vq wrote); default: --dataset "
-                        "--reference_split, saved to SAMPLES_DIR for the next run")
-    g.add_argument("--reference_split", default="test")
-    g.add_argument("--reference_max_images", type=int, default=None)
+    add_reference_arguments(g)
     g.add_argument("--ppl_split", default="test", help="held-out split for the AR validation perplexity ('none': skip)")
     g.add_argument("--ppl_max_images", type=int, default=None)
     g.set_defaults(func=evaluate_pipeline_command)
+
+    s = kinds.add_parser("samples", help="score an ADM .npz of samples (or a dataset split: the real-data floor)",
+                         formatter_class=formatter)
+    s.add_argument("samples", help="ADM-layout .npz (arr_0 images, arr_1 labels), or DATASET:SPLIT such as "
+                                   "fashion-mnist:train to score real images against the reference")
+    common(s)
+    s.add_argument("--max_images", type=int, default=None, help="for DATASET:SPLIT: the first N images")
+    s.add_argument("--resolution", type=int, default=None, help="for DATASET:SPLIT: image size (as the samples')")
+    s.add_argument("--channels", type=int, default=1, choices=[1, 3], help="for DATASET:SPLIT: as the samples'")
+    add_reference_arguments(s)
+    s.set_defaults(func=evaluate_samples_command)
+
+
+def add_reference_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the reference batch comes from."""
+    p.add_argument("--reference", default=None,
+                   help="reference batch .npz (ADM arr_0 images, or a feature set hf-vq wrote); default: --dataset "
+                        "--reference_split, whose features are saved beside the samples for the next run")
+    p.add_argument("--reference_split", default="test")
+    p.add_argument("--reference_max_images", type=int, default=None)
+
+
+def _reference(args: argparse.Namespace, network, size: int, channels: int, cache_dir: Path):
+    """The reference feature set: --reference, a cached one in `cache_dir`, or computed from the dataset."""
+    from .feature_sets import dataset_images, feature_set_of_images, load_feature_set
+
+    if args.reference:
+        return load_feature_set(args.reference, network, args.batch_size, progress=True)
+    limit = f"-first{args.reference_max_images}" if args.reference_max_images else ""
+    cached = cache_dir / (f"reference-{args.dataset.replace('/', '_')}-{args.reference_split}{limit}-{size}px-"
+                          f"{network.name}-{network.sha256[:12]}.npz")
+    if cached.is_file():
+        return load_feature_set(cached, network)
+    images, labels = dataset_images(args.dataset, args.reference_split, size, channels, args.reference_max_images)
+    reference = feature_set_of_images(network, images, labels, f"{args.dataset}:{args.reference_split}",
+                                      args.batch_size, progress=True)
+    reference.save(cached)
+    return reference
 
 
 def _network(args: argparse.Namespace):
@@ -119,7 +153,7 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
 
     from ..cli import bundled_model_path
     from ..pipelines import FQGANPipeline
-    from .feature_sets import dataset_images, feature_set_of_images, load_feature_set
+    from .feature_sets import dataset_images, feature_set_of_images
     from .perplexity import validation_perplexity
     from .reports import PROTOCOL, evaluate_generation
     from .sampling import generate_samples, load_samples, pipeline_sample_fn
@@ -160,20 +194,7 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
         return None
 
     images, labels = load_samples(path)
-    size, channels = images.shape[1], images.shape[3]
-    if args.reference:
-        reference = load_feature_set(args.reference, network, args.batch_size, progress=True)
-    else:
-        cached = Path(args.samples_dir) / f"reference-{args.dataset.replace('/', '_')}-{args.reference_split}-" \
-                                          f"{network.name}-{network.sha256[:12]}.npz"
-        if cached.is_file():
-            reference = load_feature_set(cached, network)
-        else:
-            ref_images, ref_labels = dataset_images(args.dataset, args.reference_split, size, channels,
-                                                    args.reference_max_images)
-            reference = feature_set_of_images(network, ref_images, ref_labels,
-                                              f"{args.dataset}:{args.reference_split}", args.batch_size, progress=True)
-            reference.save(cached)
+    reference = _reference(args, network, images.shape[1], images.shape[3], Path(args.samples_dir))
     samples = feature_set_of_images(network, images, labels, str(path), args.batch_size, progress=True)
     same_classes = network.id2label is not None and {int(k): v for k, v in pipe.config.id2label.items()} == \
         network.id2label
@@ -194,3 +215,35 @@ def _token_batches(tokenizer, images, labels, batch_size: int):
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1
         yield tokenizer.tokenize(x.to(tokenizer.device)), torch.from_numpy(labels[start : start + batch_size])
+
+
+def evaluate_samples_command(args: argparse.Namespace) -> dict:
+    """`hf-vq evaluate samples`: distribution metrics of any sample file, or of real images (the floor)."""
+    from .feature_sets import dataset_images, feature_set_of_images
+    from .reports import PROTOCOL, evaluate_generation
+    from .sampling import load_samples
+
+    if args.output:
+        from ..utils import check_output_file
+
+        check_output_file(args.output, (".json",), "--output")
+    network = _network(args)
+    if network is None:
+        raise ValueError("evaluate samples needs a feature network: --features fmnist or inception")
+    if Path(args.samples).is_file():
+        images, labels = load_samples(args.samples)
+        cache_dir = Path(args.samples).parent
+    elif ":" in args.samples:
+        if args.resolution is None:
+            raise ValueError(f"scoring real images ({args.samples}) needs --resolution, the size of the samples")
+        dataset, split = args.samples.rsplit(":", 1)
+        images, labels = dataset_images(dataset, split, args.resolution, args.channels, args.max_images)
+        cache_dir = Path(args.output).parent if args.output else Path(".")
+    else:
+        raise FileNotFoundError(f"{args.samples}: no such .npz, and not DATASET:SPLIT")
+    reference = _reference(args, network, images.shape[1], images.shape[3], cache_dir)
+    samples = feature_set_of_images(network, images, labels, args.samples, args.batch_size, progress=True)
+    result = evaluate_generation(samples, reference, network.id2label)
+    protocol = {k: PROTOCOL[k] for k in ("frechet", "score", "precision_recall")}
+    return _finish({"samples": args.samples, "reference": reference.source, **result, "protocol": protocol},
+                   args.output)

@@ -78,9 +78,10 @@ class InceptionFeatureExtractor(nn.Module):
     pytorch-fid does. `extract` also returns the unbiased 1008-way logits for the Inception Score.
     """
 
-    def __init__(self, weights: str | os.PathLike | None = None):
+    def __init__(self, weights: str | os.PathLike | None = None, inception: nn.Module | None = None):
         super().__init__()
-        self.inception = load_fid_inception(weights)
+        # `inception`: an already built FIDInceptionV3 instead of loading `weights` (benchmarks time random ones)
+        self.inception = inception if inception is not None else load_fid_inception(weights)
 
     @staticmethod
     def _preprocess(images: torch.Tensor) -> torch.Tensor:
