@@ -279,3 +279,16 @@ def test_lpips_wrong_file_layouts_are_refused(tmp_path, lpips_files):
         torch.save(state, tmp_path / "bad.pth")
         with pytest.raises(ValueError, match=message):
             LPIPS.from_pretrained(vgg_path, tmp_path / "bad.pth")
+
+
+def test_the_training_perceptual_loss_is_the_metric_with_gradients(lpips_files, lpips_model):
+    from hf_vq.training.losses import PerceptualLoss
+
+    loss = PerceptualLoss.from_files(*lpips_files[:2]).train()
+    assert not loss.training and not any(p.requires_grad for p in loss.parameters())
+    x, y = _images(3)
+    x.requires_grad_(True)
+    value = loss(x, y)
+    value.backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    torch.testing.assert_close(value.detach(), lpips_model(x.detach(), y, reduction="mean"))

@@ -7,6 +7,7 @@ the whole evaluation set; the AR proposal network's validation perplexity on hel
 
 from .classifier import ClassifierAccuracy
 from .codebook import CodebookStatistics, codebook_entropy, codebook_perplexity, codebook_usage
+from .evaluate_modules import EVALUATE_MODULES, evaluate_module_path
 from .feature_sets import FeatureSet, dataset_images, feature_set_of_images, load_feature_set
 from .features import (
     FEATURE_NETWORKS,
@@ -30,6 +31,7 @@ from .sampling import generate_samples, load_samples, pipeline_sample_fn, sample
 from .ssim import ssim, ssim_gaussian
 
 __all__ = [
+    "EVALUATE_MODULES",
     "FEATURE_NETWORKS",
     "FID_WEIGHTS_NAME",
     "FID_WEIGHTS_URL",
@@ -54,6 +56,7 @@ __all__ = [
     "codebook_usage",
     "dataset_images",
     "evaluate_generation",
+    "evaluate_module_path",
     "evaluate_tokenizer",
     "extract_features",
     "feature_set_of_images",

@@ -88,16 +88,20 @@ class LPIPS(nn.Module):
         model.load_state_dict(state_dict, assign=True)
         return model.eval().requires_grad_(False)
 
-    def _features(self, images: torch.Tensor, value_range: tuple[float, float]) -> list[torch.Tensor]:
+    def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
         dtype = self.lins[0].weight.dtype
         x = images.to(dtype)
-        if tuple(map(float, value_range)) == (0.0, 1.0):
-            x = 2 * x - 1  # lpips expects [-1, 1]; its normalize=True does the same
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         shift = torch.tensor(_SHIFT, dtype=dtype, device=x.device).view(1, 3, 1, 1)
         scale = torch.tensor(_SCALE, dtype=dtype, device=x.device).view(1, 3, 1, 1)
         return [_normalize_channels(f) for f in self.net((x - shift) / scale)]
+
+    def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-image distances (B,) of [-1, 1] batches, differentiable and unchecked: the perceptual training loss."""
+        # each batch goes through the trunk on its own, as the lpips package does
+        features_x, features_y = self._features(x), self._features(y)
+        return sum(lin((fx - fy) ** 2).mean(dim=(1, 2, 3)) for lin, fx, fy in zip(self.lins, features_x, features_y))
 
     @torch.no_grad()
     def forward(
@@ -107,17 +111,16 @@ class LPIPS(nn.Module):
         value_range: tuple[float, float] = (-1.0, 1.0),
         reduction: str = "none",
     ) -> torch.Tensor:
-        """Per-image LPIPS distances (B,) between two batches; `reduction="mean"` averages them."""
+        """Per-image LPIPS distances (B,) between two checked batches (the metric); `reduction="mean"` averages."""
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         check_image_pair(x, y, value_range)
         height, width = x.shape[-2:]
         if height < 16 or width < 16:  # relu5_3 sits behind four 2x2 pools
             raise ValueError(f"LPIPS-VGG needs images of at least 16x16, got {height}x{width}")
-        # each batch goes through the trunk on its own, as the lpips package does
-        features_x, features_y = self._features(x, value_range), self._features(y, value_range)
-        values = sum(lin((fx - fy) ** 2).mean(dim=(1, 2, 3))
-                     for lin, fx, fy in zip(self.lins, features_x, features_y))
+        if tuple(map(float, value_range)) == (0.0, 1.0):
+            x, y = 2 * x - 1, 2 * y - 1  # lpips expects [-1, 1]; its normalize=True does the same
+        values = self.distance(x, y)
         return values.mean() if reduction == "mean" else values
 
 

@@ -27,7 +27,7 @@ from ...tokenizers import AutoImageTokenizer, FrozenTeacher, ImageTokenizerMixin
 from ...utils import save_pretrained_atomic
 from ..data import ImageTransform, collate, load_image_dataset, with_image_transform
 from ..loop import Phase, TrainingRecipe
-from ..losses import LPIPS, LPIPS_DOWNLOAD_HINT, PatchGANDiscriminator, hinge_d_loss, hinge_g_loss
+from ..losses import LPIPS_DOWNLOAD_HINT, PatchGANDiscriminator, PerceptualLoss, hinge_d_loss, hinge_g_loss
 
 # A config file without `_class_name` describes the CNN tokenizer every earlier config was written for.
 DEFAULT_TOKENIZER_CLASS = "FQGANTokenizer"
@@ -162,7 +162,7 @@ class TokenizerGANRecipe(TrainingRecipe):
     def setup(self) -> None:
         args = self.args
         self.teachers = load_teachers(args.teachers, self.model_config)
-        self.lpips = LPIPS.from_files(args.vgg16_path, args.lpips_path) if args.perceptual_weight > 0 else None
+        self.lpips = PerceptualLoss.from_files(args.vgg16_path, args.lpips_path) if args.perceptual_weight > 0 else None
         self.dataset = load_training_images(args, self.model_config.get("in_channels", 3))
 
     def build(self) -> None:

@@ -25,7 +25,7 @@ from ...tokenizers import FrozenTeacher, TokenizerOutput, VQKDTokenizer
 from ...utils import save_pretrained_atomic
 from ..data import collate
 from ..loop import Phase, TrainingRecipe
-from ..losses import LPIPS, LPIPS_DOWNLOAD_HINT, PatchGANDiscriminator
+from ..losses import LPIPS_DOWNLOAD_HINT, PatchGANDiscriminator, PerceptualLoss
 from .tokenizer_gan import (
     TokenizerGANRecipe,
     add_gan_arguments,
@@ -178,7 +178,7 @@ class VQKDPixelDecoderRecipe(TokenizerGANRecipe):
 
     def setup(self) -> None:
         args = self.args
-        self.lpips = LPIPS.from_files(args.vgg16_path, args.lpips_path) if args.perceptual_weight > 0 else None
+        self.lpips = PerceptualLoss.from_files(args.vgg16_path, args.lpips_path) if args.perceptual_weight > 0 else None
         self.dataset = load_training_images(args, self.stage1.get("in_channels", 3))
 
     def build(self) -> None:

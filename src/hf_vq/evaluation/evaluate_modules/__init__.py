@@ -1,0 +1,28 @@
+"""The `hf_vq.evaluation` metrics of stored predictions as local Hugging Face `evaluate` modules.
+
+`evaluate.load(evaluate_module_path(name))` loads one. Each folder holds `<name>/<name>.py`, a thin
+`evaluate.Metric` that converts its stored inputs and calls the hf_vq function, so the numbers are those of
+`hf_vq.evaluation` under the same protocols. Networks stay outside: extract features or logits with
+`hf_vq.evaluation` and pass them here; metrics that run a network on images or tokens (LPIPS, classifier accuracy,
+validation perplexity) have no module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EVALUATE_MODULES = ("psnr", "ssim", "frechet_distance", "inception_score", "precision_recall", "codebook_usage")
+
+
+def evaluate_module_path(name: str) -> str:
+    """The folder to pass to `evaluate.load` for the hf_vq metric `name` (one of `EVALUATE_MODULES`)."""
+    if name not in EVALUATE_MODULES:
+        raise ValueError(f"unknown evaluate module {name!r}; available: {', '.join(EVALUATE_MODULES)}")
+    folder = Path(__file__).resolve().parent / name
+    if not (folder / f"{name}.py").is_file():
+        # the scripts ship as package data: a missing one means a broken install, not a wrong name
+        raise FileNotFoundError(f"the {name} evaluate module script is missing from this install: {folder}")
+    return str(folder)
+
+
+__all__ = ["EVALUATE_MODULES", "evaluate_module_path"]
