@@ -9,6 +9,8 @@ from safetensors.torch import load_file
 from transformers import ViTConfig, ViTModel
 
 from hf_vq import AutoImageTokenizer, VQKDTokenizer
+from hf_vq.cli import build_parser
+from hf_vq.evaluation.command import evaluate_tokenizer_command
 
 stage1 = load_script("train_vqkd")
 stage2 = load_script("train_vqkd_pixel_decoder")
@@ -54,10 +56,14 @@ def test_stage_one_distils_and_stage_two_leaves_the_codes_alone(tmp_path, imagef
     x = torch.rand(2, 1, 8, 8) * 2 - 1
     assert torch.equal(full.tokenize(x), tokenizer.eval().tokenize(x))
     assert full.detokenize(full.tokenize(x)).shape == x.shape
-    result = load_script("evaluate_tokenizer").main(
-        ["--tokenizer", str(tmp_path / "s2" / "tokenizer"), "--dataset", str(imagefolder), "--split", "train",
-         "--resolution", "8", "--teacher", str(teacher)])
-    assert result["images"] == 16 and result["psnr_db"] > 0 and -1 <= result["teacher_cosine"] <= 1
+    result = evaluate_tokenizer_command(build_parser().parse_args(
+        ["evaluate", "tokenizer", str(tmp_path / "s2" / "tokenizer"), "--dataset", str(imagefolder), "--split",
+         "train", "--features", "none", "--teacher", str(teacher)]))
+    assert result["num_images"] == 16 and result["psnr_db"] > 0 and -1 <= result["teacher_cosine"] <= 1
+    stage1_only = evaluate_tokenizer_command(build_parser().parse_args(
+        ["evaluate", "tokenizer", str(tmp_path / "s1" / "tokenizer"), "--dataset", str(imagefolder), "--split",
+         "train", "--features", "none", "--teacher", str(teacher)]))
+    assert stage1_only["psnr_db"] is None and stage1_only["teacher_cosine"] == result["teacher_cosine"]
 
 
 def test_bad_stage_inputs_are_refused_before_work(tmp_path, imagefolder, teacher):

@@ -40,6 +40,8 @@ def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> 
     t.add_argument("--lpips_vgg", default=None, help="torchvision vgg16-397923af.pth (LPIPS is skipped without it)")
     t.add_argument("--lpips_weights", default=None, help="lpips v0.1 vgg.pth (default: from `pip install --no-deps "
                                                         "lpips`)")
+    t.add_argument("--teacher", default=None,
+                   help="VQ-KD: also the cosine of the predicted teacher features to this teacher's (folder or Hub id)")
     t.set_defaults(func=evaluate_tokenizer_command)
 
     g = kinds.add_parser("pipeline", help="gFID / fd_fmnist, IS, precision/recall, class accuracy, AR perplexity",
@@ -128,7 +130,13 @@ def evaluate_tokenizer_command(args: argparse.Namespace) -> dict:
     is_pipeline = (Path(args.model) / "model_index.json").is_file()
     tokenizer = AutoImageTokenizer.from_pretrained(args.model, subfolder="vqvae" if is_pipeline else None)
     tokenizer = tokenizer.to(args.device).eval()
-    tokenizer.check_can_decode()
+    teacher = None
+    if args.teacher:
+        from ..tokenizers import FrozenTeacher
+
+        if not hasattr(tokenizer, "predict_teacher_features"):
+            raise ValueError(f"--teacher: a {type(tokenizer).__name__} does not predict teacher features")
+        teacher = FrozenTeacher.from_pretrained(args.teacher).to(args.device)
     lpips_model = None
     if args.lpips_vgg or args.lpips_weights:
         from .lpips import LPIPS
@@ -139,7 +147,7 @@ def evaluate_tokenizer_command(args: argparse.Namespace) -> dict:
     if tokenizer.fixed_size and resolution != tokenizer.sample_size:
         raise ValueError(f"--resolution {resolution}: this tokenizer only takes {tokenizer.sample_size} px images")
     images, _ = dataset_images(args.dataset, args.split, resolution, tokenizer.in_channels, args.max_images)
-    result = evaluate_tokenizer(tokenizer, images, network, lpips_model, args.batch_size, progress=True)
+    result = evaluate_tokenizer(tokenizer, images, network, lpips_model, teacher, args.batch_size, progress=True)
     protocol = {k: PROTOCOL[k] for k in ("psnr_db", "ssim", "codebook", "frechet")}
     if lpips_model is not None:
         protocol["lpips"] = PROTOCOL["lpips"]

@@ -56,22 +56,35 @@ def evaluate_tokenizer(
     images: np.ndarray,
     network: FeatureNetwork | None = None,
     lpips_model: torch.nn.Module | None = None,
+    teacher=None,
     batch_size: int = 100,
     progress: bool = False,
 ) -> dict:
-    """Reconstruction and codebook metrics of any hf_vq tokenizer on (N, H, W, C) uint8 images."""
+    """Reconstruction and codebook metrics of any hf_vq tokenizer on (N, H, W, C) uint8 images.
+
+    A tokenizer without a pixel decoder (VQ-KD after stage 1) gets the codebook statistics only. With a
+    `FrozenTeacher`, a tokenizer that predicts teacher features (VQ-KD) also reports their mean cosine similarity
+    to the teacher's patch features.
+    """
     from tqdm.auto import tqdm
 
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"images must be an (N, H, W, C) uint8 array, got {images.dtype} {images.shape}")
-    tokenizer.check_can_decode()
+    if teacher is not None and not hasattr(tokenizer, "predict_teacher_features"):
+        raise ValueError(f"a {type(tokenizer).__name__} does not predict teacher features: drop the teacher")
     device = next(tokenizer.parameters()).device
     stats = CodebookStatistics(tokenizer.codebook_sizes)
-    psnrs, ssims, lpipses, reconstructions = [], [], [], []
-    for start in tqdm(range(0, len(images), batch_size), desc="reconstructing", disable=not progress):
+    psnrs, ssims, lpipses, reconstructions, cosines = [], [], [], [], []
+    for start in tqdm(range(0, len(images), batch_size), desc="tokenizing", disable=not progress):
         x = _pixels_to_tensor(images[start : start + batch_size], tokenizer.in_channels).to(device)
         codes = tokenizer.tokenize(x)
         stats.update(codes)
+        if teacher is not None:
+            predicted = tokenizer.predict_teacher_features(tokenizer.indices_to_latents(codes))
+            target = teacher.patch_features(x, tokenizer.grid_size)
+            cosines.append(torch.nn.functional.cosine_similarity(predicted, target, dim=-1).mean(1).cpu())
+        if not tokenizer.can_decode:
+            continue
         recon = tokenizer.detokenize(codes).float().clamp(-1, 1)
         psnrs.append(psnr_uint8(recon.cpu(), x.cpu(), reduction="none"))
         ssims.append(ssim(recon.cpu(), x.cpu(), reduction="none"))
@@ -83,14 +96,16 @@ def evaluate_tokenizer(
     result = {
         "num_images": len(images),
         "image_size": list(images.shape[1:3]),
-        "psnr_db": float(torch.cat(psnrs).mean()),
-        "ssim": float(torch.cat(ssims).mean()),
+        "psnr_db": float(torch.cat(psnrs).mean()) if psnrs else None,
+        "ssim": float(torch.cat(ssims).mean()) if ssims else None,
         "lpips": float(torch.cat(lpipses).mean()) if lpipses else None,
         "codebook_usage": codebook["usage"],
         "codebook_entropy": codebook["entropy"],
         "codebook_perplexity": codebook["perplexity"],
     }
-    if network is not None:
+    if cosines:
+        result["teacher_cosine"] = float(torch.cat(cosines).mean())
+    if network is not None and reconstructions:
         originals = feature_set_of_images(network, images, source="originals")
         recon_set = feature_set_of_images(network, np.concatenate(reconstructions), source="reconstructions")
         result["feature_network"] = network.describe()
