@@ -104,7 +104,13 @@ def assemble(args: argparse.Namespace) -> None:
 
 
 def push(args: argparse.Namespace) -> None:
-    """Upload a saved folder (pipeline, tokenizer or generator) to the Hub: `hf-vq push REPO_ID FOLDER`."""
+    """Upload a saved folder (pipeline, tokenizer or generator) to the Hub: `hf-vq push REPO_ID FOLDER`.
+
+    The folder's README.md is written first when it has none, and rewritten from `--evaluation` JSONs.
+    """
+    import json
+
+    from .model_card import card_writer_for_push
     from .utils import push_folder
 
     repo_id, folder = args.repo_id, args.folder
@@ -112,7 +118,11 @@ def push(args: argparse.Namespace) -> None:
         print(f"warning: reading `hf-vq push {repo_id} {folder}` as FOLDER REPO_ID; the order is now "
               f"`hf-vq push {folder} {repo_id}` (REPO_ID first, as `hf upload`)", file=sys.stderr)
         repo_id, folder = folder, repo_id
-    url = push_folder(folder, repo_id, private=args.private, message=args.message)
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"no such folder: {folder}")
+    evaluation = [json.loads(Path(path).read_text()) for path in args.evaluation or []]
+    write_card = card_writer_for_push(folder, repo_id, evaluation, args.dataset, args.overwrite_card)
+    url = push_folder(folder, repo_id, private=args.private, message=args.message, before_upload=write_card)
     print(f"pushed {folder} to {url}")
 
 
@@ -188,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", help="a saved pipeline, tokenizer or generator folder")
     p.add_argument("--private", action="store_true")
     p.add_argument("--message", default="Upload with hf-vq")
+    p.add_argument("--evaluation", action="append", default=None, metavar="EVAL.json",
+                   help="a JSON `hf-vq evaluate ... --output` wrote (repeatable): (re)writes the README.md model card "
+                        "with its numbers; without it, a card is written only when the folder has none")
+    p.add_argument("--dataset", default=None,
+                   help="Hub id of the dataset the model was trained on, for the card (fashion-mnist: "
+                        "zalando-datasets/fashion_mnist); default: the evaluations' datasets")
+    p.add_argument("--overwrite_card", action="store_true",
+                   help="replace a README.md that hf_vq did not write (otherwise --evaluation refuses it)")
     p.set_defaults(func=push)
 
     add_evaluate_arguments(sub, defaults)

@@ -137,14 +137,19 @@ def require_hub_token() -> None:
 
 
 def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False,
-                message: str = "Upload with hf-vq") -> str:
-    """Create `repo_id` if needed and upload a saved folder (model card included) as one commit; returns its URL."""
+                message: str = "Upload with hf-vq", before_upload: Callable[[str], Any] | None = None) -> str:
+    """Create `repo_id` if needed and upload a saved folder (model card included) as one commit; returns its URL.
+
+    `before_upload(repo_id)` runs between the two with the id as created (e.g. to write the model card).
+    """
     from huggingface_hub import create_repo, upload_folder
 
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder: {folder}")
     repo_id = create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if before_upload is not None:
+        before_upload(repo_id)  # after create_repo: "name" is now "user/name", the id a card must show
     return str(upload_folder(repo_id=repo_id, folder_path=folder, commit_message=message))
 
 

@@ -212,7 +212,8 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
         result["ar_validation_perplexity"] = validation_perplexity(pipe.transformer, _token_batches(
             pipe.vqvae, *ppl_data, args.batch_size)).to_dict()
     protocol = {k: PROTOCOL[k] for k in ("frechet", "score", "precision_recall")}
-    return _finish({"pipeline": model, "samples": str(path), "reference": reference.source, "seed": args.seed,
+    return _finish({"pipeline": model, "samples": str(path), "dataset": args.dataset, "reference": reference.source,
+                    "seed": args.seed,
                     "per_class": args.per_class, **knobs, **result, "protocol": protocol}, args.output)
 
 

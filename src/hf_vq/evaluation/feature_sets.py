@@ -99,7 +99,7 @@ def load_feature_set(
             if meta.get("format") != FORMAT:
                 raise ValueError(f"{path} is a feature set of format {meta.get('format')!r}, expected {FORMAT!r}")
             saved = FeatureSet(data["features"], data["logits"], meta["network"], tuple(meta["image_size"]),
-                               data["labels"] if "labels" in keys else None, str(path))
+                               data["labels"] if "labels" in keys else None, meta.get("source") or str(path))
             if saved.network.get("sha256") != network.sha256:
                 raise ValueError(
                     f"{path} holds features of {saved.network.get('name')} (sha256 "
