@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from hf_vq import FQGANTokenizer
+from hf_vq import FQGANTokenizer, ViTVQGANTokenizer
 from hf_vq.training import TrainingRecipe, run
 from hf_vq.training.checkpointing import list_checkpoints
-from hf_vq.training.recipes import ARGeneratorRecipe, NARGeneratorRecipe, TokenizerGANRecipe
+from hf_vq.training.recipes import ARGeneratorRecipe, NARGeneratorRecipe, TokenizerGANRecipe, ViTVQGANRecipe
 
 COMMON = ["--train_batch_size", "4", "--report_to", "none", "--use_ema", "--ema_decay", "0.9",
           "--checkpointing_steps", "2", "--validation_steps", "2", "--logging_steps", "1"]
@@ -38,6 +38,7 @@ def workspace(tmp_path_factory):
     load_script("extract_codes").main(["--tokenizer", str(root / "tok"), "--dataset", str(root / "data"),
                                        "--resolution", "8", "--output_dir", str(root / "codes")])
     (root / "tok.json").write_text(json.dumps(FQGANTokenizer.presets["tiny"]))
+    (root / "vitvqgan.json").write_text(json.dumps(ViTVQGANTokenizer.presets["tiny"]))
     (root / "far.json").write_text(json.dumps({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                                                "num_head_layers": 1}))
     (root / "maskgit.json").write_text(json.dumps({"hidden_size": 32, "num_hidden_layers": 1,
@@ -50,6 +51,11 @@ def recipe_args(recipe, root: Path) -> list[str]:
         return ["--tokenizer_config", str(root / "tok.json"), "--dataset", str(root / "data"), "--resolution", "8",
                 "--perceptual_weight", "0", "--disc_start", "1", "--disc_channels", "8", "--disc_layers", "1",
                 "--gradient_accumulation_steps", "2", "--random_flip"]
+    if recipe is ViTVQGANRecipe:  # R1 every 2 steps, so resumed runs cross lazy-R1 steps; warmup then cosine
+        return ["--tokenizer_config", str(root / "vitvqgan.json"), "--dataset", str(root / "data"), "--resolution",
+                "8", "--perceptual_weight", "0", "--disc_start", "1", "--disc_channels", "8", "--disc_max_channels",
+                "16", "--r1_interval", "2", "--lr_warmup_steps", "2", "--gradient_accumulation_steps", "2",
+                "--random_flip"]
     config = root / ("far.json" if recipe is ARGeneratorRecipe else "maskgit.json")
     return ["--codes_dir", str(root / "codes"), "--tokenizer", str(root / "tok"), "--model_config", str(config)]
 
@@ -60,7 +66,7 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(files[0])
 
 
-@pytest.mark.parametrize("recipe", [TokenizerGANRecipe, ARGeneratorRecipe, NARGeneratorRecipe],
+@pytest.mark.parametrize("recipe", [TokenizerGANRecipe, ViTVQGANRecipe, ARGeneratorRecipe, NARGeneratorRecipe],
                          ids=lambda r: r.__name__)
 def test_every_recipe_resumes_to_the_same_weights(workspace, tmp_path, recipe):
     # Resumed mid-epoch, then across an epoch boundary (2 optimizer steps per tokenizer epoch, 8 per code epoch),

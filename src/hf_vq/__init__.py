@@ -1,4 +1,4 @@
-"""hf_vq: token-based image generation (FQGAN, LlamaGen, MaskGIT, VQ-KD) for the Hugging Face ecosystem."""
+"""hf_vq: token-based image generation (FQGAN, LlamaGen, MaskGIT, VQ-KD, ViT-VQGAN) for the Hugging Face ecosystem."""
 
 __version__ = "0.1.0"
 
@@ -11,7 +11,14 @@ from .generators import (
 )
 from .pipelines import FQGANPipeline, assemble_pipeline
 from .quantizers import FSQ, LFQ, FactorizedQuantizer, VectorQuantizer
-from .tokenizers import AutoImageTokenizer, FQGANTokenizer, FrozenTeacher, ImageTokenizerMixin, VQKDTokenizer
+from .tokenizers import (
+    AutoImageTokenizer,
+    FQGANTokenizer,
+    FrozenTeacher,
+    ImageTokenizerMixin,
+    ViTVQGANTokenizer,
+    VQKDTokenizer,
+)
 
 __all__ = [
     "AutoImageTokenizer",
@@ -28,6 +35,7 @@ __all__ = [
     "MaskGITForClassConditionalGeneration",
     "VQKDTokenizer",
     "VectorQuantizer",
+    "ViTVQGANTokenizer",
     "assemble_pipeline",
     "convert_checkpoint",
 ]

@@ -1,4 +1,4 @@
-"""Image tokenizers: the contract, the family loader, the CNN trunk, FQGAN adapters and heads, and teachers."""
+"""Image tokenizers: the contract, the family loader, the CNN and ViT trunks, FQGAN adapters and heads, teachers."""
 
 from .auto import TOKENIZER_CLASSES, AutoImageTokenizer, tokenizer_class
 from .base import ImageTokenizerMixin, TokenizerDecoderOutput, TokenizerEncoderOutput, TokenizerOutput
@@ -9,6 +9,7 @@ from .modeling_fqgan import (
     FQGANTokenizer,
     FQGANTokenizerOutput,
 )
+from .modeling_vitvqgan import VITVQGAN_PRESETS, ViTVQGANTokenizer
 from .modeling_vqkd import VQKD_PRESETS, VQKDTokenizer
 from .teachers import FrozenTeacher
 
@@ -27,5 +28,7 @@ __all__ = [
     "TokenizerOutput",
     "VQKDTokenizer",
     "VQKD_PRESETS",
+    "VITVQGAN_PRESETS",
+    "ViTVQGANTokenizer",
     "tokenizer_class",
 ]

@@ -9,6 +9,7 @@ from diffusers.configuration_utils import ConfigMixin
 
 from .base import ImageTokenizerMixin
 from .modeling_fqgan import FQGANTokenizer
+from .modeling_vitvqgan import ViTVQGANTokenizer
 from .modeling_vqkd import VQKDTokenizer
 
 # Every tokenizer class, in one place: the family loader, the diffusers pipeline loader and the contract tests
@@ -16,6 +17,7 @@ from .modeling_vqkd import VQKDTokenizer
 TOKENIZER_CLASSES: list[type[ImageTokenizerMixin]] = [
     FQGANTokenizer,
     VQKDTokenizer,
+    ViTVQGANTokenizer,
 ]
 
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "local_files_only", "revision", "subfolder")

@@ -1,7 +1,8 @@
-"""A plain ViT trunk as VQ-KD's encoder and feature decoder use it (BEiT / BEiT-v2 style).
+"""A plain ViT trunk as VQ-KD's encoder and feature decoder (BEiT / BEiT-v2 style) and ViT-VQGAN use it.
 
-Pre-LN blocks (LayerNorm eps 1e-6), attention with separate q and v biases and no k bias (BEiT), MLP x4 with exact
-GELU, a CLS token and learned position embeddings; the output is the patch tokens after `fc_norm` (CLS dropped).
+Pre-LN blocks (LayerNorm eps 1e-6), attention with separate q and v biases and no k bias (BEiT), MLP x4 (or
+`mlp_dim`) with exact GELU, a CLS token (optional) and learned (or fixed 2D sin-cos) position embeddings; the output
+is the patch tokens after `fc_norm` (CLS dropped).
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
-    def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0, mlp_dim: int | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=1e-6)
         self.attn = Attention(width, num_heads)
         self.norm2 = nn.LayerNorm(width, eps=1e-6)
-        hidden = int(width * mlp_ratio)
+        hidden = int(width * mlp_ratio) if mlp_dim is None else mlp_dim
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,29 +49,67 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def sincos_position_embedding(dim: int, rows: int, cols: int) -> torch.Tensor:
+    """(rows * cols, dim) fixed 2D sin-cos positions, row-major: half the channels encode the row, half the column.
+
+    Each half is the 1D sin-cos code of "Attention Is All You Need" (frequencies 1 / 10000^(i / (dim / 4))), as in
+    MAE's `get_2d_sincos_pos_embed`; computed in fp32.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position embeddings need a width divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    grid = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64),
+                          indexing="ij")
+    codes = [torch.outer(pos.reshape(-1), omega) for pos in grid]
+    return torch.cat([f(c) for c in codes for f in (torch.sin, torch.cos)], dim=1).float()
+
+
+POSITION_EMBEDDINGS = ("learned", "sincos")
+
+
 class VisionTransformer(nn.Module):
-    """(B, C, H, W) -> (B, N, width) patch tokens on a fixed `grid_size` x `grid_size` grid."""
+    """(B, C, H, W) -> (B, N, width) patch tokens.
+
+    Learned positions fix the grid to `grid_size` x `grid_size`; sin-cos positions are computed for the grid of each
+    input, so any size divisible by `patch_size` goes through.
+    """
 
     def __init__(
         self, in_channels: int, patch_size: int, grid_size: int, width: int, num_layers: int, num_heads: int,
-        mlp_ratio: float = 4.0,
+        mlp_ratio: float = 4.0, *, cls_token: bool = True, position_embedding: str = "learned",
+        mlp_dim: int | None = None,
     ):
         super().__init__()
+        if position_embedding not in POSITION_EMBEDDINGS:
+            raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}, got {position_embedding!r}")
+        if position_embedding == "sincos" and width % 4:  # refused here, not at the first forward
+            raise ValueError(f"sin-cos position embeddings need a width divisible by 4, got {width}")
         self.grid_size = grid_size
+        self.width = width
         self.patch_embed = nn.Conv2d(in_channels, width, kernel_size=patch_size, stride=patch_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid_size**2, width))
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        self.blocks = nn.ModuleList(Block(width, num_heads, mlp_ratio) for _ in range(num_layers))
+        self.cls_token = self.pos_embed = None
+        if cls_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if position_embedding == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, int(cls_token) + grid_size**2, width))
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.blocks = nn.ModuleList(Block(width, num_heads, mlp_ratio, mlp_dim) for _ in range(num_layers))
         self.fc_norm = nn.LayerNorm(width, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = self.patch_embed(x)
+        rows, cols = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)
+        if self.pos_embed is None:  # the CLS token, if any, gets no position (MAE)
+            x = x + sincos_position_embedding(self.width, rows, cols).to(x)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
         for block in self.blocks:
             x = block(x)
-        return self.fc_norm(x[:, 1:])
+        return self.fc_norm(x if self.cls_token is None else x[:, 1:])
 
 
 def task_layer(in_features: int, hidden: int, out_features: int) -> nn.Sequential:

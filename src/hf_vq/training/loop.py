@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..model_card import hub_dataset_id, training_text, write_card_if_missing
 from ..utils import push_folder
 from .checkpointing import (
     RunMeter,
@@ -183,6 +185,8 @@ def train(recipe: TrainingRecipe) -> nn.Module:
     recipe.to_device(accelerator.device)
 
     global_step = resume_step(accelerator, resume)
+    if resume is not None:
+        _resync_learning_rates(schedulers)
     meter = RunMeter.for_run(args, accelerator)
     progress = tqdm(total=args.max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
                     desc=recipe.name)
@@ -239,10 +243,30 @@ def train(recipe: TrainingRecipe) -> nn.Module:
         folder = recipe.save_final(final, output_dir)
         summary = meter.write_summary(output_dir, global_step, accelerator.device)  # before the push can fail
         if args.push_to_hub:
-            push_folder(folder, args.hub_model_id or output_dir.name, message=f"Upload {folder.name} ({recipe.name})")
+            card = partial(write_card_if_missing, folder, dataset=hub_dataset_id(getattr(args, "dataset", None)),
+                           training=training_text(recipe.name, global_step, args))
+            push_folder(folder, args.hub_model_id or output_dir.name, message=f"Upload {folder.name} ({recipe.name})",
+                        before_upload=card)
         accelerator.print(f"saved {folder} after {global_step} steps; {summary}")
     accelerator.end_training()
     return final
+
+
+def _resync_learning_rates(schedulers: list) -> None:
+    """Set each optimizer's learning rate from its schedule at the resumed step.
+
+    A checkpoint holds the rate of the schedule it was saved under; when --max_train_steps has changed since (a run
+    continued to more steps), a decaying schedule gives another rate at that step, and without this the first resumed
+    step would train at the stale one.
+    """
+    for scheduler in schedulers:
+        inner = getattr(scheduler, "scheduler", scheduler)  # Accelerate's wrapper around the torch scheduler
+        if not hasattr(inner, "lr_lambdas"):  # diffusers' schedules are all LambdaLR
+            continue
+        rates = [base * factor(inner.last_epoch) for base, factor in zip(inner.base_lrs, inner.lr_lambdas)]
+        for group, rate in zip(inner.optimizer.param_groups, rates):
+            group["lr"] = rate
+        inner._last_lr = rates
 
 
 @torch.no_grad()

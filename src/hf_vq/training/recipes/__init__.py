@@ -2,6 +2,7 @@
 
 from .generators import ARGeneratorRecipe, GeneratorRecipe, NARGeneratorRecipe
 from .tokenizer_gan import TokenizerGANRecipe
+from .vitvqgan import ViTVQGANRecipe
 from .vqkd import VQKDPixelDecoderRecipe, VQKDRecipe
 
 __all__ = [
@@ -11,4 +12,5 @@ __all__ = [
     "TokenizerGANRecipe",
     "VQKDPixelDecoderRecipe",
     "VQKDRecipe",
+    "ViTVQGANRecipe",
 ]

@@ -1,0 +1,152 @@
+"""ViT-VQGAN's training recipe on the shared loop ("Vector-quantized Image Modeling with Improved VQGAN", Yu et al.,
+ICLR 2022, section 3 and appendix).
+
+Loss: 1.0 x L2 + 0.1 x LPIPS (when its weights are given) + 0.1 x the non-saturating GAN loss against a StyleGAN2
+discriminator (logistic loss, lazy R1 with gamma 10 every 16 steps) + optionally a logit-Laplace term + the
+quantizer's codebook and commitment losses. Adam with betas (0.9, 0.99), learning rate 1e-4 with a linear warmup and
+cosine decay; a constant rate (the unofficial thuanz123/enhancing-transformers code) is what its users found
+unstable. The final tokenizer is saved to <output_dir>/tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch.func import functional_call
+
+from ...tokenizers import ViTVQGANTokenizer, tokenizer_class
+from ..data import collate
+from ..loop import Phase, TrainingRecipe
+from ..losses import LPIPS_DOWNLOAD_HINT, PerceptualLoss
+from ..stylegan_discriminator import StyleGAN2Discriminator, d_logistic_loss, g_nonsaturating_loss, r1_penalty
+from .tokenizer_gan import (
+    TokenizerGANRecipe,
+    add_gan_arguments,
+    add_image_data_arguments,
+    load_training_images,
+    pixel_loss,
+    preview_images,
+    random_flips,
+)
+
+logger = logging.getLogger(__name__)
+DEFAULT_PERCEPTUAL_WEIGHT = 0.1
+
+
+def logit_laplace_loss(x: torch.Tensor, y: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
+    """DALL-E's logit-Laplace loss (Ramesh et al. 2021, section A.3) with a unit scale: mean |logit(x') - logit(y')|
+    where images in [-1, 1] are squashed into (eps, 1 - eps) by v' = eps + (1 - 2 eps)(v + 1) / 2."""
+    def squashed_logit(v: torch.Tensor) -> torch.Tensor:
+        # A reconstruction far outside [-1, 1] would leave (0, 1); the clamp keeps the logit finite there.
+        return torch.logit((eps + (1 - 2 * eps) * (v.float() + 1) / 2).clamp(1e-4, 1 - 1e-4))
+
+    return (squashed_logit(x) - squashed_logit(y)).abs().mean()
+
+
+class ViTVQGANRecipe(TokenizerGANRecipe):
+    """Train a ViT-VQGAN tokenizer (examples/train_vitvqgan.py).
+
+        accelerate launch examples/train_vitvqgan.py --tokenizer_config examples/configs/fmnist_vitvqgan.json \\
+            --dataset fashion-mnist --resolution 28 --output_dir runs/fmnist-vitvqgan
+    """
+
+    name = "train_vitvqgan"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--tokenizer_config", required=True, help="JSON of ViTVQGANTokenizer config kwargs")
+        add_image_data_arguments(parser)
+        add_gan_arguments(parser)
+        parser.add_argument("--logit_laplace_weight", type=float, default=0.0,
+                            help="weight of the logit-Laplace loss (off by default; 0.1 turns it on)")
+        parser.add_argument("--r1_gamma", type=float, default=10.0)
+        parser.add_argument("--r1_interval", type=int, default=16,
+                            help="lazy R1: applied every N steps, scaled by N (StyleGAN2); 0 turns it off")
+        parser.add_argument("--disc_max_channels", type=int, default=512)
+        # The paper's objective and schedule; --perceptual_weight None means 0.1 when LPIPS weights are given.
+        parser.set_defaults(learning_rate=1e-4, adam_beta2=0.99, perceptual_weight=None, disc_weight=0.1,
+                            disc_start=0, disc_layers=None, lr_scheduler="cosine", lr_warmup_steps=5000)
+
+    def __init__(self, args: argparse.Namespace):
+        TrainingRecipe.__init__(self, args)
+        self.model_config = json.loads(Path(args.tokenizer_config).read_text())
+        name = self.model_config.setdefault("_class_name", ViTVQGANTokenizer.__name__)
+        if tokenizer_class(name) is not ViTVQGANTokenizer:
+            raise ValueError(f"{args.tokenizer_config} describes a {name}; this recipe trains ViTVQGANTokenizer "
+                             "(train the CNN tokenizers with examples/train_fqgan.py)")
+        init = ViTVQGANTokenizer.extract_init_dict(dict(self.model_config))[0]  # field types, before any work
+        if init.get("position_embedding", "learned") == "learned" and init.get("sample_size", 256) != args.resolution:
+            raise ValueError(f"the tokenizer's learned positions fix its size to {init.get('sample_size', 256)} px; "
+                             f"train it at --resolution {init.get('sample_size', 256)}, not {args.resolution}")
+        if args.disc_layers is not None:
+            raise ValueError("--disc_layers is the PatchGAN's; the StyleGAN2 discriminator's depth follows "
+                             "--resolution (use --disc_channels and --disc_max_channels for its width)")
+        if args.gradient_checkpointing:
+            raise ValueError("ViTVQGANTokenizer has no gradient checkpointing; lower --train_batch_size instead")
+        if args.r1_interval < 0:
+            raise ValueError(f"--r1_interval must be >= 0, got {args.r1_interval}")
+        has_lpips = bool(args.vgg16_path and args.lpips_path)
+        if args.perceptual_weight is None:
+            args.perceptual_weight = DEFAULT_PERCEPTUAL_WEIGHT if has_lpips else 0.0
+            if not has_lpips:
+                logger.warning("no LPIPS weights (--vgg16_path, --lpips_path): training without the perceptual "
+                               "loss. %s", LPIPS_DOWNLOAD_HINT)
+        elif args.perceptual_weight > 0 and not has_lpips:
+            raise SystemExit(f"--perceptual_weight {args.perceptual_weight} needs LPIPS weights. {LPIPS_DOWNLOAD_HINT}")
+        self.teachers = []  # ViT-VQGAN learns from pixels only
+
+    def setup(self) -> None:
+        args = self.args
+        self.lpips = PerceptualLoss.from_files(args.vgg16_path, args.lpips_path) if args.perceptual_weight > 0 else None
+        self.dataset = load_training_images(args, self.model_config.get("in_channels", 3))
+
+    def build(self) -> None:
+        args = self.args
+        self.model = ViTVQGANTokenizer.from_config(self.model_config)
+        self.preview = preview_images(self.dataset)
+        self.discriminator = StyleGAN2Discriminator(self.model.in_channels, args.resolution, args.disc_channels,
+                                                    args.disc_max_channels)
+
+    def train_dataset(self):
+        return self.dataset, collate
+
+    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> Iterator[Phase]:
+        args = self.args
+        x = random_flips(batch["pixel_values"]) if args.random_flip else batch["pixel_values"]
+        use_gan = step >= args.disc_start and args.disc_weight > 0
+        out = self.model(x)
+        logs = {name: v.detach() for name, v in out.losses.items()}
+        logs["reconstruction_loss"] = pixel_loss(args.reconstruction_loss, x, out.sample)
+        loss = args.reconstruction_weight * logs["reconstruction_loss"] + sum(out.losses.values())
+        if args.logit_laplace_weight > 0:
+            logs["logit_laplace_loss"] = logit_laplace_loss(x, out.sample)
+            loss = loss + args.logit_laplace_weight * logs["logit_laplace_loss"]
+        if self.lpips is not None:
+            logs["perceptual_loss"] = self.lpips(x, out.sample)
+            loss = loss + args.perceptual_weight * logs["perceptual_loss"]
+        if use_gan:
+            # Detached discriminator weights: the generator's loss must not train the discriminator.
+            disc = self.accelerator.unwrap_model(self.discriminator)
+            params = {n: p.detach() for n, p in disc.named_parameters()}
+            logits_fake = functional_call(disc, (params, dict(disc.named_buffers())), (out.sample,))
+            logs["generator_adv_loss"] = g_nonsaturating_loss(logits_fake)
+            loss = loss + args.disc_weight * logs["generator_adv_loss"]
+        if out.usage and out.usage[0] is not None:
+            logs["0/usage"] = out.usage[0]
+        logs["loss"] = loss
+        yield "model", loss, {k: v.detach() for k, v in logs.items()}
+
+        if use_gan:
+            # StyleGAN2's scale: disc_weight weighs only the generator's adversarial term.
+            d_loss = d_logistic_loss(self.discriminator(x), self.discriminator(out.sample.detach()))
+            d_logs = {"discriminator_loss": d_loss.detach()}
+            if args.r1_interval and step % args.r1_interval == 0:
+                r1 = r1_penalty(self.discriminator, x, args.r1_gamma)
+                d_loss = d_loss + args.r1_interval * r1
+                d_logs["r1_penalty"] = r1.detach()
+            yield "discriminator", d_loss, d_logs
