@@ -254,6 +254,67 @@ def test_forward_rejects_bad_input():
         model(ids[:2], labels)
 
 
+@pytest.mark.parametrize("k", [1, 2])
+def test_hidden_states_are_the_shifted_embeddings_then_every_backbone_block(k):
+    model = tiny_model(k)
+    ids, labels = random_ids(k), torch.tensor([0, 2, CLASSES])
+    with torch.no_grad():
+        plain = model(ids, labels, labels=ids)
+        out = model(ids, labels, labels=ids, output_hidden_states=True)
+        states = out.hidden_states
+        assert len(states) == model.config.num_hidden_layers + 1  # not the ar_head's num_head_layers
+        assert all(s.shape == (3, GRID**2, 32) for s in states)
+        assert torch.equal(out.logits, plain.logits) and torch.equal(out.loss, plain.loss)
+        # position 0 is the class token, position i >= 1 image token i - 1: the inputs shifted right by one
+        assert torch.equal(states[0], torch.cat([model.cls_embedding(labels), model.embed_tokens(ids[:, :, :-1])], 1))
+        rope = model.rope_table(ids.device)[: GRID**2]
+        for i, layer in enumerate(model.layers):
+            assert torch.equal(states[i + 1], layer(states[i], rope, causal=True))
+        assert model(ids[:, :, :5], labels, output_hidden_states=True).hidden_states[-1].shape == (3, 5, 32)
+
+
+def test_gpt_heads_read_the_normed_last_hidden_state():
+    model = tiny_model(1)
+    ids, labels = random_ids(1), torch.tensor([0, 2, CLASSES])
+    with torch.no_grad():
+        out = model(ids, labels, output_hidden_states=True)
+        assert torch.equal(out.logits[:, 0], model.head_logits(model.norm(out.hidden_states[-1]), 0))
+
+
+def test_far_last_hidden_state_is_the_backbone_output_the_ar_head_starts_from():
+    model = tiny_model(2)
+    ids, labels = random_ids(2), torch.tensor([0, 2, CLASSES])
+    with torch.no_grad():
+        out = model(ids, labels, output_hidden_states=True)
+        last = out.hidden_states[-1]
+        # the AR head runs [h_i, E1[t1_i]] per position on RoPE rows 0..1; the norm and heads read its outputs
+        mini = torch.stack([last, model.token_embeddings[0](ids[:, 0])], dim=2).flatten(0, 1)
+        for block in model.ar_head:
+            mini = block(mini, model.rope_table(ids.device)[:2], causal=True)
+        mini = model.norm(mini.view(3, GRID**2, 2, 32))
+        for j in range(2):
+            assert torch.equal(out.logits[:, j], model.head_logits(mini[:, :, j], j))
+        # so the backbone state is not what the heads read
+        assert not torch.allclose(model.head_logits(model.norm(last), 0), out.logits[:, 0], atol=1e-3)
+
+
+def test_hidden_states_in_tuples_default_from_the_config_and_never_in_sampling():
+    model = tiny_model(2)
+    ids, labels = random_ids(2), torch.tensor([0, 2, CLASSES])
+    loss, logits, states = model(ids, labels, labels=ids, output_hidden_states=True, return_dict=False)
+    assert loss.ndim == 0 and logits.shape == (3, 2, GRID**2, VOCAB) and len(states) == 3
+    assert [type(x) for x in model(ids, labels, output_hidden_states=True, return_dict=False)] == [torch.Tensor, tuple]
+    assert model(ids, labels).hidden_states is None
+    def sample():
+        return model.sample([0, CLASSES], guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+
+    before = sample()
+    model.config.output_hidden_states = True
+    assert len(model(ids, labels).hidden_states) == 3
+    assert model(ids, labels, output_hidden_states=False).hidden_states is None
+    assert torch.equal(sample(), before)
+
+
 # ---------------------------------------------------------------- sampling
 
 

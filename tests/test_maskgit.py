@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from transformers import AutoModel
 
 from hf_vq.generators import MaskGITConfig, MaskGITForClassConditionalGeneration
+from hf_vq.generators.blocks import rope_2d_table
 from hf_vq.generators.sampling import masking_schedule
 
 VOCAB, CLASSES, GRID = 16, 4, 4
@@ -153,6 +154,41 @@ def test_sample_rejects_bad_settings():
             model.sample([0], **kwargs)
     with pytest.raises(ValueError, match="class_labels must lie"):
         model.sample([-1])
+
+
+def test_hidden_states_are_the_embeddings_then_every_block_and_the_heads_read_the_last():
+    model = tiny_model(2)
+    ids, labels = random_ids(), torch.tensor([0, 1, CLASSES])
+    visible = torch.zeros(3, N, dtype=torch.bool)
+    with torch.no_grad():
+        out = model(ids, labels, masked_positions=visible, output_hidden_states=True)
+        states = out.hidden_states
+        assert len(states) == model.config.num_hidden_layers + 1
+        assert all(s.shape == (3, 1 + N, 32) for s in states)
+        assert torch.equal(out.logits, model.predict(ids, labels))  # nothing masked: the clean grids' logits
+        assert torch.equal(states[0], torch.cat([model.cls_embedding(labels), model.embed_tokens(ids)], dim=1))
+        rope = rope_2d_table(GRID, 8, 10000.0, 1)
+        for i, layer in enumerate(model.layers):
+            assert torch.equal(states[i + 1], layer(states[i], rope, causal=False))
+        last = model.norm(states[-1][:, 1:])
+        assert torch.equal(out.logits, torch.stack([model.head_logits(last, j) for j in range(2)], dim=1))
+
+
+def test_hidden_states_tuple_order_config_default_and_sampling_unchanged():
+    model = tiny_model(2)
+    ids, labels = random_ids(), torch.tensor([0, 1, CLASSES])
+    masked = torch.zeros(3, N, dtype=torch.bool)
+    masked[:, :5] = True
+    plain = model(ids, labels, masked_positions=masked)
+    loss, logits, positions, states = model(ids, labels, masked_positions=masked, output_hidden_states=True,
+                                            return_dict=False)
+    assert torch.equal(loss, plain.loss) and torch.equal(logits, plain.logits) and torch.equal(positions, masked)
+    assert len(states) == 3 and plain.hidden_states is None
+    before = model.sample([0, CLASSES], num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+    model.config.output_hidden_states = True
+    assert len(model(ids, labels, masked_positions=masked).hidden_states) == 3
+    after = model.sample([0, CLASSES], num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(after, before)
 
 
 def test_forward_rejects_bad_input():

@@ -63,10 +63,19 @@ class FAROutput(ModelOutput):
         loss: cross-entropy averaged over all (non-ignored) sub-tokens, i.e. the mean of the k per-codebook
             losses (when labels are given).
         logits: (B, k, N, vocab_size) float32 logits; logits[:, j, i] predicts sub-token j of position i.
+        hidden_states: with `output_hidden_states=True`, num_hidden_layers + 1 tensors of shape (B, N, D), N the
+            length of input_ids: the input of the first backbone block (the embeddings, after token dropout), then
+            the output of every backbone block. Position 0 holds the class (or null) token and position i >= 1
+            image token i - 1 (the inputs are shifted right by one, so the last image token is never an input);
+            position i is the state that predicts image token i. The last entry is the last block's output before
+            the final norm, not the normed state (Llama puts the normed one last): for k > 1 that norm acts on the
+            outputs of the per-position AR head (`ar_head`), which runs after the backbone on its own k-long
+            sequences and is not part of these states.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 class _CausalStepper:
@@ -216,6 +225,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         input_ids: torch.LongTensor,
         class_labels: torch.LongTensor,
         labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> FAROutput | tuple:
         r"""Teacher-forced logits for all positions, and the loss when `labels` are given.
@@ -225,7 +235,13 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             class_labels: (B,) class ids; num_classes is the null class. In training they are dropped to the
                 null class with probability class_dropout_prob.
             labels: (B, k, N) targets, normally `input_ids` itself; -100 entries are ignored.
+            output_hidden_states: also return the backbone's hidden states (see `FAROutput`); default
+                `config.output_hidden_states`.
+            return_dict: False returns `FAROutput.to_tuple()`: (loss, logits, hidden_states) without the
+                entries that are None.
         """
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         self._check_token_ids(input_ids, min_length=1)
         class_labels = check_class_labels(class_labels, self.config.num_classes, input_ids.device, input_ids.shape[0])
         if labels is not None and labels.shape != input_ids.shape:
@@ -237,8 +253,11 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
 
         x = torch.cat([self.cls_embedding(class_labels), self.embed_tokens(input_ids[:, :, :-1])], dim=1)
         x = self.tok_dropout(x)
+        all_hidden_states = (x,) if output_hidden_states else None
         for layer in self.layers:
             x = layer(x, rope[:length], causal=True)
+            if output_hidden_states:
+                all_hidden_states += (x,)
 
         if k == 1:
             hidden = x.unsqueeze(2)
@@ -257,9 +276,8 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             # Every codebook has N targets, so this is FAR's mean of the k per-codebook losses; with -100
             # entries it stays a per-token mean instead of dividing by zero for a fully ignored codebook.
             loss = F.cross_entropy(logits.flatten(0, 2), labels.flatten())
-        if return_dict is False:
-            return (loss, logits) if loss is not None else (logits,)
-        return FAROutput(loss=loss, logits=logits)
+        output = FAROutput(loss=loss, logits=logits, hidden_states=all_hidden_states)
+        return output.to_tuple() if return_dict is False else output
 
     @torch.no_grad()
     def sample(

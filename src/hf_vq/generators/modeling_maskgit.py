@@ -41,11 +41,17 @@ class MaskGITOutput(ModelOutput):
         loss: mean over the k sub-codebooks of the label-smoothed cross-entropy on the masked positions.
         logits: (B, k, N, vocab_size) float32 logits at every position.
         masked_positions: (B, N) bool, the positions that were masked (all k sub-tokens together).
+        hidden_states: with `output_hidden_states=True`, num_hidden_layers + 1 tensors of shape (B, 1 + N, D):
+            the input of the first block (the embeddings, after token dropout), then the output of every block.
+            Position 0 holds the class (or null) token and position 1 + i image position i (masked positions
+            hold the mask embedding). The last entry is the last block's output before the final norm (Llama puts
+            the normed state last); the heads read norm(hidden_states[-1][:, 1:]).
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     masked_positions: torch.BoolTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
@@ -74,14 +80,24 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
 
     def predict(self, input_ids: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
         """(B, k, N) ids, masked positions holding config.mask_token -> (B, k, N, vocab_size) float32 logits."""
+        return self._predict(input_ids, class_labels, output_hidden_states=False)[0]
+
+    def _predict(
+        self, input_ids: torch.Tensor, class_labels: torch.Tensor, output_hidden_states: bool
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """`predict`'s logits, and the hidden states of `MaskGITOutput` when `output_hidden_states`."""
         c = self.config
         rope = rope_2d_table(c.grid_size, c.head_dim, c.rope_theta, 1).to(input_ids.device)
         x = torch.cat([self.cls_embedding(class_labels), self.embed_tokens(input_ids)], dim=1)
         x = self.tok_dropout(x)
+        all_hidden_states = (x,) if output_hidden_states else None
         for layer in self.layers:
             x = layer(x, rope, causal=False)
+            if output_hidden_states:
+                all_hidden_states += (x,)
         x = self.norm(x[:, 1:])
-        return torch.stack([self.head_logits(x, j) for j in range(c.num_codebooks)], dim=1)
+        logits = torch.stack([self.head_logits(x, j) for j in range(c.num_codebooks)], dim=1)
+        return logits, all_hidden_states
 
     def random_mask(
         self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
@@ -99,6 +115,7 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         class_labels: torch.LongTensor,
         masked_positions: torch.BoolTensor | None = None,
         generator: torch.Generator | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> MaskGITOutput | tuple:
         r"""Mask whole positions of clean token grids and return the loss of predicting them.
@@ -106,10 +123,17 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         Args:
             input_ids: (B, k, N) clean token ids, sub-codebooks in FAR order.
             class_labels: (B,) class ids; dropped to the null class (num_classes) with class_dropout_prob in training.
-            masked_positions: (B, N) bool positions to mask; drawn with `random_mask` when None.
+            masked_positions: (B, N) bool positions to mask; drawn with `random_mask` when None. All False gives
+                the states of fully visible grids (the loss is then NaN: no position is predicted).
             generator: torch.Generator for the random mask.
+            output_hidden_states: also return the hidden states (see `MaskGITOutput`); default
+                `config.output_hidden_states`.
+            return_dict: False returns `MaskGITOutput.to_tuple()`: (loss, logits, masked_positions, hidden_states)
+                without hidden_states when it is None.
         """
         c = self.config
+        if output_hidden_states is None:
+            output_hidden_states = c.output_hidden_states
         self._check_token_ids(input_ids, min_length=c.num_image_tokens)
         batch = input_ids.shape[0]
         class_labels = check_class_labels(class_labels, c.num_classes, input_ids.device, batch)
@@ -120,16 +144,19 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
                 f"masked_positions must be a bool tensor of shape ({batch}, {c.num_image_tokens}), got "
                 f"{masked_positions.dtype} {tuple(masked_positions.shape)}"
             )
-        logits = self.predict(input_ids.masked_fill(masked_positions[:, None], c.mask_token), class_labels)
+        logits, all_hidden_states = self._predict(
+            input_ids.masked_fill(masked_positions[:, None], c.mask_token), class_labels, output_hidden_states
+        )
         targets = input_ids.masked_fill(~masked_positions[:, None], -100)
         losses = [
             F.cross_entropy(logits[:, j].flatten(0, 1), targets[:, j].flatten(), label_smoothing=c.label_smoothing)
             for j in range(c.num_codebooks)
         ]
         loss = torch.stack(losses).mean()
-        if return_dict is False:
-            return loss, logits, masked_positions
-        return MaskGITOutput(loss=loss, logits=logits, masked_positions=masked_positions)
+        output = MaskGITOutput(
+            loss=loss, logits=logits, masked_positions=masked_positions, hidden_states=all_hidden_states
+        )
+        return output.to_tuple() if return_dict is False else output
 
     def num_sampling_steps(self, num_inference_steps: int | None = None) -> int:
         """How many steps (callback calls) `sample` takes: `num_inference_steps`, default 12 (MaskGIT's)."""
