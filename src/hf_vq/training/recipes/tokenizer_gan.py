@@ -197,18 +197,13 @@ class TokenizerGANRecipe(TrainingRecipe):
         x = random_flips(batch["pixel_values"]) if args.random_flip else batch["pixel_values"]
         use_gan = step >= args.disc_start and args.disc_weight > 0
         out = self.reconstruct(x)
-        logs = {name: v.detach() for name, v in out.losses.items()}
-        logs["reconstruction_loss"] = pixel_loss(args.reconstruction_loss, x, out.sample)
-        loss = args.reconstruction_weight * logs["reconstruction_loss"] + sum(out.losses.values())
-        if self.lpips is not None:
-            logs["perceptual_loss"] = self.lpips(x, out.sample)
-            loss = loss + args.perceptual_weight * logs["perceptual_loss"]
+        loss, logs = self.reconstruction_objective(x, out)
         if use_gan:
             # Detached discriminator weights: the generator's loss must not train the discriminator.
             disc = self.accelerator.unwrap_model(self.discriminator)
             params = {n: p.detach() for n, p in disc.named_parameters()}
             logits_fake = functional_call(disc, (params, dict(disc.named_buffers())), (out.sample,))
-            logs["generator_adv_loss"] = hinge_g_loss(logits_fake)
+            logs["generator_adv_loss"] = self.generator_adversarial_loss(logits_fake)
             loss = loss + args.disc_weight * logs["generator_adv_loss"]
         for i, usage in enumerate(out.usage or []):
             if usage is not None:
@@ -217,8 +212,27 @@ class TokenizerGANRecipe(TrainingRecipe):
         yield "model", loss, {k: v.detach() for k, v in logs.items()}
 
         if use_gan:
-            d_loss = args.disc_weight * hinge_d_loss(self.discriminator(x), self.discriminator(out.sample.detach()))
-            yield "discriminator", d_loss, {"discriminator_loss": d_loss.detach()}
+            yield "discriminator", *self.discriminator_loss(x, out.sample.detach(), step)
+
+    def reconstruction_objective(self, x: torch.Tensor, out: TokenizerOutput) -> tuple[torch.Tensor, dict]:
+        """The tokenizer's loss before the adversarial term: pixels, its own (quantizer, semantic) losses, LPIPS."""
+        args = self.args
+        logs = {name: v.detach() for name, v in out.losses.items()}
+        logs["reconstruction_loss"] = pixel_loss(args.reconstruction_loss, x, out.sample)
+        loss = args.reconstruction_weight * logs["reconstruction_loss"] + sum(out.losses.values())
+        if self.lpips is not None:
+            logs["perceptual_loss"] = self.lpips(x, out.sample)
+            loss = loss + args.perceptual_weight * logs["perceptual_loss"]
+        return loss, logs
+
+    def generator_adversarial_loss(self, logits_fake: torch.Tensor) -> torch.Tensor:
+        """The tokenizer's adversarial term (LlamaGen: hinge)."""
+        return hinge_g_loss(logits_fake)
+
+    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+        """The discriminator's loss and logs (LlamaGen: hinge, scaled by --disc_weight)."""
+        d_loss = self.args.disc_weight * hinge_d_loss(self.discriminator(real), self.discriminator(fake))
+        return d_loss, {"discriminator_loss": d_loss.detach()}
 
     def reconstruct(self, x: torch.Tensor) -> TokenizerOutput:
         """The trained model's reconstruction of `x` and its own losses (with teacher features where configured)."""

@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch.func import functional_call
 
-from ...tokenizers import ViTVQGANTokenizer, tokenizer_class
+from ...tokenizers import TokenizerOutput, ViTVQGANTokenizer, tokenizer_class
 from ..data import collate
-from ..loop import Phase, TrainingRecipe
+from ..loop import TrainingRecipe
 from ..losses import LPIPS_DOWNLOAD_HINT, PerceptualLoss
 from ..stylegan_discriminator import StyleGAN2Discriminator, d_logistic_loss, g_nonsaturating_loss, r1_penalty
 from .tokenizer_gan import (
@@ -29,9 +27,7 @@ from .tokenizer_gan import (
     add_gan_arguments,
     add_image_data_arguments,
     load_training_images,
-    pixel_loss,
     preview_images,
-    random_flips,
 )
 
 logger = logging.getLogger(__name__)
@@ -115,38 +111,23 @@ class ViTVQGANRecipe(TokenizerGANRecipe):
     def train_dataset(self):
         return self.dataset, collate
 
-    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> Iterator[Phase]:
-        args = self.args
-        x = random_flips(batch["pixel_values"]) if args.random_flip else batch["pixel_values"]
-        use_gan = step >= args.disc_start and args.disc_weight > 0
-        out = self.model(x)
-        logs = {name: v.detach() for name, v in out.losses.items()}
-        logs["reconstruction_loss"] = pixel_loss(args.reconstruction_loss, x, out.sample)
-        loss = args.reconstruction_weight * logs["reconstruction_loss"] + sum(out.losses.values())
-        if args.logit_laplace_weight > 0:
+    def reconstruction_objective(self, x: torch.Tensor, out: TokenizerOutput) -> tuple[torch.Tensor, dict]:
+        loss, logs = super().reconstruction_objective(x, out)
+        if self.args.logit_laplace_weight > 0:
             logs["logit_laplace_loss"] = logit_laplace_loss(x, out.sample)
-            loss = loss + args.logit_laplace_weight * logs["logit_laplace_loss"]
-        if self.lpips is not None:
-            logs["perceptual_loss"] = self.lpips(x, out.sample)
-            loss = loss + args.perceptual_weight * logs["perceptual_loss"]
-        if use_gan:
-            # Detached discriminator weights: the generator's loss must not train the discriminator.
-            disc = self.accelerator.unwrap_model(self.discriminator)
-            params = {n: p.detach() for n, p in disc.named_parameters()}
-            logits_fake = functional_call(disc, (params, dict(disc.named_buffers())), (out.sample,))
-            logs["generator_adv_loss"] = g_nonsaturating_loss(logits_fake)
-            loss = loss + args.disc_weight * logs["generator_adv_loss"]
-        if out.usage and out.usage[0] is not None:
-            logs["0/usage"] = out.usage[0]
-        logs["loss"] = loss
-        yield "model", loss, {k: v.detach() for k, v in logs.items()}
+            loss = loss + self.args.logit_laplace_weight * logs["logit_laplace_loss"]
+        return loss, logs
 
-        if use_gan:
-            # StyleGAN2's scale: disc_weight weighs only the generator's adversarial term.
-            d_loss = d_logistic_loss(self.discriminator(x), self.discriminator(out.sample.detach()))
-            d_logs = {"discriminator_loss": d_loss.detach()}
-            if args.r1_interval and step % args.r1_interval == 0:
-                r1 = r1_penalty(self.discriminator, x, args.r1_gamma)
-                d_loss = d_loss + args.r1_interval * r1
-                d_logs["r1_penalty"] = r1.detach()
-            yield "discriminator", d_loss, d_logs
+    def generator_adversarial_loss(self, logits_fake: torch.Tensor) -> torch.Tensor:
+        return g_nonsaturating_loss(logits_fake)
+
+    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+        """StyleGAN2's logistic loss plus lazy R1; --disc_weight weighs only the generator's adversarial term."""
+        args = self.args
+        d_loss = d_logistic_loss(self.discriminator(real), self.discriminator(fake))
+        logs = {"discriminator_loss": d_loss.detach()}
+        if args.r1_interval and step % args.r1_interval == 0:
+            r1 = r1_penalty(self.discriminator, real, args.r1_gamma)
+            d_loss = d_loss + args.r1_interval * r1
+            logs["r1_penalty"] = r1.detach()
+        return d_loss, logs
