@@ -166,7 +166,9 @@ def folder_kind(folder: str | os.PathLike) -> str | None:
     folder = Path(folder)
     index = _read_json_or_none(folder / "model_index.json")
     if index is not None:
-        return "pipeline" if index.get("_class_name") == "FQGANPipeline" else None
+        from .pipelines.pipeline_fqgan import is_fqgan_pipeline_class_name
+
+        return "pipeline" if is_fqgan_pipeline_class_name(index.get("_class_name")) else None
     config = _read_json_or_none(folder / "config.json")
     if config is None:
         return None

@@ -6,6 +6,8 @@ import difflib
 import json
 import os
 from collections.abc import Callable, Sequence
+from importlib.resources import files
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +20,26 @@ from ..utils import check_output_dir, save_pretrained_atomic
 
 IMAGENET_LABELS_REPO = "huggingface/label-files"
 IMAGENET_LABELS_FILE = "imagenet-1k-id2label.json"
+
+# The diffusers way in: `DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)`. diffusers finds a pipeline
+# class that is not its own through a list `_class_name` in model_index.json, ["module file stem", "class name"], and
+# a module file of that name beside it (its custom-pipeline layout). `save_pretrained` writes both; the module only
+# imports hf_vq (see the file). diffusers runs that file only with trust_remote_code=True (or never, when
+# DIFFUSERS_DISABLE_REMOTE_CODE is set); FQGANPipeline.from_pretrained never runs it (see `_dict_from_json_file`).
+PIPELINE_MODULE = "hf_vq_pipeline"
+PIPELINE_CLASS_NAME = (PIPELINE_MODULE, "FQGANPipeline")
+
+
+def pipeline_module_source() -> str:
+    """The module file `save_pretrained` writes beside model_index.json (package data)."""
+    return (files("hf_vq") / "assets" / "pipeline_module" / f"{PIPELINE_MODULE}.py").read_text(encoding="utf-8")
+
+
+def is_fqgan_pipeline_class_name(class_name: Any) -> bool:
+    """Whether a model_index.json `_class_name` names FQGANPipeline: hf_vq's list, or the plain name (older folders)."""
+    return class_name == "FQGANPipeline" or (
+        isinstance(class_name, (list, tuple)) and tuple(class_name) == PIPELINE_CLASS_NAME
+    )
 
 
 def load_id2label(path: str | os.PathLike | None = None) -> dict[int, str]:
@@ -63,6 +85,13 @@ class FQGANPipeline(DiffusionPipeline):
         transformer: any hf_vq generator (`FARForClassConditionalGeneration` for AR, `MaskGITForClassConditional
             Generation` for NAR), through their shared sampling contract.
         id2label: class id -> name(s) (comma-separated synonyms allowed, as ImageNet's), saved in model_index.json.
+
+    Loading: `FQGANPipeline.from_pretrained(folder_or_repo_id)`, or the diffusers way,
+    `DiffusionPipeline.from_pretrained(folder_or_repo_id, trust_remote_code=True)`, which runs the repo's
+    `hf_vq_pipeline.py` (a re-export of this class: it needs hf_vq installed) and returns this same class. Pass that
+    flag only for repos you trust, ideally with a pinned `revision`: whoever can push to the repo can change the file.
+    `FQGANPipeline.from_pretrained` never runs it. Loading a Hub id online with `DiffusionPipeline` needs
+    `import hf_vq` first: diffusers checks the components' library before it runs the repo's module.
     """
 
     model_cpu_offload_seq = "transformer->vqvae"
@@ -78,6 +107,36 @@ class FQGANPipeline(DiffusionPipeline):
             name.strip().lower(): int(i) for i, names in id2label.items() for name in names.split(",") if name.strip()
         }
         self.image_processor = VaeImageProcessor(do_resize=False)
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict[str, Any]:
+        # diffusers reads model_index.json through this hook (in `load_config`, and in `download` for a Hub id) and
+        # takes a list `_class_name` as a custom pipeline whose module it must run, refusing without
+        # trust_remote_code. hf_vq's own entry names this class: read it as the plain name, so that
+        # FQGANPipeline.from_pretrained loads this class and never runs a file from the repo. Any other list is
+        # left to diffusers and its flag. A private diffusers hook, as the loader tables in `__init__.py`; the
+        # tests load the layout from a folder and from the Hub cache, so an upgrade that drops it fails a test.
+        config = super()._dict_from_json_file(json_file)
+        if isinstance(config, dict) and is_fqgan_pipeline_class_name(config.get("_class_name")):
+            config["_class_name"] = "FQGANPipeline"
+        return config
+
+    def to_json_string(self) -> str:
+        """The model_index.json text: diffusers' one, with hf_vq's `_class_name` list (see PIPELINE_MODULE)."""
+        text = super().to_json_string()
+        if type(self) is not FQGANPipeline:  # a subclass is not what the module file exports: diffusers' plain name
+            return text
+        config = json.loads(text)
+        config["_class_name"] = list(PIPELINE_CLASS_NAME)
+        return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+    def save_config(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
+        """Write model_index.json and, beside it, the module file its `_class_name` names."""
+        if type(self) is FQGANPipeline:
+            os.makedirs(save_directory, exist_ok=True)
+            with open(os.path.join(save_directory, f"{PIPELINE_MODULE}.py"), "w", encoding="utf-8") as f:
+                f.write(pipeline_module_source())
+        super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
 
     def get_label_ids(self, labels: int | str | Sequence[int | str]) -> list[int]:
         """Class names (case-insensitive) or ids -> ids, with a clear error listing close matches."""
