@@ -1,4 +1,4 @@
-"""Conversion of official LlamaGen / FQGAN checkpoints, on state dicts laid out like the official files.
+"""Conversion of official LlamaGen / FQGAN / BEiT-v2 VQ-KD checkpoints, on state dicts laid out like the official files.
 
 Full-size layouts are built on the meta device (key and shape accounting against the official files' layouts); numeric
 round trips use reduced widths with the same key pattern. No official code is needed.
@@ -11,14 +11,17 @@ import pytest
 import torch
 from accelerate import init_empty_weights
 
-from hf_vq import FQGANTokenizer
+from hf_vq import AutoImageTokenizer, FQGANTokenizer, VQKDTokenizer
 from hf_vq.conversion import (
     add_convert_arguments,
     convert_checkpoint,
     convert_state_dict,
+    detect_kind,
     hf_tokenizer_key_to_official,
+    hf_vqkd_key_to_official,
     load_official_state_dict,
     official_tokenizer_key_to_hf,
+    official_vqkd_key_to_hf,
     run_convert,
 )
 from hf_vq.generators.configuration_far import FARConfig
@@ -423,3 +426,189 @@ def test_nan_and_integer_weights_are_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"floating point.*norm\.weight \(torch\.int8\)"):
         convert_checkpoint(tmp_path / "int.pt", tmp_path / "out", num_heads=4)
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------- BEiT-v2 VQ-KD
+# Teacher keys: a sample of CLIP ViT-B/16's (the converter drops the whole `teacher_model.` prefix).
+VQKD_TEACHER_KEYS = {
+    "teacher_model.positional_embedding": (77, 512), "teacher_model.text_projection": (512, 512),
+    "teacher_model.logit_scale": (), "teacher_model.visual.class_embedding": (768,),
+    "teacher_model.visual.positional_embedding": (197, 768), "teacher_model.visual.proj": (768, 512),
+    "teacher_model.visual.conv1.weight": (768, 3, 16, 16), "teacher_model.visual.ln_pre.weight": (768,),
+    "teacher_model.visual.ln_post.weight": (768,), "teacher_model.token_embedding.weight": (49408, 512),
+}
+
+
+def official_vqkd_shapes(
+    decoder_depth=1, teacher_dim=512, width=768, depth=12, patch=16, image=224, channels=3, codes=8192, code_dim=32
+) -> dict[str, tuple]:
+    """Key -> shape of a VQKD state dict as microsoft/unilm beit2/modeling_vqkd.py saves it (`VQKD.state_dict()`).
+
+    The ViTs are beit2/modeling_finetune.py's VisionTransformer under get_model_default_params(): qkv_bias=True
+    (q_bias, v_bias; qkv without bias), init_values=0 (no gamma_1/gamma_2), use_mean_pooling=True (fc_norm; norm is
+    an Identity), num_classes=0 (head is an Identity), use_abs_pos_emb=True (a CLS position too), mlp_ratio 4. The
+    decoder reads the codes through 1x1 patches on the encoder's grid. The quantizer is norm_ema_quantizer.py's
+    NormEMAVectorQuantizer (EmbeddingEMA weight, cluster_size, embed_avg, initted; its own cluster_size buffer).
+    """
+    grid = image // patch
+    shapes = {}
+
+    def vit(prefix, w, layers, in_channels, p):
+        shapes.update({
+            f"{prefix}.cls_token": (1, 1, w), f"{prefix}.pos_embed": (1, grid**2 + 1, w),
+            f"{prefix}.patch_embed.proj.weight": (w, in_channels, p, p), f"{prefix}.patch_embed.proj.bias": (w,),
+            f"{prefix}.fc_norm.weight": (w,), f"{prefix}.fc_norm.bias": (w,),
+        })
+        for i in range(layers):
+            b = f"{prefix}.blocks.{i}."
+            shapes.update({
+                b + "norm1.weight": (w,), b + "norm1.bias": (w,), b + "attn.q_bias": (w,), b + "attn.v_bias": (w,),
+                b + "attn.qkv.weight": (3 * w, w), b + "attn.proj.weight": (w, w), b + "attn.proj.bias": (w,),
+                b + "norm2.weight": (w,), b + "norm2.bias": (w,), b + "mlp.fc1.weight": (4 * w, w),
+                b + "mlp.fc1.bias": (4 * w,), b + "mlp.fc2.weight": (w, 4 * w), b + "mlp.fc2.bias": (w,),
+            })
+
+    vit("encoder", width, depth, channels, patch)
+    vit("decoder", width, decoder_depth, code_dim, 1)
+    shapes.update({
+        "quantize.cluster_size": (codes,), "quantize.embedding.weight": (codes, code_dim),
+        "quantize.embedding.cluster_size": (codes,), "quantize.embedding.embed_avg": (codes, code_dim),
+        "quantize.embedding.initted": (1,),
+        "encode_task_layer.0.weight": (width, width), "encode_task_layer.0.bias": (width,),
+        "encode_task_layer.2.weight": (code_dim, width), "encode_task_layer.2.bias": (code_dim,),
+        "decode_task_layer.0.weight": (width, width), "decode_task_layer.0.bias": (width,),
+        "decode_task_layer.2.weight": (teacher_dim, width), "decode_task_layer.2.bias": (teacher_dim,),
+        "scaling_layer.shift": (1, 3, 1, 1), "scaling_layer.scale": (1, 3, 1, 1),
+        **VQKD_TEACHER_KEYS,
+    })
+    return shapes
+
+
+def tiny_vqkd_state(seed: int = 0, **changes) -> dict[str, torch.Tensor]:
+    """A random official-layout VQ-KD state dict: 32 wide, 1 + 1 blocks, 8 px images of 2 px patches, 16 x 8 codes."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = official_vqkd_shapes(teacher_dim=16, width=32, depth=1, patch=2, image=8, codes=16, code_dim=8)
+    state = {key: torch.randn(shape, generator=gen) * 0.5 for key, shape in shapes.items()}
+    state["quantize.embedding.weight"] = torch.nn.functional.normalize(state["quantize.embedding.weight"], dim=-1)
+    state["quantize.embedding.initted"] = torch.ones(1)
+    state.update(changes)
+    return state
+
+
+@pytest.mark.parametrize(
+    "official,ours",
+    [
+        ("encoder.patch_embed.proj.weight", "encoder.patch_embed.weight"),
+        ("decoder.blocks.2.mlp.fc1.bias", "decoder.blocks.2.mlp.0.bias"),
+        ("encoder.blocks.11.mlp.fc2.weight", "encoder.blocks.11.mlp.2.weight"),
+        ("encoder.blocks.3.attn.q_bias", "encoder.blocks.3.attn.q_bias"),
+        ("encoder.fc_norm.weight", "encoder.fc_norm.weight"),
+        ("encode_task_layer.2.weight", "encode_task_layer.2.weight"),
+        ("quantize.embedding.weight", "quantize.codebook"),
+    ],
+)
+def test_vqkd_key_renames(official, ours):
+    assert official_vqkd_key_to_hf(official) == ours
+    assert hf_vqkd_key_to_official(ours) == official
+
+
+def test_vqkd_teacher_and_statistics_are_dropped_and_unknown_keys_rejected():
+    for key in ("teacher_model.visual.proj", "scaling_layer.shift", "quantize.embedding.embed_avg",
+                "quantize.cluster_size", "quantize.embedding.initted"):
+        assert official_vqkd_key_to_hf(key) is None
+    with pytest.raises(KeyError):
+        official_vqkd_key_to_hf("head.weight")
+
+
+@pytest.mark.parametrize("name,decoder_depth,teacher_dim,millions", [
+    ("vqkd_encoder_base_decoder_1x768x12_clip", 1, 512, 94.66),
+    ("vqkd_encoder_base_decoder_3x768x12_clip", 3, 512, 108.83),
+    ("vqkd_encoder_base_decoder_1x768x12_dino", 1, 768, 94.85),
+])
+def test_full_size_vqkd_layout_converts_with_every_key_accounted_for(name, decoder_depth, teacher_dim, millions):
+    shapes = official_vqkd_shapes(decoder_depth=decoder_depth, teacher_dim=teacher_dim)
+    with torch.device("meta"):
+        state = {key: torch.empty(shape) for key, shape in shapes.items()}
+    assert detect_kind(state.keys()) == "beitv2-vqkd" and detect_kind(state.keys(), "tokenizer") == "beitv2-vqkd"
+    model, report = convert_state_dict(state)
+    assert isinstance(model, VQKDTokenizer) and report.kind == "beitv2-vqkd"
+    dropped = {k for k in state if k.startswith(("teacher_model.", "scaling_layer.")) or
+               k in {"quantize.cluster_size", "quantize.embedding.cluster_size", "quantize.embedding.embed_avg",
+                     "quantize.embedding.initted"}}
+    assert set(report.dropped) == dropped
+    assert report.num_mapped + len(report.dropped) == len(state)
+    c = model.config
+    assert (c.sample_size, c.patch_size, c.encoder_width, c.encoder_layers, c.encoder_heads) == (224, 16, 768, 12, 12)
+    assert (c.decoder_width, c.decoder_layers, c.decoder_heads, c.teacher_dim) == (768, decoder_depth, 12, teacher_dim)
+    assert c.quantizer == {"kind": "cosine_ema", "codebook_size": 8192, "dim": 32} and c.pixel_decoder is None
+    assert c.teacher_model == ("openai/clip-vit-base-patch16" if teacher_dim == 512 else None)
+    assert round(report.num_parameters / 1e6, 2) == millions  # as the official modules count (check_parity.py)
+    assert bool(model.quantize.initted) and not model.can_decode
+
+
+def test_tiny_vqkd_checkpoint_converts_loads_and_tokenizes(tmp_path):
+    state = tiny_vqkd_state()
+    torch.save({"model": state, "epoch": 3, "args": argparse.Namespace(model="vqkd")}, tmp_path / "vqkd.pth")
+    out = convert_checkpoint(tmp_path / "vqkd.pth", tmp_path / "out", num_heads=2)
+    loaded = AutoImageTokenizer.from_pretrained(out).eval()
+    assert isinstance(loaded, VQKDTokenizer) and not loaded.can_decode
+    ours = loaded.state_dict()
+    for key, tensor in state.items():
+        new = official_vqkd_key_to_hf(key)
+        if new is not None:
+            torch.testing.assert_close(ours[new], tensor, rtol=0, atol=0, msg=key)
+    assert bool(loaded.quantize.initted)
+    x = images(8)
+    indices = loaded.tokenize(x)
+    assert indices.shape == (2, 1, 4, 4) and indices.dtype == torch.long and 0 <= indices.min() <= indices.max() < 16
+    with torch.no_grad():  # the official encoder + quantizer, written out: argmax cosine of encode_task_layer output
+        tokens = loaded.encode_task_layer(loaded.encoder(x))
+        codebook = state["quantize.embedding.weight"]
+        expected = (torch.nn.functional.normalize(tokens, dim=-1) @ codebook.t()).argmax(-1).view(2, 1, 4, 4)
+    torch.testing.assert_close(indices, expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="no pixel decoder"):
+        loaded.detokenize(indices)
+
+
+def test_vqkd_report_groups_the_teacher_keys(tmp_path, capsys):
+    torch.save({"model": tiny_vqkd_state()}, tmp_path / "vqkd.pth")
+    parser = argparse.ArgumentParser()
+    add_convert_arguments(parser)
+    assert run_convert(parser.parse_args([str(tmp_path / "vqkd.pth"), str(tmp_path / "out"), "--num-heads", "2"])) == 0
+    printed = capsys.readouterr().out
+    assert "beitv2-vqkd checkpoint" in printed and "2 (--num-heads)" in printed
+    assert f"{len(VQKD_TEACHER_KEYS)} keys (teacher_model." in printed and "scaling_layer.shift:" in printed
+    assert "quantize.embedding.embed_avg:" in printed
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"encoder.head.weight": torch.zeros(4, 32)}, r"unexpected keys \(1\): encoder\.head\.weight"),
+        ({"decoder.norm.weight": torch.zeros(32)}, r"unexpected keys \(1\): decoder\.norm\.weight"),
+        ({"extra.weight": torch.zeros(3)}, r"unexpected keys \(1\): extra\.weight"),
+        ({"encoder.blocks.0.gamma_1": torch.ones(32)}, r"layer scale.*init_values=0"),
+        ({"quantize.embedding.weight": torch.ones(16, 8)}, r"not unit vectors"),
+        ({"quantize.embedding.initted": torch.zeros(1)}, r"never initialised"),
+        ({"decoder.pos_embed": torch.zeros(1, 10, 32)}, r"decoder\.pos_embed has 9 patch positions"),
+    ],
+)
+def test_vqkd_key_accounting_errors_before_writing(tmp_path, change, message):
+    torch.save({"model": tiny_vqkd_state(**change)}, tmp_path / "vqkd.pth")
+    with pytest.raises(ValueError, match=message):
+        convert_checkpoint(tmp_path / "vqkd.pth", tmp_path / "out", num_heads=2)
+    assert not (tmp_path / "out").exists()
+
+
+def test_vqkd_missing_key_and_settings_are_checked():
+    state = tiny_vqkd_state()
+    del state["decoder.blocks.0.attn.v_bias"]
+    with pytest.raises(ValueError, match=r"missing keys \(1\): decoder\.blocks\.0\.attn\.v_bias"):
+        convert_state_dict(state, num_heads=2)
+    state = tiny_vqkd_state()
+    with pytest.raises(ValueError, match="12 heads do not fit the encoder width 32.*--num-heads"):
+        convert_state_dict(state)
+    with pytest.raises(ValueError, match="fix a 4x4 grid.*8 px"):
+        convert_state_dict(state, num_heads=2, image_size=16)
+    with pytest.raises(ValueError, match="not a llamagen-vq checkpoint.*beitv2-vqkd"):
+        convert_state_dict(state, kind="llamagen-vq")

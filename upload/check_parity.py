@@ -1,4 +1,4 @@
-"""Check hf_vq's converted models against the official LlamaGen / FQGAN code, on random weights.
+"""Check hf_vq's converted models against the official LlamaGen / FQGAN / BEiT-v2 VQ-KD code, on random weights.
 
 The official code is imported from a local checkout given on the command line (it is never part of hf_vq):
 the script builds the official model with random weights, saves it the way the official training scripts do
@@ -10,6 +10,18 @@ mode: its quantizer fails in train mode on CPU), teacher-forced logits and loss 
     python upload/check_parity.py --official-root /path/to/FoundationVision+LlamaGen --kind gpt --small
     python upload/check_parity.py --official-root /path/to/showlab+FQGAN --kind fqgan-dual
     python upload/check_parity.py --official-root /path/to/showlab+FQGAN --kind far
+    python upload/check_parity.py --official-root /path/to/unilm/beit2 --kind beitv2-vqkd
+
+For beitv2-vqkd the root is a folder holding microsoft/unilm's `beit2/modeling_vqkd.py`, `modeling_finetune.py`
+(its ViT) and `norm_ema_quantizer.py`, which are loaded by file path and run as they are (`einops` must be
+importable). Their imports that carry no numerics are stand-ins defined here (see `install_vqkd_stand_ins`): timm's
+`trunc_normal_` (initialisation only: every weight is then randomised), `to_2tuple`, `drop_path` (unused at drop
+rate 0; raises if called), `register_model` and `IMAGENET_DEFAULT_MEAN/STD` (only for process_type
+"imagenet_norm"), BEiT-v2's `utils` (unused by the model), and the teacher loaders `vqkd_teacher.clip.load` /
+`get_dino_vit_base`, which return a small random stand-in teacher, so that the saved file carries `teacher_model.*`
+keys for the converter to drop. The three released configurations (decoder 1x / 3x, CLIP / DINO) are checked:
+indices from the official `get_codebook_indices` on [0, 1] images against ours on the same images in [-1, 1],
+and the feature decoder's teacher-feature predictions from the same codes.
 
 --small uses reduced widths and depths where the official code allows it (the FQGAN tokenizers hard-code
 their 512-wide adapters and 256 px grid, so for them it only drops the ds8 model and uses one image).
@@ -19,19 +31,21 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from hf_vq import FQGANTokenizer
+from hf_vq import AutoImageTokenizer, FQGANTokenizer
 from hf_vq.conversion import convert_checkpoint
 from hf_vq.generators.modeling_far import FARForClassConditionalGeneration
 
-KINDS = ("vq", "fqgan-dual", "fqgan-triple", "gpt", "far")
+KINDS = ("vq", "fqgan-dual", "fqgan-triple", "gpt", "far", "beitv2-vqkd")
 
 
 def import_official(root: Path, module: str):
@@ -156,6 +170,115 @@ def check_tokenizer(name: str, official: nn.Module, size: int, names: list[str],
     return rows
 
 
+# ---------------------------------------------------------------------------------------------- BEiT-v2 VQ-KD
+VQKD_FILES = ("modeling_finetune", "norm_ema_quantizer", "modeling_vqkd")  # in import order
+
+
+def install_vqkd_stand_ins() -> None:
+    """Modules that BEiT-v2's VQ-KD files import for things other than numerics (see the module docstring)."""
+
+    def module(name: str, **attrs) -> types.ModuleType:
+        mod = types.ModuleType(name)
+        mod.__dict__.update(attrs)
+        sys.modules[name] = mod
+        return mod
+
+    def drop_path(x, drop_prob=0.0, training=False):
+        if drop_prob and training:
+            raise NotImplementedError("drop_path stand-in: stochastic depth is not expected in this check")
+        return x
+
+    def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0):
+        return nn.init.trunc_normal_(tensor, mean, std, a, b)
+
+    def to_2tuple(x):
+        return tuple(x) if isinstance(x, (tuple, list)) else (x, x)
+
+    class StandInTeacher(nn.Module):
+        """A few parameters under CLIP / DINO-like names; never run (teacher targets are not checked)."""
+
+        def __init__(self):
+            super().__init__()
+            self.visual = nn.Module()
+            self.visual.conv1 = nn.Conv2d(3, 8, 16, 16, bias=False)
+            self.visual.proj = nn.Parameter(torch.zeros(8, 4))
+            self.positional_embedding = nn.Parameter(torch.zeros(5, 8))
+
+    module("timm", models=module("timm.models", layers=module("timm.models.layers", drop_path=drop_path,
+                                                             to_2tuple=to_2tuple, trunc_normal_=trunc_normal_),
+                                 registry=module("timm.models.registry", register_model=lambda f: f)),
+           data=module("timm.data", constants=module("timm.data.constants",
+                                                     IMAGENET_DEFAULT_MEAN=(0.485, 0.456, 0.406),
+                                                     IMAGENET_DEFAULT_STD=(0.229, 0.224, 0.225))))
+    module("utils")
+    module("vqkd_teacher", clip=module("vqkd_teacher.clip", load=lambda *a, **k: (StandInTeacher(), None)),
+           get_dino_vit_base=StandInTeacher)
+
+
+def load_official_vqkd(root: Path) -> types.ModuleType:
+    """Load the official VQ-KD files from `root` by path (their own imports resolve to each other)."""
+    missing = [f"{name}.py" for name in VQKD_FILES if not (root / f"{name}.py").is_file()]
+    if missing:
+        raise SystemExit(f"--official-root {root} lacks {', '.join(missing)} (copy them from microsoft/unilm beit2/)")
+    install_vqkd_stand_ins()
+    for name in VQKD_FILES:
+        spec = importlib.util.spec_from_file_location(name, root / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules["modeling_vqkd"]
+
+
+@torch.no_grad()
+def randomize_vqkd(official: nn.Module, seed: int) -> nn.Module:
+    """Random weights, and a trained-like quantizer: unit-norm codes, k-means init flag set."""
+    randomize(official, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    embedding = official.quantize.embedding
+    embedding.weight.copy_(nn.functional.normalize(torch.randn(embedding.weight.shape, generator=gen), dim=-1))
+    embedding.initted.fill_(1)
+    return official
+
+
+@torch.no_grad()
+def check_vqkd(root: Path, workdir: Path, batch: int) -> list:
+    vqkd = load_official_vqkd(root)
+    names = ("vqkd_encoder_base_decoder_1x768x12_clip", "vqkd_encoder_base_decoder_3x768x12_clip",
+             "vqkd_encoder_base_decoder_1x768x12_dino")
+    rows = []
+    for name in names:
+        official = randomize_vqkd(getattr(vqkd, name)(), seed=0)  # with its (stand-in) teacher, as in training
+        short = name.replace("vqkd_encoder_base_decoder_", "")
+        out, seconds = convert(official, workdir, name)
+        ours = AutoImageTokenizer.from_pretrained(out).eval()
+        x01 = torch.rand(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))  # official input: [0, 1]
+
+        ref_indices = official.get_codebook_indices(x01).view(batch, 1, 14, 14)
+        ours_indices = ours.tokenize(x01 * 2 - 1)  # ours: [-1, 1]
+        same_input = ours.tokenize(official.pre_process(x01))  # the official [-1, 1] tensor itself
+        ref_codes, _, _ = official.encode(official.pre_process(x01))
+        ours_codes = ours.encode(official.pre_process(x01)).latents
+        ref_features = official.decode(ref_codes)
+        ours_features = ours.predict_teacher_features(ours.indices_to_latents(ref_indices))
+        try:
+            ours.detokenize(ours_indices)
+            decodes = "decodes (unexpected)"
+        except ValueError as e:
+            decodes = "refused: " + str(e).split(":")[0]
+        rows += [
+            (short, params(ours), "conversion time", f"{seconds:.1f} s"),
+            (short, "", "indices equal ([0,1] official vs [-1,1] ours)",
+             f"{(ref_indices == ours_indices).float().mean().item():.2%}"),
+            (short, "", "distinct codes among the indices", f"{ref_indices.unique().numel()} of {ref_indices.numel()}"),
+            (short, "", "indices equal (same [-1,1] tensor)",
+             f"{(ref_indices == same_input).float().mean().item():.2%}"),
+            (short, "", "max |Δ codes| (same input)", maxdiff(ref_codes, ours_codes)),
+            (short, "", "max |Δ teacher features| (same codes)", maxdiff(ref_features, ours_features)),
+            (short, "", "detokenize", decodes),
+        ]
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------- generators
 def generator_cases(kind: str, root: Path, small: bool) -> list[tuple[str, nn.Module, int, dict]]:
     """(name, official model, k, convert kwargs) for each model to check."""
@@ -204,7 +327,10 @@ def check_generator(name: str, official: nn.Module, k: int, kwargs: dict, workdi
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--official-root", type=Path, required=True, help="local checkout of LlamaGen (vq, gpt) or FQGAN (the rest)"
+        "--official-root",
+        type=Path,
+        required=True,
+        help="local checkout of LlamaGen (vq, gpt), FQGAN (fqgan-*, far), or unilm's beit2/ folder (beitv2-vqkd)",
     )
     parser.add_argument("--kind", choices=KINDS, required=True)
     parser.add_argument("--small", action="store_true", help="reduced sizes, for a quick run")
@@ -214,7 +340,9 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        if args.kind in ("gpt", "far"):
+        if args.kind == "beitv2-vqkd":
+            rows += check_vqkd(args.official_root, Path(tmp), args.batch_size)
+        elif args.kind in ("gpt", "far"):
             for name, model, k, kwargs in generator_cases(args.kind, args.official_root, args.small):
                 rows += check_generator(name, model, k, kwargs, Path(tmp), args.batch_size)
         else:

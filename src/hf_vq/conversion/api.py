@@ -15,6 +15,8 @@ from ..utils import check_output_dir, save_pretrained_atomic
 from .checkpoint import ConversionReport, load_official_state_dict, preview
 from .generator import GENERATOR_KINDS, convert_generator_state_dict
 from .tokenizer import TOKENIZER_KINDS, convert_tokenizer_state_dict
+from .vqkd import KIND as VQKD_KIND
+from .vqkd import convert_vqkd_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -28,20 +30,35 @@ _SIGNATURE_KEYS = {
     "fqgan-triple": "quantize_sem_mid.embedding.weight",
     "llamagen-gpt": "tok_embeddings.weight",
     "far": "tok_embeddings_1.weight",
+    VQKD_KIND: "encode_task_layer.0.weight",
 }
+# A kind whose signature key another kind's checkpoints also hold: it is not found when that kind's key is there
+# (BEiT-v2 VQ-KD files also have `quantize.embedding.weight`).
+_SHADOWED_BY = {"llamagen-vq": VQKD_KIND}
 
 
 def detect_kind(keys: Collection[str], kind: str | None = None) -> str:
     """The checkpoint kind its keys show; `kind` may name it (then it is checked) or a family to choose from."""
     if kind is not None and kind not in CHECKPOINT_KINDS and kind not in KIND_FAMILIES:
         raise ValueError(f"unknown kind {kind!r}; choose one of {CHECKPOINT_KINDS + tuple(KIND_FAMILIES)}")
-    found = [k for k, key in _SIGNATURE_KEYS.items() if key in keys]
+    found = [
+        k
+        for k, key in _SIGNATURE_KEYS.items()
+        if key in keys and not (k in _SHADOWED_BY and _SIGNATURE_KEYS[_SHADOWED_BY[k]] in keys)
+    ]
     allowed = KIND_FAMILIES.get(kind, (kind,) if kind else CHECKPOINT_KINDS)
     candidates = [k for k in found if k in allowed]
     if len(candidates) == 1:
         return candidates[0]
     wanted = ", ".join(f"{_SIGNATURE_KEYS[k]} ({k})" for k in allowed)
     looks_like = f"its keys look like a {' / '.join(found)} checkpoint" if found else "its keys match no known kind"
+    shadowed = [k for k in allowed if k in _SHADOWED_BY and _SIGNATURE_KEYS[k] in keys and k not in found]
+    if not candidates and shadowed:
+        raise ValueError(
+            f"not a {kind} checkpoint: it has {_SIGNATURE_KEYS[shadowed[0]]}, but also "
+            f"{_SIGNATURE_KEYS[_SHADOWED_BY[shadowed[0]]]}, so {looks_like} (keys: {preview(keys, 6)}). "
+            "Pass the right --kind, or check the file."
+        )
     if not candidates:
         raise ValueError(
             f"not a {kind or 'known'} checkpoint: none of the keys {wanted} is present (missing keys); {looks_like} "
@@ -60,6 +77,8 @@ def convert_state_dict(
 ) -> tuple[nn.Module, ConversionReport]:
     """An official state dict -> (our model in eval mode, report). `checkpoint_name` gives the image-size hint."""
     kind = detect_kind(state_dict.keys(), kind)
+    if kind == VQKD_KIND:
+        return convert_vqkd_state_dict(state_dict, image_size, num_heads)
     if kind in TOKENIZER_KINDS:
         if num_heads is not None:
             raise ValueError(f"--num-heads applies to generators; a {kind} tokenizer's head counts are fixed (8)")
@@ -97,12 +116,14 @@ def convert_checkpoint(
     """Convert an official LlamaGen / FQGAN `.pt` checkpoint into a `save_pretrained` folder (safetensors).
 
     Args:
-        checkpoint: the official file (LlamaGen VQ or GPT, FQGAN tokenizer, FAR).
+        checkpoint: the official file (LlamaGen VQ or GPT, FQGAN tokenizer, FAR, BEiT-v2 VQ-KD).
         output_dir: folder to create; written atomically, and refused when not empty unless `overwrite`.
         kind: one of CHECKPOINT_KINDS, "tokenizer" or "generator"; detected from the keys when None.
         image_size: generators: image size of the model (default from a `_256`/`_384` file-name hint, else the
-            preset's released size, else 256); tokenizers: checked against the adapters' fixed grid.
-        num_heads: generators off the preset table: attention head count.
+            preset's released size, else 256); tokenizers: checked against the adapters' (VQ-KD: the position
+            embeddings') fixed grid.
+        num_heads: generators off the preset table: attention head count; VQ-KD: the ViTs' head count (default
+            12, as in the official code).
 
     Every official key is mapped or dropped on purpose; the dropped keys and the settings that come from presets
     or flags are logged (logger `hf_vq.conversion`). Any unexpected, missing or mis-shaped key raises before
@@ -115,7 +136,9 @@ def convert_checkpoint(
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `hf-vq convert` arguments to a (sub)parser."""
-    parser.add_argument("checkpoint", type=Path, help="official .pt file (LlamaGen VQ/GPT, FQGAN tokenizer, FAR)")
+    parser.add_argument(
+        "checkpoint", type=Path, help="official .pt file (LlamaGen VQ/GPT, FQGAN tokenizer, FAR, BEiT-v2 VQ-KD)"
+    )
     parser.add_argument("output_dir", type=Path, help="folder to write the save_pretrained files to")
     parser.add_argument(
         "--kind",
@@ -129,7 +152,12 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="generators: image size (default: from a _256/_384 file-name hint, else the preset's, else 256)",
     )
-    parser.add_argument("--num-heads", type=int, default=None, help="generators off the preset table: head count")
+    parser.add_argument(
+        "--num-heads",
+        type=int,
+        default=None,
+        help="generators off the preset table: head count; beitv2-vqkd: the ViTs' head count (default 12)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
 
 

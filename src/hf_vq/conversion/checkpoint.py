@@ -16,6 +16,8 @@ CONTAINER_KEYS = ("ema", "model", "module", "state_dict")
 # Prefixes left by saving a wrapped module (DDP, torch.compile) instead of the module itself.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _ZIP_MAGIC = b"PK\x03\x04"
+# Dropped keys sharing a reason are printed one by one up to this many, else as one summary line.
+_LISTED_KEYS = 8
 
 
 def preview(names: Iterable[str], limit: int = 8) -> str:
@@ -147,7 +149,15 @@ class ConversionReport:
         ]
         if self.dropped:
             lines.append(f"dropped on purpose ({len(self.dropped)}):")
-            lines += [f"  {key}: {reason}" for key, reason in self.dropped.items()]
+            by_reason: dict[str, list[str]] = {}
+            for key, reason in self.dropped.items():
+                by_reason.setdefault(reason, []).append(key)
+            for reason, keys in by_reason.items():
+                # A whole sub-model (a teacher's hundreds of keys) is listed as one line.
+                if len(keys) > _LISTED_KEYS:
+                    lines.append(f"  {len(keys)} keys ({preview(keys, 3)}): {reason}")
+                else:
+                    lines += [f"  {key}: {reason}" for key in keys]
         if self.settings:
             lines.append("not stored in the weights:")
             lines += [f"  {name} = {origin}" for name, origin in self.settings.items()]

@@ -17,8 +17,11 @@ from accelerate import init_empty_weights
 
 from ..tokenizers import TOKENIZER_PRESETS, FQGANTokenizer
 from .checkpoint import ConversionReport, count_indexed, map_state_dict, require_shape
+from .vqkd import KIND as VQKD_KIND
 
-TOKENIZER_KINDS = ("llamagen-vq", "fqgan-dual", "fqgan-triple")
+FQGAN_KINDS = ("llamagen-vq", "fqgan-dual", "fqgan-triple")
+# BEiT-v2's VQ-KD converts to a VQKDTokenizer (see `.vqkd`).
+TOKENIZER_KINDS = FQGAN_KINDS + (VQKD_KIND,)
 
 # Official suffix of each sub-codebook's modules (`quantize_vis`, `conv_out_sem_mid`, ...), in our order.
 _BRANCHES = {"llamagen-vq": ("",), "fqgan-dual": ("vis", "sem"), "fqgan-triple": ("vis", "sem_mid", "sem_high")}
@@ -175,9 +178,10 @@ def infer_tokenizer_config(
 def convert_tokenizer_state_dict(
     state_dict: Mapping[str, torch.Tensor], kind: str, image_size: int | None = None
 ) -> tuple[FQGANTokenizer, ConversionReport]:
-    """An official tokenizer state dict -> (FQGANTokenizer in eval mode, report); the tensors are reused, not copied."""
-    if kind not in TOKENIZER_KINDS:
-        raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {TOKENIZER_KINDS}")
+    """An official LlamaGen / FQGAN tokenizer state dict -> (FQGANTokenizer in eval mode, report); the tensors are
+    reused, not copied."""
+    if kind not in FQGAN_KINDS:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {FQGAN_KINDS}")
     config, settings = infer_tokenizer_config({k: v.shape for k, v in state_dict.items()}, kind, image_size)
     with init_empty_weights(include_buffers=False):
         model = FQGANTokenizer(**config)
