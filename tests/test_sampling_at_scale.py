@@ -25,9 +25,12 @@ WRAPPER = textwrap.dedent(
     pipe = FQGANPipeline.from_pretrained(pipe_dir)
     pipe.set_progress_bar_config(disable=True)
     inner, calls = pipeline_sample_fn(pipe, guidance_scale=2.0), []
+    rank = int(os.environ["RANK"])
     def sample(labels, generators):
         calls.append(1)
-        if len(calls) == die_at and int(os.environ["RANK"]) == 1:
+        with open(f"{out}.rank{rank}.log", "a") as log:  # which batch each rank drew (sample seed -> batch)
+            log.write(f"{(generators[0].initial_seed() % 2**32) // 2}\\n")
+        if len(calls) == die_at and rank == 1:
             os._exit(9)
         return inner(labels, generators)
     generate_samples(sample, out, num_classes=3, per_class=5, seed=4, batch_size=2, settings={"cfg": 2.0},
@@ -70,6 +73,10 @@ def test_two_processes_killed_and_resumed_match_one_uninterrupted_process(tmp_pa
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # the batches finished before the kill were kept, not redrawn
     assert {name: (out / "batches" / name).stat().st_mtime_ns for name in done_before} == done_before
+    # the work was sharded: rank r drew only batches j = r mod 2, and no batch was drawn by both ranks
+    drawn = {r: [int(line) for line in open(f"{out}.rank{r}.log")] for r in (0, 1)}
+    assert all(j % 2 == r for r in (0, 1) for j in drawn[r]), drawn
+    assert sorted(set(drawn[0]) | set(drawn[1])) == list(range(8))
 
     images, labels = load_samples(single)
     assert images.shape == (15, 8, 8, 1) and images.dtype == np.uint8

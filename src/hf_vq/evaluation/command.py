@@ -157,14 +157,13 @@ def evaluate_tokenizer_command(args: argparse.Namespace) -> dict:
 
 def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
     """`hf-vq evaluate pipeline` (under `accelerate launch`, sampling is sharded over the processes)."""
-    from accelerate import PartialState
 
     from ..cli import bundled_model_path
     from ..pipelines import FQGANPipeline
     from .feature_sets import dataset_images, feature_set_of_images
     from .perplexity import validation_perplexity
     from .reports import PROTOCOL, evaluate_generation
-    from .sampling import generate_samples, load_samples, pipeline_sample_fn
+    from .sampling import generate_samples, load_samples, pipeline_sample_fn, process_state
 
     if args.output:
         from ..utils import check_output_file
@@ -173,7 +172,7 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
     network = _network(args)
     if network is None:
         raise ValueError("evaluate pipeline needs a feature network: --features fmnist or inception")
-    state = PartialState()
+    state = process_state()
     model = args.model or str(bundled_model_path())
     pipe = FQGANPipeline.from_pretrained(model).to(args.device if state.num_processes == 1 else state.device)
     pipe.set_progress_bar_config(disable=True)

@@ -27,6 +27,15 @@ SAMPLES_NAME = "samples.npz"
 _SEED_LIMIT = 2**31  # seeds and indices share one 64-bit generator seed: seed * 2**32 + index
 
 
+def process_state():
+    """Accelerate's process state, set up as `Accelerator()` would: CPU processes (ACCELERATE_USE_CPU, as
+    `accelerate launch --cpu` sets it) join a gloo group instead of each running alone."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def sample_seed(seed: int, index: int) -> int:
     """The generator seed of sample `index` in a set drawn with `seed` (distinct for every pair)."""
     if not 0 <= seed < _SEED_LIMIT:
@@ -84,7 +93,6 @@ def generate_samples(
     Returns:
         `folder / samples.npz` once every sample exists (on every process), else None.
     """
-    from accelerate import PartialState
     from tqdm.auto import tqdm
 
     for name, value in (("num_classes", num_classes), ("per_class", per_class), ("batch_size", batch_size)):
@@ -96,7 +104,7 @@ def generate_samples(
     manifest = {"num_classes": num_classes, "per_class": per_class, "seed": seed, "batch_size": batch_size,
                 "layout": "ADM npz: arr_0 (N, H, W, C) uint8, arr_1 (N,) labels; sample i is class i // per_class",
                 "settings": json.loads(json.dumps(settings or {}))}
-    state = PartialState()
+    state = process_state()
     _check_manifest(folder, manifest)
     state.wait_for_everyone()  # every rank checked the old manifest before rank 0 writes a new one
     if state.is_main_process and not (folder / MANIFEST_NAME).is_file():
