@@ -214,7 +214,7 @@ def test_cli_evaluate_pipeline_samples_scores_and_resumes(tmp_path):
     assert scored["fd_fmnist"] == result["fd_fmnist"] and scored["precision"] == result["precision"]
 
 
-def test_cli_evaluate_samples_scores_real_images_for_the_floor(tmp_path):
+def test_cli_evaluate_samples_scores_real_images_for_the_floor(tmp_path, monkeypatch):
     from hf_vq import cli
 
     argv = ["evaluate", "samples", "fashion-mnist:train", "--max_images", "150", "--reference_max_images", "200",
@@ -226,3 +226,8 @@ def test_cli_evaluate_samples_scores_real_images_for_the_floor(tmp_path):
     assert floor["num_samples"] == 150 and floor["reference"] == "fashion-mnist:test"
     assert floor["class_accuracy"] > 0.7  # real images, judged by the classifier trained on them
     assert floor["fd_fmnist"] > 0
+    # without --output nothing is written, not even the reference cache in the working folder
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    cli.main([*argv[:-2], "--resolution", "28"])
+    assert not any((tmp_path / "cwd").iterdir())

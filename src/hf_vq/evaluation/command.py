@@ -80,21 +80,24 @@ def add_reference_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference_max_images", type=int, default=None)
 
 
-def _reference(args: argparse.Namespace, network, size: int, channels: int, cache_dir: Path):
-    """The reference feature set: --reference, a cached one in `cache_dir`, or computed from the dataset."""
+def _reference(args: argparse.Namespace, network, size: int, channels: int, cache_dir: Path | None):
+    """The reference feature set: --reference, a cached one in `cache_dir`, or computed from the dataset (and cached
+    there when `cache_dir` is a folder this command writes to)."""
     from .feature_sets import dataset_images, feature_set_of_images, load_feature_set
 
     if args.reference:
         return load_feature_set(args.reference, network, args.batch_size, progress=True)
     limit = f"-first{args.reference_max_images}" if args.reference_max_images else ""
-    cached = cache_dir / (f"reference-{args.dataset.replace('/', '_')}-{args.reference_split}{limit}-{size}px-"
-                          f"{network.name}-{network.sha256[:12]}.npz")
-    if cached.is_file():
+    name = (f"reference-{args.dataset.replace('/', '_')}-{args.reference_split}{limit}-{size}px-"
+            f"{network.name}-{network.sha256[:12]}.npz")
+    cached = cache_dir / name if cache_dir is not None else None
+    if cached is not None and cached.is_file():
         return load_feature_set(cached, network)
     images, labels = dataset_images(args.dataset, args.reference_split, size, channels, args.reference_max_images)
     reference = feature_set_of_images(network, images, labels, f"{args.dataset}:{args.reference_split}",
                                       args.batch_size, progress=True)
-    reference.save(cached)
+    if cached is not None:
+        reference.save(cached)
     return reference
 
 
@@ -229,7 +232,7 @@ def evaluate_samples_command(args: argparse.Namespace) -> dict:
     """`hf-vq evaluate samples`: distribution metrics of any sample file, or of real images (the floor)."""
     from .feature_sets import dataset_images, feature_set_of_images
     from .reports import PROTOCOL, evaluate_generation
-    from .sampling import load_samples
+    from .sampling import MANIFEST_NAME, load_samples
 
     if args.output:
         from ..utils import check_output_file
@@ -240,13 +243,15 @@ def evaluate_samples_command(args: argparse.Namespace) -> dict:
         raise ValueError("evaluate samples needs a feature network: --features fmnist or inception")
     if Path(args.samples).is_file():
         images, labels = load_samples(args.samples)
-        cache_dir = Path(args.samples).parent
+        # reuse a sample folder's saved reference; anywhere else cache only beside an --output we write
+        parent = Path(args.samples).parent
+        cache_dir = parent if (parent / MANIFEST_NAME).is_file() else Path(args.output).parent if args.output else None
     elif ":" in args.samples:
         if args.resolution is None:
             raise ValueError(f"scoring real images ({args.samples}) needs --resolution, the size of the samples")
         dataset, split = args.samples.rsplit(":", 1)
         images, labels = dataset_images(dataset, split, args.resolution, args.channels, args.max_images)
-        cache_dir = Path(args.output).parent if args.output else Path(".")
+        cache_dir = Path(args.output).parent if args.output else None  # never write beside the user's files unasked
     else:
         raise FileNotFoundError(f"{args.samples}: no such .npz, and not DATASET:SPLIT")
     reference = _reference(args, network, images.shape[1], images.shape[3], cache_dir)
