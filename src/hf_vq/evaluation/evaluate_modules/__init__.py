@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import torch
+
 EVALUATE_MODULES = ("psnr", "ssim", "frechet_distance", "inception_score", "precision_recall", "codebook_usage")
 
 
@@ -25,4 +28,23 @@ def evaluate_module_path(name: str) -> str:
     return str(folder)
 
 
-__all__ = ["EVALUATE_MODULES", "evaluate_module_path"]
+def stored_vectors(rows: list, name: str) -> np.ndarray:
+    """Stored (D,) rows, None padding dropped (sets of different sizes share one table) -> one (N, D) float64 array."""
+    rows = [row for row in rows if row is not None]
+    try:
+        return np.asarray(rows, dtype=np.float64)
+    except ValueError as error:
+        raise ValueError(f"{name} must all have one dimension D: {error}") from None
+
+
+def stored_images(rows: list, name: str) -> torch.Tensor:
+    """Stored (C, H, W) rows -> one (B, C, H, W) float64 batch; an image pair may not be missing a side."""
+    if any(row is None for row in rows):
+        raise ValueError(f"{name} contain None: every prediction needs its reference image")
+    try:
+        return torch.from_numpy(np.asarray(rows, dtype=np.float64))
+    except ValueError as error:
+        raise ValueError(f"{name} must all have one (C, H, W) shape: {error}") from None
+
+
+__all__ = ["EVALUATE_MODULES", "evaluate_module_path", "stored_images", "stored_vectors"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datasets
 import evaluate
-import numpy as np
 
 from hf_vq.evaluation import fid_from_features
+from hf_vq.evaluation.evaluate_modules import stored_vectors
 
 _DESCRIPTION = """\
 Fréchet distance between Gaussians fitted to two sets of feature vectors: |mu1 - mu2|^2 + tr(S1 + S2 - 2 sqrt(S1 S2)).
@@ -41,15 +41,6 @@ Examples:
 _VECTOR = datasets.Sequence(datasets.Value("float64"))
 
 
-def _features(rows: list, name: str) -> np.ndarray:
-    """Stored (D,) rows, None padding dropped -> one (N, D) float64 array."""
-    rows = [row for row in rows if row is not None]
-    try:
-        return np.asarray(rows, dtype=np.float64)
-    except ValueError as error:
-        raise ValueError(f"{name} must all have one dimension D: {error}") from None
-
-
 class FrechetDistance(evaluate.Metric):
     """Fréchet distance between Gaussians fitted to two feature sets (FID on FID-Inception pool3 features)."""
 
@@ -64,4 +55,5 @@ class FrechetDistance(evaluate.Metric):
     def _compute(self, predictions: list, references: list, name: str = "fd") -> dict:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
-        return {name: fid_from_features(_features(predictions, "predictions"), _features(references, "references"))}
+        samples, reference = stored_vectors(predictions, "predictions"), stored_vectors(references, "references")
+        return {name: fid_from_features(samples, reference)}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datasets
 import evaluate
-import numpy as np
 
 from hf_vq.evaluation import precision_recall
+from hf_vq.evaluation.evaluate_modules import stored_vectors
 from hf_vq.evaluation.precision_recall import ADM_BATCH_SIZE, ADM_NEIGHBORHOOD
 
 _DESCRIPTION = """\
@@ -43,15 +43,6 @@ Examples:
 _VECTOR = datasets.Sequence(datasets.Value("float64"))
 
 
-def _features(rows: list, name: str) -> np.ndarray:
-    """Stored (D,) rows, None padding dropped -> one (N, D) float64 array."""
-    rows = [row for row in rows if row is not None]
-    try:
-        return np.asarray(rows, dtype=np.float64)
-    except ValueError as error:
-        raise ValueError(f"{name} must all have one dimension D: {error}") from None
-
-
 class PrecisionRecall(evaluate.Metric):
     """Improved precision and recall of sample features against reference features, as ADM's evaluator."""
 
@@ -67,8 +58,8 @@ class PrecisionRecall(evaluate.Metric):
         self, predictions: list, references: list, k: int = ADM_NEIGHBORHOOD, batch_size: int = ADM_BATCH_SIZE
     ) -> dict:
         result = precision_recall(
-            reference_features=_features(references, "references"),
-            sample_features=_features(predictions, "predictions"),
+            reference_features=stored_vectors(references, "references"),
+            sample_features=stored_vectors(predictions, "predictions"),
             k=k,
             batch_size=batch_size,
         )

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import datasets
 import evaluate
-import numpy as np
-import torch
 
 from hf_vq.evaluation import psnr_uint8
+from hf_vq.evaluation.evaluate_modules import stored_images
 
 _DESCRIPTION = """\
 Peak signal-to-noise ratio (dB) between reconstructions and originals, each image first rounded to uint8 and scaled
@@ -30,16 +29,6 @@ Examples:
 _IMAGE = datasets.Sequence(datasets.Sequence(datasets.Sequence(datasets.Value("float64"))))
 
 
-def _images(rows: list, name: str) -> torch.Tensor:
-    """Stored (C, H, W) rows -> one (B, C, H, W) float64 batch."""
-    if any(row is None for row in rows):
-        raise ValueError(f"{name} contain None: every prediction needs its reference image")
-    try:
-        return torch.from_numpy(np.asarray(rows, dtype=np.float64))
-    except ValueError as error:
-        raise ValueError(f"{name} must all have one (C, H, W) shape: {error}") from None
-
-
 class Psnr(evaluate.Metric):
     """PSNR (dB) of uint8-rounded image pairs."""
 
@@ -52,5 +41,5 @@ class Psnr(evaluate.Metric):
         )
 
     def _compute(self, predictions: list, references: list, value_range: tuple[float, float] = (-1.0, 1.0)) -> dict:
-        x, y = _images(predictions, "predictions"), _images(references, "references")
+        x, y = stored_images(predictions, "predictions"), stored_images(references, "references")
         return {"psnr": float(psnr_uint8(x, y, value_range=tuple(value_range)))}

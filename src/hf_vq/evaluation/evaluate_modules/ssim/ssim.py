@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import datasets
 import evaluate
-import numpy as np
-import torch
 
 from hf_vq.evaluation import ssim, ssim_gaussian
+from hf_vq.evaluation.evaluate_modules import stored_images
 
 _DESCRIPTION = """\
 Structural similarity between reconstructions and originals, each image first rounded to uint8 and scaled to
@@ -46,16 +45,6 @@ _IMAGE = datasets.Sequence(datasets.Sequence(datasets.Sequence(datasets.Value("f
 _WINDOWS = {"uniform": ssim, "gaussian": ssim_gaussian}
 
 
-def _images(rows: list, name: str) -> torch.Tensor:
-    """Stored (C, H, W) rows -> one (B, C, H, W) float64 batch."""
-    if any(row is None for row in rows):
-        raise ValueError(f"{name} contain None: every prediction needs its reference image")
-    try:
-        return torch.from_numpy(np.asarray(rows, dtype=np.float64))
-    except ValueError as error:
-        raise ValueError(f"{name} must all have one (C, H, W) shape: {error}") from None
-
-
 class Ssim(evaluate.Metric):
     """SSIM of uint8-rounded image pairs."""
 
@@ -76,5 +65,5 @@ class Ssim(evaluate.Metric):
     ) -> dict:
         if window not in _WINDOWS:
             raise ValueError(f"window must be one of {sorted(_WINDOWS)}, got {window!r}")
-        x, y = _images(predictions, "predictions"), _images(references, "references")
+        x, y = stored_images(predictions, "predictions"), stored_images(references, "references")
         return {"ssim": float(_WINDOWS[window](x, y, value_range=tuple(value_range)))}
