@@ -393,6 +393,26 @@ def test_cosine_ema_update_matches_a_hand_computed_case():
     torch.testing.assert_close(out.losses["commit_loss"], F.mse_loss(unit, codes[[0, 0, 0, 1]]))
 
 
+def test_cosine_ema_restarts_codes_whose_assignment_average_falls_below_the_threshold():
+    from hf_vq.quantizers import CosineEMAQuantizer, build_quantizer
+
+    q = CosineEMAQuantizer(3, 2, decay=0.5, kmeans_init=False, dead_code_threshold=0.3).train()
+    codes = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    q.codebook.copy_(codes)
+    z = torch.tensor([[2.0, 0.2], [1.0, -0.1], [3.0, 0.3], [0.1, 5.0]]).t().reshape(1, 2, 2, 2)
+    unit = F.normalize(z.reshape(2, 4).t(), dim=-1)
+    q(z)  # code 2 unused: its average falls from 1 to 0.5, still above 0.3
+    torch.testing.assert_close(q.cluster_size, torch.tensor([2.0, 1.0, 0.5]))
+    torch.testing.assert_close(q.codebook[2], codes[2])
+    q(z)  # 0.25 < 0.3: code 2 restarts at one of the batch's (normalised) latents, with a fresh average
+    assert any(torch.allclose(q.codebook[2], row) for row in unit)
+    assert q.cluster_size[2] == 1.0 and "cluster_size" in q.state_dict()
+    # off by default, as the official quantizer: no buffer, so folders saved before still load
+    assert "cluster_size" not in build_quantizer("cosine_ema", 3, 2).state_dict()
+    with pytest.raises(ValueError, match="dead_code_threshold"):
+        CosineEMAQuantizer(3, 2, dead_code_threshold=-1)
+
+
 def test_cosine_ema_codebook_starts_from_kmeans_of_the_first_batch_and_gets_no_gradient():
     from hf_vq.quantizers import CosineEMAQuantizer
 

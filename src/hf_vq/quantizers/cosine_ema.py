@@ -4,6 +4,11 @@ Latents and codes are L2-normalised; a latent takes the code of highest cosine s
 gradient: after each training batch, every code that was chosen moves towards the normalised mean of its
 latents, code <- normalize(decay * code + (1 - decay) * normalize(mean)), with the counts and sums all-reduced
 across processes so that every rank keeps the same codebook. Codes start from k-means of the first batch.
+
+With `dead_code_threshold > 0` (off by default, as in the official quantizer), a code whose EMA of assignments per
+batch falls below the threshold is restarted at a random latent of the current batch (rank 0's, broadcast), the
+remedy for the dead codes that k-means + EMA leave behind on small data (vector-quantize-pytorch's
+`threshold_ema_dead_code`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class CosineEMAQuantizer(Quantizer):
         commitment_weight: float = 1.0,
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
+        dead_code_threshold: float = 0.0,
     ):
         super().__init__()
         if codebook_size < 1 or dim < 1:
@@ -42,6 +48,8 @@ class CosineEMAQuantizer(Quantizer):
             raise ValueError(f"decay must lie in [0, 1), got {decay}")
         if kmeans_init and kmeans_iters < 1:
             raise ValueError(f"kmeans_iters must be at least 1 when kmeans_init=True, got {kmeans_iters}")
+        if not dead_code_threshold >= 0:
+            raise ValueError(f"dead_code_threshold must be >= 0, got {dead_code_threshold}")
         self.codebook_size = codebook_size
         self.dim = dim
         self.decay = decay
@@ -51,6 +59,9 @@ class CosineEMAQuantizer(Quantizer):
         # Buffers, not parameters: the codebook is learned by EMA only, so no optimizer or gradient touches it.
         self.register_buffer("codebook", F.normalize(torch.randn(codebook_size, dim), dim=-1))
         self.register_buffer("initted", torch.tensor(not kmeans_init))
+        self.dead_code_threshold = dead_code_threshold
+        if dead_code_threshold > 0:  # saved with the model, so a resumed run restarts the same codes
+            self.register_buffer("cluster_size", torch.ones(codebook_size))
 
     @property
     def needs_data_init(self) -> bool:
@@ -87,6 +98,22 @@ class CosineEMAQuantizer(Quantizer):
         means = F.normalize(sums / counts.clamp_min(1).unsqueeze(1), dim=-1)
         moved = F.normalize(self.decay * self.codebook + (1 - self.decay) * means, dim=-1)
         self.codebook.copy_(torch.where(chosen.unsqueeze(1), moved, self.codebook))
+        if self.dead_code_threshold > 0:
+            self._restart_dead_codes(latents, counts)
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, latents: torch.Tensor, counts: torch.Tensor) -> None:
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        dead = self.cluster_size < self.dead_code_threshold  # the same on every rank: counts are all-reduced
+        num_dead = int(dead.sum())
+        if num_dead == 0:
+            return
+        codebook = self.codebook.clone()
+        codebook[dead] = sample_rows(latents, num_dead)
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(codebook, src=0)  # every rank drew its own rows: keep rank 0's
+        self.codebook.copy_(codebook)
+        self.cluster_size[dead] = 1.0  # a fresh code gets a grace period before it can be restarted again
 
     @torch.no_grad()
     def _kmeans_init(self, latents: torch.Tensor) -> None:
