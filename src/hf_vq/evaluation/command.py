@@ -211,21 +211,18 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
     result = evaluate_generation(samples, reference, network.id2label if same_classes else None)
 
     if ppl_data is not None:
-        result["ar_validation_perplexity"] = validation_perplexity(pipe.transformer, _token_batches(
-            pipe.vqvae, *ppl_data, args.batch_size)).to_dict()
+        import torch
+
+        from .linear_probe import tokenize_images
+
+        tokens = tokenize_images(pipe.vqvae, ppl_data[0], args.batch_size)
+        batches = zip(tokens.split(args.batch_size), torch.from_numpy(ppl_data[1]).split(args.batch_size))
+        result["ar_validation_perplexity"] = validation_perplexity(pipe.transformer, batches).to_dict()
     protocol = {k: PROTOCOL[k] for k in ("frechet", "score", "precision_recall")}
     return _finish({"pipeline": model, "samples": str(path), "dataset": args.dataset, "reference": reference.source,
                     "seed": args.seed,
                     "per_class": args.per_class, **knobs, **result, "protocol": protocol}, args.output)
 
-
-def _token_batches(tokenizer, images, labels, batch_size: int):
-    """(tokens, labels) batches of uint8 images tokenized by `tokenizer`."""
-    import torch
-
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        yield tokenizer.tokenize(x.to(tokenizer.device)), torch.from_numpy(labels[start : start + batch_size])
 
 
 def evaluate_samples_command(args: argparse.Namespace) -> dict:

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..utils import write_file_atomic
 from .features import FeatureNetwork, extract_features
+from .images import to_uint8
 
 FORMAT = "hf_vq-feature-set-1"
 
@@ -130,8 +131,7 @@ def dataset_images(
     loader = torch.utils.data.DataLoader(with_image_transform(data, transform), batch_size=500, collate_fn=collate)
     images, labels = [], []
     for batch in loader:
-        pixels = ((batch["pixel_values"] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        images.append(pixels.permute(0, 2, 3, 1).numpy())
+        images.append(to_uint8(batch["pixel_values"]))
         if "class_labels" in batch:
             labels.append(batch["class_labels"].numpy())
     return np.concatenate(images), np.concatenate(labels) if labels else None

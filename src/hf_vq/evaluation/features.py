@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .images import from_uint8
+
 BUNDLED_CLASSIFIER = "fmnist-classifier"
 # sha256 of the bundled classifier's model.safetensors: trained by examples/train_fmnist_classifier.py
 # --epochs 4 --seed 0 (1,872 steps of 128 images); the package refuses a copy that differs.
@@ -138,8 +140,7 @@ def extract_features(
         raise ValueError("images must be an (N, H, W, 1 or 3) uint8 array (ADM's arr_0 layout)")
     features, logits = [], []
     for start in tqdm(range(0, len(images), batch_size), desc="features", disable=not progress):
-        batch = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2).float() / 255
-        f, z = network.extract(batch)
+        f, z = network.extract(from_uint8(images[start : start + batch_size], value_range=(0.0, 1.0)))
         features.append(f.float().cpu().numpy())
         logits.append(z.float().cpu().numpy())
     return np.concatenate(features), np.concatenate(logits)

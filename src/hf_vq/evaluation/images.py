@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 VALUE_RANGES = ((0.0, 1.0), (-1.0, 1.0))
@@ -38,3 +39,17 @@ def to_uint8_unit(images: torch.Tensor, value_range: tuple[float, float] = (-1.0
     low, high = value_range
     x = ((images.double() - low) / (high - low)).clamp(0, 1)
     return torch.round(x * 255) / 255
+
+
+def from_uint8(images: np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """(N, H, W, C) uint8 images (ADM's `arr_0` layout) -> an (N, C, H, W) float32 batch in `value_range`."""
+    low, high = value_range
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 * (high - low) + low
+
+
+def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """An (N, C, H, W) batch in `value_range` -> (N, H, W, C) uint8 images, clamped and rounded as a saved image."""
+    low, high = value_range
+    x = ((images.float() - low) / (high - low)).clamp(0, 1)
+    return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+

@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..generators.sampling import eval_mode
+from .images import from_uint8
 
 DEFAULT_WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 DEFAULT_MAX_ITERATIONS = 1000
@@ -70,8 +71,7 @@ def resolve_blocks(blocks: str | Sequence[int], num_blocks: int) -> list[int]:
 def _pixel_batches(images: np.ndarray, batch_size: int, device: torch.device):
     """(B, C, H, W) float batches in [-1, 1] of (N, H, W, C) uint8 images."""
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        yield batch.to(device)
+        yield from_uint8(images[start : start + batch_size]).to(device)
 
 
 @torch.no_grad()

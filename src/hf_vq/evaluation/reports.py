@@ -19,6 +19,7 @@ from .codebook import CodebookStatistics
 from .feature_sets import FeatureSet, feature_set_of_images
 from .features import FeatureNetwork
 from .fid import fid_from_features
+from .images import from_uint8, to_uint8
 from .inception_score import inception_score
 from .metrics import psnr_uint8
 from .precision_recall import precision_recall
@@ -37,17 +38,13 @@ PROTOCOL = {
 
 def _pixels_to_tensor(images: np.ndarray, channels: int) -> torch.Tensor:
     """(N, H, W, C) uint8 -> (N, channels, H, W) float in [-1, 1]."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x = from_uint8(images)
     if x.shape[1] == channels:
         return x
     if channels == 3:
         return x.expand(-1, 3, -1, -1)
     return (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
-
-def _to_pixels(x: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8, rounded as a saved image."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 @torch.no_grad()
@@ -91,7 +88,7 @@ def evaluate_tokenizer(
         if lpips_model is not None:
             lpips_device = next(lpips_model.parameters()).device
             lpipses.append(lpips_model(recon.to(lpips_device), x.to(lpips_device)).cpu())
-        reconstructions.append(_to_pixels(recon))
+        reconstructions.append(to_uint8(recon))
     codebook = stats.compute()
     result = {
         "num_images": len(images),

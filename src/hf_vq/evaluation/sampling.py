@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..utils import write_file_atomic
+from .images import to_uint8
 
 MANIFEST_NAME = "samples.json"
 SAMPLES_NAME = "samples.npz"
@@ -123,7 +124,7 @@ def generate_samples(
         images = sample_fn(labels, generators)
         if images.dim() != 4 or images.shape[0] != len(indices):
             raise ValueError(f"sample_fn must return ({len(indices)}, C, H, W) images, got {tuple(images.shape)}")
-        pixels = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        pixels = to_uint8(images, value_range=(0.0, 1.0))
 
         def write(path: Path, pixels=pixels, labels=labels, indices=indices) -> None:
             with open(path, "wb") as f:
