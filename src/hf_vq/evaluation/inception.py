@@ -177,26 +177,31 @@ class FIDInceptionV3(nn.Module):
         return features, features @ self.fc.weight.T
 
 
+def checkpoint_candidate(file_name: str, weights: str | os.PathLike | None) -> tuple[Path, Path]:
+    """Where the checkpoint `file_name` is looked for: `weights` (the file, or a folder holding it) or, for None,
+    torch hub's checkpoints folder, where the packages that download it put it; and that torch hub path."""
+    torch_hub = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+    if weights is None:
+        return torch_hub, torch_hub
+    path = Path(weights).expanduser()
+    return (path / file_name if path.is_dir() else path), torch_hub
+
+
 def find_fid_weights(weights: str | os.PathLike | None = None) -> Path:
     """Locate the FID Inception weights without downloading anything.
 
     `weights` is the file, a folder holding it, or a Hub repo id whose copy is already in the local Hub cache;
     with None, torch hub's checkpoint folder (where pytorch-fid downloads it) is searched.
     """
-    torch_hub = Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_NAME
-    if weights is None:
-        candidate = torch_hub
-    else:
-        path = Path(weights).expanduser()
-        candidate = path / FID_WEIGHTS_NAME if path.is_dir() else path
-        if not path.exists() and str(weights).count("/") == 1:
-            from huggingface_hub import hf_hub_download
-            from huggingface_hub.errors import LocalEntryNotFoundError
+    candidate, torch_hub = checkpoint_candidate(FID_WEIGHTS_NAME, weights)
+    if weights is not None and not Path(weights).expanduser().exists() and str(weights).count("/") == 1:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
 
-            try:
-                return Path(hf_hub_download(str(weights), FID_WEIGHTS_NAME, local_files_only=True))
-            except (LocalEntryNotFoundError, ValueError):
-                candidate = f"{candidate} (nor {weights}/{FID_WEIGHTS_NAME} in the Hub cache)"
+        try:
+            return Path(hf_hub_download(str(weights), FID_WEIGHTS_NAME, local_files_only=True))
+        except (LocalEntryNotFoundError, ValueError):
+            candidate = f"{candidate} (nor {weights}/{FID_WEIGHTS_NAME} in the Hub cache)"
     if isinstance(candidate, Path) and candidate.is_file():
         return candidate
     raise FileNotFoundError(

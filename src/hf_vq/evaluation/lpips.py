@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .images import check_image_pair
+from .inception import checkpoint_candidate
 
 VGG16_WEIGHTS_NAME = "vgg16-397923af.pth"
 VGG16_WEIGHTS_URL = f"https://download.pytorch.org/models/{VGG16_WEIGHTS_NAME}"
@@ -126,12 +127,7 @@ class LPIPS(nn.Module):
 
 def find_vgg16_weights(weights: str | os.PathLike | None = None) -> Path:
     """Locate torchvision's VGG16 ImageNet checkpoint (the file or its folder; None: torch hub's checkpoints)."""
-    torch_hub = Path(torch.hub.get_dir()) / "checkpoints" / VGG16_WEIGHTS_NAME
-    if weights is None:
-        candidate = torch_hub
-    else:
-        path = Path(weights).expanduser()
-        candidate = path / VGG16_WEIGHTS_NAME if path.is_dir() else path
+    candidate, torch_hub = checkpoint_candidate(VGG16_WEIGHTS_NAME, weights)
     if candidate.is_file():
         return candidate
     raise FileNotFoundError(
