@@ -33,3 +33,10 @@ def test_bundled_pipeline_samples_deterministically_and_round_trips_codes():
     vqvae: FQGANTokenizer = pipe.vqvae
     codes = vqvae.tokenize(a * 2 - 1)
     assert codes.shape == (2, 2, 7, 7)
+
+
+def test_bundled_pipeline_module_is_the_one_save_pretrained_writes():
+    """The bundled folder carries a copy of the custom-pipeline module; it must not drift from the packaged one."""
+    from hf_vq.pipelines.pipeline_fqgan import PIPELINE_MODULE, pipeline_module_source
+
+    assert (bundled_model_path() / f"{PIPELINE_MODULE}.py").read_text() == pipeline_module_source()
