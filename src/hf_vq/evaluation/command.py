@@ -108,14 +108,22 @@ def _network(args: argparse.Namespace):
     return None if name == "none" else load_feature_network(name, args.feature_weights, device=args.device)
 
 
+def _check_output(output: str | None) -> None:
+    """Refuse, before any work, a --output that is not a writable .json path."""
+    if output:
+        from ..utils import check_output_file
+
+        check_output_file(output, (".json",), "--output")
+
+
 def _finish(result: dict, output: str | None) -> dict:
     from .. import __version__
-    from ..utils import check_output_file, write_file_atomic
+    from ..utils import write_file_atomic
 
     result = {"hf_vq_version": __version__, **result}
     text = json.dumps(result, indent=2)
     if output:
-        write_file_atomic(check_output_file(output, (".json",), "--output"), lambda p: p.write_text(text + "\n"))
+        write_file_atomic(output, lambda p: p.write_text(text + "\n"))
     print(text)
     return result
 
@@ -126,10 +134,7 @@ def evaluate_tokenizer_command(args: argparse.Namespace) -> dict:
     from .feature_sets import dataset_images
     from .reports import PROTOCOL, evaluate_tokenizer
 
-    if args.output:
-        from ..utils import check_output_file
-
-        check_output_file(args.output, (".json",), "--output")
+    _check_output(args.output)
     is_pipeline = (Path(args.model) / "model_index.json").is_file()
     tokenizer = AutoImageTokenizer.from_pretrained(args.model, subfolder="vqvae" if is_pipeline else None)
     tokenizer = tokenizer.to(args.device).eval()
@@ -168,10 +173,7 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
     from .reports import PROTOCOL, evaluate_generation
     from .sampling import generate_samples, load_samples, pipeline_sample_fn, process_state
 
-    if args.output:
-        from ..utils import check_output_file
-
-        check_output_file(args.output, (".json",), "--output")
+    _check_output(args.output)
     network = _network(args)
     if network is None:
         raise ValueError("evaluate pipeline needs a feature network: --features fmnist or inception")
@@ -231,10 +233,7 @@ def evaluate_samples_command(args: argparse.Namespace) -> dict:
     from .reports import PROTOCOL, evaluate_generation
     from .sampling import MANIFEST_NAME, load_samples
 
-    if args.output:
-        from ..utils import check_output_file
-
-        check_output_file(args.output, (".json",), "--output")
+    _check_output(args.output)
     network = _network(args)
     if network is None:
         raise ValueError("evaluate samples needs a feature network: --features fmnist or inception")
