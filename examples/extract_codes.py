@@ -9,13 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-from datasets import Array2D, ClassLabel, Dataset, Features, Value
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
-
 from hf_vq import AutoImageTokenizer
-from hf_vq.training.data import ImageTransform, collate, id2label_from_dataset, load_image_dataset, with_image_transform
+from hf_vq.training.codes import extract_codes
+from hf_vq.training.data import load_image_dataset
 from hf_vq.utils import atomic_directory, check_output_dir
 
 
@@ -36,41 +32,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-@torch.no_grad()
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
     check_output_dir(output_dir, args.overwrite)
     tokenizer = AutoImageTokenizer.from_pretrained(args.tokenizer).eval()
     dataset = load_image_dataset(args.dataset, args.split, args.image_column, args.label_column, args.skip_corrupt)
-    if "label" not in dataset.column_names:
-        raise ValueError("class-conditional generators need labels: the dataset has no label column")
-    id2label = id2label_from_dataset(dataset)
-    transform = ImageTransform(args.resolution, channels=tokenizer.in_channels)
-    loader = DataLoader(with_image_transform(dataset, transform), batch_size=args.batch_size, collate_fn=collate)
-
-    codes, labels, flipped = [], [], []
-    for batch in tqdm(loader, desc="tokenizing"):
-        views = [(batch["pixel_values"], False)]
-        if not args.no_flip:
-            views.append((batch["pixel_values"].flip(-1), True))
-        for pixels, is_flip in views:
-            indices = tokenizer.tokenize(pixels)
-            codes.append(indices.flatten(2).to(torch.int32))
-            labels.append(batch["class_labels"])
-            flipped += [is_flip] * len(pixels)
-    codes = torch.cat(codes)
-    k, n = codes.shape[1:]
-    features = Features({
-        "codes": Array2D(shape=(k, n), dtype="int32"),
-        "label": ClassLabel(names=[id2label[i] for i in sorted(id2label)]),
-        "flipped": Value("bool"),
-    })
-    table = Dataset.from_dict(
-        {"codes": codes.numpy(), "label": torch.cat(labels).tolist(), "flipped": flipped}, features=features
-    )
+    table = extract_codes(tokenizer, dataset, args.resolution, flip=not args.no_flip, batch_size=args.batch_size)
     with atomic_directory(output_dir, "extract_codes", args.overwrite) as tmp:
         table.save_to_disk(str(tmp))
+    k, n = table.features["codes"].shape
     print(f"saved {len(table)} code grids of shape ({k}, {n}) to {output_dir}")
     return output_dir
 

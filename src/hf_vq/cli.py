@@ -146,6 +146,7 @@ def _bundled_labels() -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The `hf-vq` argument parser."""
     from . import __version__
+    from .benchmark.command import add_benchmark_arguments
     from .conversion import add_convert_arguments
     from .evaluation.command import add_evaluate_arguments
 
@@ -209,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=push)
 
     add_evaluate_arguments(sub, defaults)
+    add_benchmark_arguments(sub, defaults)
     return parser
 
 

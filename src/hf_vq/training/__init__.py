@@ -1,5 +1,6 @@
 """Training: the one loop and its recipes, datasets and image transforms."""
 
+from .codes import extract_codes
 from .data import (
     FASHION_MNIST_LABELS,
     ImageTransform,
@@ -15,6 +16,7 @@ __all__ = [
     "ImageTransform",
     "TrainingRecipe",
     "collate",
+    "extract_codes",
     "id2label_from_dataset",
     "load_image_dataset",
     "run",

@@ -7,6 +7,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,21 @@ def _fashion_mnist_examples(images_path: str, labels_path: str) -> Iterator[dict
 
 
 def _load_fashion_mnist(split: str) -> Dataset:
-    """Parse the local IDX files once into the datasets cache; later loads memory-map the cached Arrow file."""
+    """Parse the local IDX files once into the datasets cache; later loads memory-map the cached Arrow file.
+
+    `split` takes the `datasets` slice syntax with absolute indices too ("train[:1000]", "test[5000:]").
+    """
+    match = re.fullmatch(r"(\w+)(?:\[(\d*):(\d*)\])?", split)
+    if match is None:
+        raise ValueError(f"Fashion-MNIST split {split!r}: use 'train' or 'test', optionally sliced as 'train[:1000]'")
+    split, start, stop = match.groups()
+    dataset = _load_fashion_mnist_split(split)
+    if start or stop:
+        dataset = dataset.select(range(len(dataset))[slice(int(start) if start else None, int(stop) if stop else None)])
+    return dataset
+
+
+def _load_fashion_mnist_split(split: str) -> Dataset:
     images_path, labels_path = _fashion_mnist_paths(split)
     stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in (images_path, labels_path)]
     fingerprint = hashlib.sha256(repr((_FASHION_MNIST_CACHE_VERSION, stats)).encode()).hexdigest()[:32]

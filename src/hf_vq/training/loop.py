@@ -120,13 +120,18 @@ def step_seed(seed: int, process: int, micro_step: int) -> int:
     return ((seed * 1_000_003 + process) * 1_000_003 + micro_step) % 2**63
 
 
-def parse_recipe_args(recipe_cls: type[TrainingRecipe], argv: list[str] | None = None) -> argparse.Namespace:
-    """The loop's flags plus the recipe's."""
+def recipe_parser(recipe_cls: type[TrainingRecipe]) -> argparse.ArgumentParser:
+    """The command line of a recipe: the loop's flags plus the recipe's."""
     parser = argparse.ArgumentParser(description=recipe_cls.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser, checkpointing_steps=recipe_cls.default_checkpointing_steps)
     recipe_cls.add_arguments(parser)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_recipe_args(recipe_cls: type[TrainingRecipe], argv: list[str] | None = None) -> argparse.Namespace:
+    """The loop's flags plus the recipe's, parsed."""
+    return recipe_parser(recipe_cls).parse_args(argv)
 
 
 def run(recipe_cls: type[TrainingRecipe], argv: list[str] | None = None) -> nn.Module:

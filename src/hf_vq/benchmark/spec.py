@@ -1,0 +1,350 @@
+"""The benchmark spec: which tokenizers, which proposal networks, which data, what budget; checked before any work.
+
+A spec is one JSON file (paths in it are relative to the file):
+
+    {
+      "name": "fmnist-vqkd",
+      "dataset": {"name": "fashion-mnist", "resolution": 28, "train_split": "train", "test_split": "test"},
+      "seed": 0,
+      "features": "fmnist",                      # the feature network of every Fréchet distance
+      "num_samples": 10000,                      # per proposal network, spread evenly over the classes
+      "budget": {"tokenizer": {"samples": 160000, "batch_size": 32}, "ar": {...}, "nar": {...},
+                 "max_minutes": 40},             # samples seen per stage, the same for every row; minutes cap
+      "ar": {"config": "../configs/fmnist_far.json", "sampling": {"guidance_scale": 2.0}},
+      "nar": {"config": "../configs/fmnist_maskgit.json", "sampling": {"guidance_scale": 2.0}},
+      "train_args": {"tokenizer": {"learning_rate": 1e-3}, "ar": {...}, "nar": {...}},
+      "rows": [{"name": "VQGAN", "kind": "vqgan", "config": "../configs/fmnist_vqgan.json"}, ...],
+      "noise": {"row": "VQGAN", "seeds": [1, 2]}
+    }
+
+Each row trains its tokenizer with the recipe of its kind (`TOKENIZER_KINDS`); `train_args` hold each training
+stage's other flags (the recipes' command-line flags, without the dashes), spec-wide and per row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BUDGET_STAGES = ("tokenizer", "ar", "nar")
+# flags the benchmark sets itself from the spec and the budget: a spec that sets them is refused
+RESERVED_FLAGS = {"output_dir", "train_batch_size", "max_train_steps", "max_minutes", "seed", "resume_from_checkpoint",
+                  "dataset", "split", "resolution", "tokenizer_config", "tokenizer", "codes_dir", "model_config",
+                  "pixel_decoder", "push_to_hub", "hub_model_id"}
+
+
+@dataclass(frozen=True)
+class TokenizerKind:
+    """How the benchmark trains one kind of tokenizer and what the kind's config must say.
+
+    `stages` name the training stages in order; each is a recipe (a `TrainingRecipe` class path, imported when
+    the stage runs). The second stage of a two-stage kind (VQ-KD's pixel decoder) trains on the first's output.
+    """
+
+    class_name: str  # the config's `_class_name` (a missing one means FQGANTokenizer, as the GAN recipe reads it)
+    stages: tuple[tuple[str, str], ...]  # (stage name, recipe class path)
+    quantizer: str | None = None  # the config's quantizer kind, when the kind fixes it
+    multiple_codebooks: bool | None = None  # num_codebooks > 1 required (True), forbidden (False), or free (None)
+
+    def check_config(self, config: dict[str, Any], where: str) -> None:
+        """Refuse a tokenizer config that is not of this kind, or that its class refuses (built on the meta device:
+        no memory, no weights)."""
+        import torch
+
+        from ..tokenizers import AutoImageTokenizer
+
+        class_name = config.get("_class_name", "FQGANTokenizer")
+        if class_name != self.class_name:
+            raise ValueError(f"{where}: its config is a {class_name}, not the {self.class_name} this kind trains")
+        quantizer = (config.get("quantizer") or {}).get("kind")
+        if self.quantizer is not None and quantizer != self.quantizer:
+            raise ValueError(f"{where}: its config's quantizer is {quantizer!r}, not {self.quantizer!r}")
+        k = config.get("num_codebooks", 1)
+        if self.multiple_codebooks is True and k < 2:
+            raise ValueError(f"{where}: a factorized tokenizer needs num_codebooks >= 2, its config has {k}")
+        if self.multiple_codebooks is False and k != 1:
+            raise ValueError(f"{where}: this kind has one codebook, its config has num_codebooks={k}")
+        try:
+            with torch.device("meta"):
+                AutoImageTokenizer.from_config(dict(config), "FQGANTokenizer")
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{where}: its config is refused: {err}") from err
+
+
+_GAN = "hf_vq.training.recipes.TokenizerGANRecipe"
+TOKENIZER_KINDS: dict[str, TokenizerKind] = {
+    "vqgan": TokenizerKind("FQGANTokenizer", (("tokenizer", _GAN),), quantizer="vq", multiple_codebooks=False),
+    "fsq": TokenizerKind("FQGANTokenizer", (("tokenizer", _GAN),), quantizer="fsq", multiple_codebooks=False),
+    "lfq": TokenizerKind("FQGANTokenizer", (("tokenizer", _GAN),), quantizer="lfq", multiple_codebooks=False),
+    "fqgan": TokenizerKind("FQGANTokenizer", (("tokenizer", _GAN),), multiple_codebooks=True),
+    "vitvqgan": TokenizerKind("ViTVQGANTokenizer", (("tokenizer", "hf_vq.training.recipes.ViTVQGANRecipe"),)),
+    "vqkd": TokenizerKind("VQKDTokenizer", (("vqkd", "hf_vq.training.recipes.VQKDRecipe"),
+                                            ("pixel_decoder", "hf_vq.training.recipes.VQKDPixelDecoderRecipe"))),
+}
+GENERATOR_RECIPES = {"ar": "hf_vq.training.recipes.ARGeneratorRecipe",
+                     "nar": "hf_vq.training.recipes.NARGeneratorRecipe"}
+
+
+def recipe_class(path: str):
+    """The recipe class a dotted path names."""
+    import importlib
+
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class StageBudget:
+    samples: int
+    batch_size: int
+
+    @property
+    def steps(self) -> int:
+        return self.samples // self.batch_size
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Samples seen per stage (the same for every row) and the wall-clock cap of each training stage."""
+
+    tokenizer: StageBudget
+    ar: StageBudget
+    nar: StageBudget
+    max_minutes: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {s: {"samples": getattr(self, s).samples, "batch_size": getattr(self, s).batch_size}
+                               for s in BUDGET_STAGES}
+        out["max_minutes"] = self.max_minutes
+        return out
+
+
+@dataclass(frozen=True)
+class Row:
+    """One tokenizer of the table."""
+
+    name: str
+    kind: str
+    config: dict[str, Any] | None  # the tokenizer config's content (None for a reused, pretrained tokenizer)
+    pixel_decoder: dict[str, Any] | None = None  # VQ-KD stage 2's decoder kwargs
+    pretrained: str | None = None  # a trained tokenizer folder to reuse instead of training one
+    stage_fraction: float = 0.5  # two-stage kinds: the share of the tokenizer budget the first stage gets
+    train_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def slug(self) -> str:
+        """A file-name-safe form of the name."""
+        return "".join(c if c.isalnum() else "-" for c in self.name.lower()).strip("-")
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    config: dict[str, Any]
+    sampling: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    name: str
+    path: Path
+    dataset: str
+    resolution: int
+    train_split: str
+    test_split: str
+    seed: int
+    features: str
+    feature_weights: str | None
+    num_samples: int
+    budget: Budget
+    ar: GeneratorSpec
+    nar: GeneratorSpec
+    rows: tuple[Row, ...]
+    noise_row: str | None
+    noise_seeds: tuple[int, ...]
+    train_args_spec: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def row(self, name: str) -> Row:
+        """The row called `name`."""
+        return next(r for r in self.rows if r.name == name)
+
+    def train_args(self, row: Row, stage: str) -> dict[str, Any]:
+        """The flags of one training stage of a row: the spec-wide ones, then the row's."""
+        return {**self.train_args_spec.get(stage, {}), **row.train_args.get(stage, {})}
+
+
+def _fail(path: Path, message: str) -> ValueError:
+    return ValueError(f"benchmark spec {path}: {message}")
+
+
+def _read_json(path: Path, what: str, spec_path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark spec {spec_path}: {what} {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise _fail(spec_path, f"{what} {path} is not valid JSON ({err})") from err
+
+
+def _positive_int(value: Any, where: str, spec_path: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _fail(spec_path, f"{where} must be a positive integer, got {value!r}")
+    return value
+
+
+def _budget(raw: Any, where: str, spec_path: Path) -> Budget:
+    if not isinstance(raw, dict):
+        raise _fail(spec_path, f"{where} must be an object with {', '.join(BUDGET_STAGES)} and max_minutes")
+    unknown = set(raw) - {*BUDGET_STAGES, "max_minutes"}
+    if unknown:
+        raise _fail(spec_path, f"{where} has unknown keys {sorted(unknown)}")
+    stages = {}
+    for stage in BUDGET_STAGES:
+        entry = raw.get(stage)
+        if not isinstance(entry, dict) or set(entry) != {"samples", "batch_size"}:
+            raise _fail(spec_path, f"{where}.{stage} must be {{\"samples\": N, \"batch_size\": B}}, got {entry!r}")
+        samples = _positive_int(entry["samples"], f"{where}.{stage}.samples", spec_path)
+        batch = _positive_int(entry["batch_size"], f"{where}.{stage}.batch_size", spec_path)
+        if samples < batch:
+            raise _fail(spec_path, f"{where}.{stage}: {samples} samples is less than one batch of {batch}")
+        stages[stage] = StageBudget(samples, batch)
+    minutes = raw.get("max_minutes")
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0):
+        raise _fail(spec_path, f"{where}.max_minutes must be a positive number or null, got {minutes!r}")
+    return Budget(**stages, max_minutes=minutes)
+
+
+def _train_args(raw: Any, where: str, spec_path: Path) -> dict[str, dict[str, Any]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise _fail(spec_path, f"{where} must map stage names to objects of flags")
+    for stage, flags in raw.items():
+        reserved = sorted(set(flags) & RESERVED_FLAGS)
+        if reserved:
+            raise _fail(spec_path, f"{where}.{stage} sets {reserved}, which the benchmark sets from the spec and "
+                                   "its budget")
+    return copy.deepcopy(raw)
+
+
+def load_spec(path: str | Path) -> BenchmarkSpec:
+    """Read and check a spec: every error a row could hit later is raised here, before any training."""
+    path = Path(path)
+    raw = _read_json(path, "spec file", path)
+    base = path.parent
+    required = ("dataset", "budget", "ar", "nar", "rows")
+    missing = [k for k in required if k not in raw]
+    if missing:
+        raise _fail(path, f"missing {', '.join(missing)}")
+
+    dataset = raw["dataset"]
+    if not isinstance(dataset, dict) or "name" not in dataset or "resolution" not in dataset:
+        raise _fail(path, "dataset must be {\"name\": ..., \"resolution\": N, \"train_split\"?, \"test_split\"?}")
+    budget = _budget(raw["budget"], "budget", path)
+
+    generators = {}
+    for stage in ("ar", "nar"):
+        entry = raw[stage]
+        if not isinstance(entry, dict) or "config" not in entry:
+            raise _fail(path, f"{stage} must be {{\"config\": \"generator config.json\", \"sampling\": {{...}}}}")
+        generators[stage] = GeneratorSpec(_read_json(base / entry["config"], f"{stage} config", path),
+                                          dict(entry.get("sampling") or {}))
+
+    rows, names = [], set()
+    if not isinstance(raw["rows"], list) or not raw["rows"]:
+        raise _fail(path, "rows must be a non-empty list")
+    for i, entry in enumerate(raw["rows"]):
+        where = f"row {i} ({entry.get('name', '?')})"
+        if not isinstance(entry, dict) or "name" not in entry or "kind" not in entry:
+            raise _fail(path, f"{where} needs a name and a kind")
+        if entry["name"] in names:
+            raise _fail(path, f"two rows are called {entry['name']!r}")
+        names.add(entry["name"])
+        kind = TOKENIZER_KINDS.get(entry["kind"])
+        if kind is None:
+            raise _fail(path, f"{where}: unknown tokenizer kind {entry['kind']!r}; known kinds: "
+                              f"{', '.join(sorted(TOKENIZER_KINDS))}")
+        if "budget" in entry and _budget(entry["budget"], f"{where}.budget", path) != budget:
+            raise _fail(path, f"{where} has its own budget {entry['budget']}, which differs from the spec's "
+                              f"{budget.to_dict()}: every row must get the same budget, or the table compares "
+                              "training lengths instead of tokenizers")
+        if ("config" in entry) == ("pretrained" in entry):
+            raise _fail(path, f"{where} needs either a tokenizer config to train or a pretrained folder to reuse")
+        config = pixel_decoder = pretrained = None
+        if "config" in entry:
+            config = _read_json(base / entry["config"], f"{where}: tokenizer config", path)
+            kind.check_config(config, f"benchmark spec {path}: {where}")
+            if "pixel_decoder" in entry:
+                pixel_decoder = _read_json(base / entry["pixel_decoder"], f"{where}: pixel decoder config", path)
+        else:
+            folder = base / entry["pretrained"]
+            config = _read_json(folder / "config.json", f"{where}: pretrained tokenizer", path)
+            kind.check_config(config, f"benchmark spec {path}: {where}")
+            pretrained = str(folder)
+        fraction = entry.get("stage_fraction", 0.5)
+        if not 0 < fraction < 1:
+            raise _fail(path, f"{where}: stage_fraction must be in (0, 1), got {fraction}")
+        rows.append(Row(entry["name"], entry["kind"], config, pixel_decoder, pretrained, fraction,
+                        _train_args(entry.get("train_args"), f"{where}.train_args", path)))
+
+    noise = raw.get("noise") or {}
+    if noise and (noise.get("row") not in names or not noise.get("seeds")):
+        raise _fail(path, f"noise must name one of the rows ({sorted(names)}) and give extra seeds, got {noise}")
+    seed = raw.get("seed", 0)
+    if seed in noise.get("seeds", []):
+        raise _fail(path, f"noise seeds {noise['seeds']} must differ from the spec's seed {seed}")
+
+    spec = BenchmarkSpec(
+        name=raw.get("name", path.stem), path=path, dataset=str(dataset["name"]),
+        resolution=_positive_int(dataset["resolution"], "dataset.resolution", path),
+        train_split=dataset.get("train_split", "train"), test_split=dataset.get("test_split", "test"),
+        seed=seed, features=raw.get("features", "fmnist"), feature_weights=raw.get("feature_weights"),
+        num_samples=_positive_int(raw.get("num_samples", 10000), "num_samples", path), budget=budget,
+        ar=generators["ar"], nar=generators["nar"], rows=tuple(rows), noise_row=noise.get("row"),
+        noise_seeds=tuple(noise.get("seeds", ())),
+        train_args_spec=_train_args(raw.get("train_args"), "train_args", path),
+    )
+    for row in spec.rows:
+        for stage, recipe in stage_recipes(row):
+            check_flags(recipe, spec.train_args(row, stage), f"benchmark spec {path}: {row.name}, stage {stage}")
+    return spec
+
+
+def stage_recipes(row: Row) -> list[tuple[str, str]]:
+    """(stage, recipe class path) of every training stage of a row, the generators' included."""
+    stages = [] if row.pretrained else list(TOKENIZER_KINDS[row.kind].stages)
+    return stages + list(GENERATOR_RECIPES.items())
+
+
+def flags_to_argv(flags: dict[str, Any]) -> list[str]:
+    """{"learning_rate": 1e-3, "use_ema": True, "teachers": ["none"]} -> ["--learning_rate", "0.001", ...]."""
+    argv = []
+    for key, value in flags.items():
+        if value is False or value is None:
+            continue
+        argv.append(f"--{key}")
+        if value is True:
+            continue
+        argv += [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+    return argv
+
+
+def check_flags(recipe_path: str, flags: dict[str, Any], where: str) -> None:
+    """Refuse flags the stage's recipe does not take, or values of the wrong type (argparse's message)."""
+    from ..training.loop import recipe_parser
+
+    parser = recipe_parser(recipe_class(recipe_path))
+    parser.allow_abbrev = False  # a spec names flags in full: "learning_rat" is a typo, not learning_rate
+    for action in parser._actions:  # the benchmark fills the required flags itself: only the spec's are checked
+        action.required = False
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            parser.parse_args(flags_to_argv(flags))
+    except SystemExit:
+        message = stderr.getvalue().strip().splitlines()[-1] if stderr.getvalue().strip() else "bad flags"
+        raise ValueError(f"{where}: {message.split(': error: ')[-1]}") from None

@@ -1,0 +1,45 @@
+"""Token grids of an image dataset: what the generator recipes train on (`examples/extract_codes.py` writes them)."""
+
+from __future__ import annotations
+
+import torch
+from datasets import Array2D, ClassLabel, Dataset, Features, Value
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .data import ImageTransform, collate, id2label_from_dataset, with_image_transform
+
+
+@torch.no_grad()
+def extract_codes(
+    tokenizer: torch.nn.Module, dataset: Dataset, resolution: int, flip: bool = True, batch_size: int = 256,
+    progress: bool = True,
+) -> Dataset:
+    """Tokenize a labelled image dataset (and, with `flip`, each image's left-right mirror) into a `datasets` table of
+    `codes` (k, h * w) int32, `label` and `flipped` columns."""
+    if "label" not in dataset.column_names:
+        raise ValueError("class-conditional generators need labels: the dataset has no label column")
+    id2label = id2label_from_dataset(dataset)
+    tokenizer.eval()
+    transform = ImageTransform(resolution, channels=tokenizer.in_channels)
+    loader = DataLoader(with_image_transform(dataset, transform), batch_size=batch_size, collate_fn=collate)
+    codes, labels, flipped = [], [], []
+    for batch in tqdm(loader, desc="tokenizing", disable=not progress):
+        views = [(batch["pixel_values"], False)]
+        if flip:
+            views.append((batch["pixel_values"].flip(-1), True))
+        for pixels, is_flip in views:
+            indices = tokenizer.tokenize(pixels.to(tokenizer.device))
+            codes.append(indices.flatten(2).to(torch.int32).cpu())
+            labels.append(batch["class_labels"])
+            flipped += [is_flip] * len(pixels)
+    codes = torch.cat(codes)
+    k, n = codes.shape[1:]
+    features = Features({
+        "codes": Array2D(shape=(k, n), dtype="int32"),
+        "label": ClassLabel(names=[id2label[i] for i in sorted(id2label)]),
+        "flipped": Value("bool"),
+    })
+    return Dataset.from_dict(
+        {"codes": codes.numpy(), "label": torch.cat(labels).tolist(), "flipped": flipped}, features=features
+    )

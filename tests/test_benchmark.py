@@ -1,0 +1,216 @@
+"""`hf-vq benchmark`: a quick spec end to end, resume at a stage boundary, and bad specs refused before any work."""
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hf_vq.benchmark import BenchmarkRun, load_spec, render_table, write_table
+from hf_vq.benchmark.stages import StageCache
+from hf_vq.benchmark.table import load_rows
+from hf_vq.cli import main as cli_main
+from hf_vq.training.data import FASHION_MNIST_DIR
+
+FMNIST_PRESENT = FASHION_MNIST_DIR.is_dir()
+needs_fmnist = pytest.mark.skipif(not FMNIST_PRESENT,
+                                  reason="Fashion-MNIST files not installed (apt package dataset-fashion-mnist)")
+
+CNN = {"in_channels": 1, "out_channels": 1, "base_channels": 32, "channel_multipliers": [1, 1, 2],
+       "num_res_blocks": 1, "z_channels": 8, "sample_size": 28, "num_codebooks": 1}
+CONFIGS = {
+    "vqgan.json": {**CNN, "quantizer": {"kind": "vq", "codebook_size": 64, "dim": 4}},
+    "fsq.json": {**CNN, "quantizer": {"kind": "fsq", "codebook_size": 64, "dim": 3, "levels": [4, 4, 4]}},
+    "ar.json": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_head_layers": 1},
+    "nar.json": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2},
+}
+QUICK = {
+    "name": "quick",
+    # 140 samples and 200 test images: more than the classifier's 128 feature dimensions, as the distance needs
+    "dataset": {"name": "fashion-mnist", "resolution": 28, "train_split": "train[:128]", "test_split": "test[:200]"},
+    "seed": 0,
+    "features": "fmnist",
+    "num_samples": 140,
+    "budget": {"tokenizer": {"samples": 32, "batch_size": 16}, "ar": {"samples": 32, "batch_size": 16},
+               "nar": {"samples": 32, "batch_size": 16}, "max_minutes": None},
+    "ar": {"config": "ar.json", "sampling": {"guidance_scale": 1.5}},
+    "nar": {"config": "nar.json", "sampling": {"guidance_scale": 1.5, "num_inference_steps": 2}},
+    "train_args": {"tokenizer": {"perceptual_weight": 0, "disc_start": 1000, "report_to": "none"},
+                   "ar": {"report_to": "none"}, "nar": {"report_to": "none"}},
+    "rows": [{"name": "VQGAN", "kind": "vqgan", "config": "vqgan.json"},
+             {"name": "FSQ", "kind": "fsq", "config": "fsq.json"}],
+}
+
+
+def write_spec(folder: Path, **changes) -> Path:
+    """The quick spec and its configs in `folder`, with top-level keys replaced by `changes`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, config in CONFIGS.items():
+        (folder / name).write_text(json.dumps(config))
+    spec = {**copy.deepcopy(QUICK), **changes}
+    path = folder / "quick.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+class Killed(Exception):
+    pass
+
+
+def run(spec_path: Path, root: Path, kill_after: int | None = None) -> BenchmarkRun:
+    """One benchmark run; with `kill_after`, it dies right after that many newly computed stages."""
+    bench = BenchmarkRun(load_spec(spec_path), root / "results", root / "work", device="cpu", log=lambda _: None)
+    if kill_after is not None:
+        original = StageCache.run
+
+        def dying(self, *args, **kwargs):
+            if len(self.computed) >= kill_after:
+                raise Killed
+            return original(self, *args, **kwargs)
+
+        bench.cache.run = dying.__get__(bench.cache)
+    try:
+        bench.run()
+    except Killed:
+        pass
+    return bench
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """The quick spec killed at a stage boundary, then restarted to the end."""
+    root = tmp_path_factory.mktemp("bench")
+    spec = write_spec(root / "spec")
+    first = run(spec, root, kill_after=5)
+    first.rows_written = sorted(p.name for p in (root / "results").glob("row-*.json"))
+    second = run(spec, root)
+    return root, first, second
+
+
+@needs_fmnist
+def test_quick_spec_writes_rows_table_and_plot(resumed):
+    root, _, _ = resumed
+    results = root / "results"
+    rows, noise = load_rows(results)
+    assert [r["row"] for r in rows] == ["VQGAN", "FSQ"] and noise is None
+    for row in rows:
+        assert row["codebooks"] == "1 x 64"
+        assert 0 < row["tokenizer"]["codebook_usage"][0] <= 1 and row["tokenizer"]["psnr_db"] > 0
+        assert row["tokenizer"]["rfd_fmnist"] > 0
+        for kind in ("ar", "nar"):
+            assert row[kind]["num_samples"] == 140 and row[kind]["fd_fmnist"] > 0
+            assert 0 <= row[kind]["class_accuracy"] <= 1
+            assert (results / f"row-{row['slug']}-{kind}.png").is_file()
+        ppl = row["ar"]["validation_perplexity"]
+        assert 1 < ppl["perplexity"] < 64 and len(ppl["per_position"]) == 49  # a 7x7 grid of 64 codes
+        assert "validation_perplexity" not in row["nar"]  # MaskGIT is not autoregressive
+        assert row["matched"] and row["training"]["tokenizer"]["steps"] == 2
+        assert row["feature_network"]["sha256"] and row["versions"]["hf_vq"] and row["seed"] == 0
+        assert row["total_minutes"] > 0 and set(row["minutes"]) >= {"tokenizer", "codes", "ar", "nar_eval"}
+    with Image.open(results / "row-vqgan-ar.png") as grid:
+        assert grid.size == (8 * 28, 10 * 28)  # 8 samples of each of the 10 classes
+    # the table is a function of the JSONs: regenerating it gives the same bytes
+    table = (results / "TABLE.md").read_text()
+    assert table == render_table(rows, noise)
+    assert "| VQGAN | 1 x 64 |" in table and "[AR](row-vqgan-ar.png)" in table
+    plot = (results / "plot.svg").read_text()
+    write_table(results)
+    assert (results / "TABLE.md").read_text() == table and (results / "plot.svg").read_text() == plot
+    assert plot.startswith("<svg") and "VQGAN" in plot
+
+
+@needs_fmnist
+def test_killed_run_resumes_without_recomputing_a_stage(resumed):
+    root, first, second = resumed
+    assert len(first.cache.computed) == 5 and first.rows_written == []
+    assert not set(first.cache.computed) & set(second.cache.computed)
+    # every stage ran exactly once over the two processes: the first row's tokenizer, codes, evaluations, ...
+    assert len(first.cache.computed) + len(second.cache.computed) == 2 * 9 + 1  # 9 per row + the test reference
+    # a third run finds everything done, recomputes nothing and writes the same rows
+    before = {p.name: json.loads(p.read_text()) for p in (root / "results").glob("row-*.json")}
+    third = run(root / "spec" / "quick.json", root)
+    assert third.cache.computed == []
+    after = {p.name: json.loads(p.read_text()) for p in (root / "results").glob("row-*.json")}
+    volatile = ("finished", "command")
+    assert {k: {f: v for f, v in r.items() if f not in volatile} for k, r in after.items()} == \
+        {k: {f: v for f, v in r.items() if f not in volatile} for k, r in before.items()}
+
+
+# ---- bad input: refused before any work
+
+
+def refuse(spec_path: Path, root: Path, match: str, error=ValueError) -> None:
+    with pytest.raises(error, match=match):
+        BenchmarkRun(load_spec(spec_path), root / "results", root / "work", device="cpu", log=lambda _: None).run()
+    assert not (root / "work" / "stages").exists()
+
+
+def test_unknown_tokenizer_kind(tmp_path):
+    path = write_spec(tmp_path, rows=[{"name": "X", "kind": "vqvae2", "config": "vqgan.json"}])
+    with pytest.raises(ValueError, match="unknown tokenizer kind 'vqvae2'; known kinds: fqgan, fsq, lfq, vitvqgan"):
+        load_spec(path)
+
+
+def test_missing_config(tmp_path):
+    path = write_spec(tmp_path, rows=[{"name": "X", "kind": "vqgan", "config": "nowhere.json"}])
+    with pytest.raises(FileNotFoundError, match=r"tokenizer config .*nowhere.json does not exist"):
+        load_spec(path)
+
+
+def test_config_of_another_kind(tmp_path):
+    path = write_spec(tmp_path, rows=[{"name": "X", "kind": "vqgan", "config": "fsq.json"}])
+    with pytest.raises(ValueError, match="quantizer is 'fsq', not 'vq'"):
+        load_spec(path)
+
+
+def test_budgets_that_differ_between_rows(tmp_path):
+    other = copy.deepcopy(QUICK["budget"])
+    other["ar"]["samples"] = 64
+    rows = [{"name": "VQGAN", "kind": "vqgan", "config": "vqgan.json"},
+            {"name": "FSQ", "kind": "fsq", "config": "fsq.json", "budget": other}]
+    with pytest.raises(ValueError, match="differs from the spec's .* every row must get the same budget"):
+        load_spec(write_spec(tmp_path, rows=rows))
+
+
+def test_flags_the_recipe_does_not_take(tmp_path):
+    path = write_spec(tmp_path, train_args={"ar": {"learning_rat": 1e-3}})
+    with pytest.raises(ValueError, match="stage ar: unrecognized arguments: --learning_rat"):
+        load_spec(path)
+    path = write_spec(tmp_path, train_args={"ar": {"max_train_steps": 5}})
+    with pytest.raises(ValueError, match=r"sets \['max_train_steps'\], which the benchmark sets"):
+        load_spec(path)
+
+
+def test_dataset_without_labels(tmp_path):
+    unlabelled = tmp_path / "images"
+    unlabelled.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(unlabelled / f"{i}.png")
+    dataset = {"name": str(unlabelled), "resolution": 28, "train_split": "train", "test_split": "train"}
+    refuse(write_spec(tmp_path / "spec", dataset=dataset), tmp_path, "has no class labels")
+
+
+def test_rows_scored_by_another_feature_network(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "benchmark.json").write_text(json.dumps({"spec": "quick"}))
+    (results / "row-old.json").write_text(json.dumps({
+        "row": "old", "index": 0, "budget": load_spec(write_spec(tmp_path / "spec")).budget.to_dict(),
+        "feature_network": {"name": "inception", "sha256": "0" * 64}}))
+    refuse(tmp_path / "spec" / "quick.json", tmp_path, "different feature networks")
+
+
+def test_result_folder_not_made_by_the_benchmark(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "notes.txt").write_text("mine")
+    refuse(write_spec(tmp_path / "spec"), tmp_path, "was not made by hf-vq benchmark", FileExistsError)
+    assert (tmp_path / "results" / "notes.txt").read_text() == "mine"
+
+
+def test_cli_reports_a_bad_spec_in_one_line(tmp_path, capsys):
+    path = write_spec(tmp_path, rows=[{"name": "X", "kind": "vqvae2", "config": "vqgan.json"}])
+    with pytest.raises(SystemExit, match="hf-vq benchmark: benchmark spec .* unknown tokenizer kind"):
+        cli_main(["benchmark", str(path), "--output_dir", str(tmp_path / "out")])
