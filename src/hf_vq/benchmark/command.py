@@ -17,6 +17,7 @@ def add_benchmark_arguments(sub: argparse._SubParsersAction, formatter: type) ->
     b.add_argument("--work_dir", default=None,
                    help="cached stages: checkpoints, codes, samples (default: runs/benchmark-<spec name>)")
     b.add_argument("--rows", nargs="+", default=None, help="run only these rows (by name)")
+    b.add_argument("--skip_noise", action="store_true", help="leave the noise reruns (spec key `noise`) for later")
     b.add_argument("--table_only", action="store_true", help="only regenerate TABLE.md and plot.svg from the JSONs")
     b.add_argument("--device", default=None, help="sampling and evaluation device (default: cuda when available)")
     b.set_defaults(func=benchmark_command)
@@ -37,5 +38,5 @@ def benchmark_command(args: argparse.Namespace) -> None:
             print(f"wrote {path}")
         return
     work_dir = Path(args.work_dir) if args.work_dir else Path("runs") / f"benchmark-{spec.name}"
-    BenchmarkRun(spec, output_dir, work_dir, args.device, args.rows).run()
+    BenchmarkRun(spec, output_dir, work_dir, args.device, args.rows).run(noise=not args.skip_noise)
     print(f"wrote {output_dir / 'TABLE.md'}")

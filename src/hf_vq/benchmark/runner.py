@@ -72,7 +72,8 @@ class BenchmarkRun:
 
     # ---- checks before any work
     def check(self) -> None:
-        """Refuse a result folder of another spec or feature network, and a dataset without labels."""
+        """Refuse a result folder of another spec or feature network, a teacher that does not load, and a dataset
+        without labels."""
         from ..evaluation.reports import check_comparable
         from ..training.data import load_image_dataset
 
@@ -87,6 +88,10 @@ class BenchmarkRun:
                     f"this spec's {self.spec.budget.to_dict()}: rows of one table must share a budget; use another "
                     "--output_dir")
         check_comparable([*existing, {"feature_network": self.network.describe()}])
+        from ..tokenizers import FrozenTeacher
+
+        for name in sorted({t for row in self.rows for t in self.spec.teachers(row)}):
+            FrozenTeacher.from_pretrained(name)  # a missing or damaged teacher fails now, not hours into the run
         for split in (self.spec.train_split, self.spec.test_split):
             data = load_image_dataset(self.spec.dataset, split)
             if "label" not in data.column_names:
@@ -111,8 +116,9 @@ class BenchmarkRun:
         return load_feature_network(self.spec.features, self.spec.feature_weights, device=self.device)
 
     # ---- the run
-    def run(self) -> list[dict[str, Any]]:
-        """Every selected row (and the noise reruns), then the table; returns the rows' results."""
+    def run(self, noise: bool = True) -> list[dict[str, Any]]:
+        """Every selected row (and, with `noise`, the noise reruns when their row is selected), then the table;
+        returns the rows' results."""
         from .table import write_table
 
         self.check()
@@ -120,7 +126,7 @@ class BenchmarkRun:
             marker = {"spec": self.spec.name, "spec_file": str(self.spec.path)}
             write_file_atomic(folder / MARKER, lambda p, m=marker: p.write_text(json.dumps(m, indent=2) + "\n"))
         results = [self.run_row(row) for row in self.rows]
-        if self.spec.noise_row and any(r.name == self.spec.noise_row for r in self.rows):
+        if noise and self.spec.noise_row and any(r.name == self.spec.noise_row for r in self.rows):
             self.run_noise()
         write_table(self.output_dir)
         return results
@@ -318,9 +324,9 @@ class BenchmarkRun:
             tokenizer = AutoImageTokenizer.from_pretrained(tokenizer_dir).to(self.device).eval()
             images, _ = dataset_images(self.spec.dataset, self.spec.test_split, self.spec.resolution,
                                        tokenizer.in_channels)
-            teacher_name = getattr(tokenizer.config, "teacher_model", None) if row.kind == "vqkd" else None
-            teacher_name = self.spec.train_args(row, "vqkd").get("teacher", teacher_name)
-            teacher = FrozenTeacher.from_pretrained(teacher_name).to(self.device) if teacher_name else None
+            # VQ-KD predicts its teacher's features: score them against the teacher it distilled
+            names = self.spec.teachers(row) if hasattr(tokenizer, "predict_teacher_features") else []
+            teacher = FrozenTeacher.from_pretrained(names[0]).to(self.device) if names else None
             return evaluate_tokenizer(tokenizer, images, self.network, teacher=teacher)
 
         identity = {"tokenizer": tokenizer_stage.key, "network": self.network.sha256, "split": self.spec.test_split}

@@ -27,6 +27,7 @@ import contextlib
 import copy
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,7 @@ class Row:
     @property
     def slug(self) -> str:
         """A file-name-safe form of the name."""
-        return "".join(c if c.isalnum() else "-" for c in self.name.lower()).strip("-")
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,18 @@ class BenchmarkSpec:
     def train_args(self, row: Row, stage: str) -> dict[str, Any]:
         """The flags of one training stage of a row: the spec-wide ones, then the row's."""
         return {**self.train_args_spec.get(stage, {}), **row.train_args.get(stage, {})}
+
+    def teachers(self, row: Row) -> list[str]:
+        """The teachers a row's tokenizer trains with (VQ-KD's, FQGAN's semantic branches'), as the recipes read
+        them: the stage's flag, else the config's."""
+        if row.pretrained:
+            return []
+        config = row.config or {}
+        if row.kind == "vqkd":
+            names = [self.train_args(row, "vqkd").get("teacher") or config.get("teacher_model")]
+        else:
+            names = self.train_args(row, "tokenizer").get("teachers") or config.get("teacher_models") or []
+        return [str(n) for n in names if n and str(n) != "none"]
 
 
 def _fail(path: Path, message: str) -> ValueError:
