@@ -12,6 +12,7 @@ the spec, the data or the result folder is refused before the first stage runs.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -63,6 +64,9 @@ class BenchmarkRun:
         self.work_dir = Path(work_dir)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.log = log
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("hf-vq benchmark runs in one process, on one device; multi-process runs are not supported "
+                             "yet: run it without `accelerate launch`")
         unknown = sorted(set(rows or []) - {r.name for r in spec.rows})
         if unknown:
             raise ValueError(f"--rows {unknown}: the spec's rows are {[r.name for r in spec.rows]}")

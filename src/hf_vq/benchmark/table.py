@@ -169,12 +169,14 @@ def render_plot(rows: list[dict[str, Any]]) -> str:
         value = top * i / 4
         out.append(f'<text x="{margin - 5}" y="{sy(value) + 4:.1f}" text-anchor="end">{value:.2f}</text>')
     colors = {"ar": "#1f77b4", "nar": "#d62728"}
+    row_names = [name for _, _, _, name in points]
     for x, y, kind, name in points:
         if kind == "ar":
             out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="{colors[kind]}"/>')
         else:
             out.append(f'<rect x="{sx(x) - 4:.1f}" y="{sy(y) - 4:.1f}" width="8" height="8" fill="{colors[kind]}"/>')
-        out.append(f'<text x="{sx(x) + 7:.1f}" y="{sy(y) - 6:.1f}">{_escape(name)}</text>')
+        if kind == "ar" or row_names.count(name) == 1:  # one label per row
+            out.append(f'<text x="{sx(x) + 7:.1f}" y="{sy(y) - 6:.1f}">{_escape(name)}</text>')
     out += [f'<circle cx="{width - margin - 90}" cy="{margin}" r="5" fill="{colors["ar"]}"/>',
             f'<text x="{width - margin - 80}" y="{margin + 4}">AR</text>',
             f'<rect x="{width - margin - 44}" y="{margin - 4}" width="8" height="8" fill="{colors["nar"]}"/>',
