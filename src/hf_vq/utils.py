@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections.abc
+import hashlib
 import json
 import logging
 import os
@@ -26,6 +27,15 @@ OUTPUT_MARKER = ".hf_vq-output.json"
 
 
 _HUB_ID = re.compile(r"^\w[\w.-]*(/\w[\w.-]*)?$")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def is_hub_id(name: str | os.PathLike) -> bool:
@@ -125,15 +135,13 @@ def _version() -> str:
     return __version__
 
 
-def require_hub_token() -> None:
-    """Fail fast (before any training) when a run asks to push to the Hub but no token is configured."""
+def require_hub_token(flag: str = "--push_to_hub",
+                      instead: str = "drop --push_to_hub and upload later with `hf-vq push REPO_ID FOLDER`") -> None:
+    """Fail fast (before any work) when a command asks to push to the Hub but no token is configured."""
     from huggingface_hub import get_token
 
     if get_token() is None:
-        raise ValueError(
-            "--push_to_hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN, "
-            "or drop --push_to_hub and upload later with `hf-vq push FOLDER REPO_ID`."
-        )
+        raise ValueError(f"{flag} needs a Hugging Face token: run `hf auth login` or set HF_TOKEN, or {instead}.")
 
 
 def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False,

@@ -7,7 +7,6 @@ different weights are never compared: a classifier retrained on another machine 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -17,21 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..utils import file_sha256
 from .images import from_uint8
 
 BUNDLED_CLASSIFIER = "fmnist-classifier"
 # sha256 of the bundled classifier's model.safetensors: trained by examples/train_fmnist_classifier.py
 # --epochs 4 --seed 0 (1,872 steps of 128 images); the package refuses a copy that differs.
 BUNDLED_CLASSIFIER_SHA256 = "f60eef29d39d86e4877e0c289834dc48048d27dc1614291563b7957610516925"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def bundled_classifier_path() -> Path:

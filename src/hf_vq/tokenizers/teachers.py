@@ -4,15 +4,50 @@ from __future__ import annotations
 
 import math
 import os
+from importlib.resources import files
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..utils import is_hub_id
+from ..utils import file_sha256, is_hub_id
 
 _OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# Teachers that ship inside the package, loaded as "bundled:NAME" (':' is in no Hub id): the sha256 of each one's
+# model.safetensors, and the fixed-step command that made it. The package refuses a copy that differs.
+BUNDLED_PREFIX = "bundled:"
+BUNDLED_TEACHERS = {
+    "fmnist-vit-teacher-p4": "881849528452a1ec1492541577028884b015acccfce0b092dcb21be744fdca02",
+    "fmnist-mae-teacher-p4": "16831a7dc74412dd1b5eb31de8a7c674e370f787f537772517ca9fa9c1f8f109",
+}
+BUNDLED_TEACHER_COMMANDS = {
+    "fmnist-vit-teacher-p4": "python examples/train_fmnist_teacher.py --output_dir "
+    "src/hf_vq/assets/fmnist-vit-teacher-p4 --image_size 28 --patch_size 4 --epochs 2 --seed 0 --num_threads 1",
+    "fmnist-mae-teacher-p4": "python examples/train_fmnist_mae_teacher.py --output_dir "
+    "src/hf_vq/assets/fmnist-mae-teacher-p4 --epochs 3 --seed 0 --num_threads 1",
+}
+BUNDLED_TEACHER_ROOT = Path(str(files("hf_vq") / "assets"))
+
+
+def bundled_teacher_path(name: str) -> Path:
+    """The package folder of "bundled:NAME" (or NAME), after checking its weights' sha256 against the registry."""
+    name = name.removeprefix(BUNDLED_PREFIX)
+    if name not in BUNDLED_TEACHERS:
+        raise ValueError(f"unknown bundled teacher {name!r}; the package ships "
+                         f"{', '.join(BUNDLED_PREFIX + known for known in sorted(BUNDLED_TEACHERS))}")
+    weights = BUNDLED_TEACHER_ROOT / name / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"the bundled teacher {name} has no {weights}: reinstall hf_vq, or remake it with "
+                                f"`{BUNDLED_TEACHER_COMMANDS[name]}`")
+    actual = file_sha256(weights)
+    if actual != BUNDLED_TEACHERS[name]:
+        raise ValueError(f"the bundled teacher {weights} has sha256 {actual}, not {BUNDLED_TEACHERS[name]}: the "
+                         f"installed package is damaged or was edited; reinstall hf_vq, or remake it with "
+                         f"`{BUNDLED_TEACHER_COMMANDS[name]}` and record its new sha256 in BUNDLED_TEACHERS")
+    return weights.parent
 
 
 class FrozenTeacher(nn.Module):
@@ -46,9 +81,12 @@ class FrozenTeacher(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs) -> FrozenTeacher:
-        """Load a teacher by Hub id or local path (CLIP's vision tower is taken out of a full CLIPModel)."""
+        """Load a teacher by Hub id, local path or "bundled:NAME" (a checked teacher shipped in the package; CLIP's
+        vision tower is taken out of a full CLIPModel)."""
         from transformers import AutoConfig, AutoModel
 
+        if str(name_or_path).startswith(BUNDLED_PREFIX):
+            name_or_path = bundled_teacher_path(str(name_or_path))
         where = f"there is no folder {name_or_path} here (relative paths start at {os.getcwd()})"
         missing = (
             f"{where}; the Fashion-MNIST configs' teacher is made by `python examples/train_fmnist_teacher.py "

@@ -1,4 +1,4 @@
-"""Supervised training shared by the small Fashion-MNIST networks: the ViT teacher and the judge classifier."""
+"""Training shared by the small Fashion-MNIST networks: the ViT and MAE teachers and the judge classifier."""
 
 from __future__ import annotations
 
@@ -50,6 +50,12 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
     return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
 
 
+def warmup_cosine_lr(lr: float, step: int, warmup_steps: int, progress: float) -> float:
+    """Learning rate at `step`: linear warm-up over warmup_steps times a cosine from lr to 0 as progress goes 0 -> 1."""
+    # one expression, evaluated left to right as before, so retrained bundled networks keep their exact bits
+    return lr * min(1.0, (step + 1) / warmup_steps) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def train_classifier(
     accelerator: Accelerator,
     model: torch.nn.Module,
@@ -75,7 +81,7 @@ def train_classifier(
             progress = max(step / total_steps, elapsed / max_seconds)
             if progress >= 1:
                 return step
-            lr = args.lr * min(1.0, (step + 1) / args.warmup_steps) * 0.5 * (1 + math.cos(math.pi * progress))
+            lr = warmup_cosine_lr(args.lr, step, args.warmup_steps, progress)
             for group in optimizer.param_groups:
                 group["lr"] = lr
 

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ...tokenizers import FrozenTeacher, TokenizerOutput, VQKDTokenizer
+from ...tokenizers.teachers import BUNDLED_PREFIX, BUNDLED_TEACHERS
 from ...utils import save_pretrained_atomic
 from ..data import collate
 from ..loop import Phase, TrainingRecipe
@@ -50,7 +51,8 @@ class VQKDRecipe(TrainingRecipe):
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--tokenizer_config", required=True, help="JSON of VQKDTokenizer config kwargs")
-        parser.add_argument("--teacher", default=None, help="Hub id or folder; default: the config's teacher_model")
+        parser.add_argument("--teacher", default=None,
+                            help="Hub id, folder or bundled:NAME; default: the config's teacher_model")
         add_image_data_arguments(parser)
         parser.add_argument("--learning_rate", type=float, default=2e-4)
         parser.add_argument("--adam_beta1", type=float, default=0.9)
@@ -72,8 +74,12 @@ class VQKDRecipe(TrainingRecipe):
 
     def run_identity(self) -> dict[str, Any]:
         args = self.args
-        return {"tokenizer_config": self.model_config, "teacher": str(self.teacher_name), "dataset": args.dataset,
-                "resolution": args.resolution}
+        identity = {"tokenizer_config": self.model_config, "teacher": str(self.teacher_name), "dataset": args.dataset,
+                    "resolution": args.resolution}
+        name = str(self.teacher_name)
+        if name.startswith(BUNDLED_PREFIX):  # the name alone does not say which weights: record them
+            identity["teacher_sha256"] = BUNDLED_TEACHERS.get(name.removeprefix(BUNDLED_PREFIX))
+        return identity
 
     def setup(self) -> None:
         self.teacher = FrozenTeacher.from_pretrained(self.teacher_name)
