@@ -57,12 +57,37 @@ def test_generator_training_ends_with_a_pipeline(codes, kind):
         train_script[kind].main(args[:-2] + ["--output_dir", str(codes / "other")])
 
 
-def test_push_to_hub_uploads_the_pipeline(codes, fake_hub):
+def far_args(codes, *extra: str) -> list[str]:
     config = codes / "model.json"
     config.write_text(json.dumps({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}))
-    args = ["--codes_dir", str(codes / "codes"), "--tokenizer", str(codes / "tok"), "--model_config", str(config),
-            "--output_dir", str(codes / "far"), "--train_batch_size", "4", "--max_train_steps", "1",
-            "--report_to", "none", "--push_to_hub"]
-    train_script["far"].main(args)
+    return ["--codes_dir", str(codes / "codes"), "--tokenizer", str(codes / "tok"), "--model_config", str(config),
+            "--output_dir", str(codes / "far"), "--train_batch_size", "4", "--max_train_steps", "1", *extra]
+
+
+def test_push_to_hub_uploads_the_pipeline(codes, fake_hub):
+    train_script["far"].main(far_args(codes, "--report_to", "none", "--push_to_hub"))
     assert fake_hub == [("create", "far", False), ("upload", "far", fake_hub[1][2])]
     assert {"model_index.json", "vqvae", "transformer"} <= set(fake_hub[1][2])
+
+
+def test_hub_repo_is_created_before_training(codes, fake_hub, monkeypatch):
+    import huggingface_hub
+
+    def forbidden(repo_id, **kwargs):
+        raise PermissionError(f"403 Forbidden: you cannot create {repo_id}")
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", forbidden)
+    with pytest.raises(PermissionError, match="403"):
+        train_script["far"].main(far_args(codes, "--report_to", "none", "--push_to_hub", "--hub_model_id", "org/x"))
+    assert not list_checkpoints(codes / "far") and not (codes / "far" / "pipeline").exists()
+
+
+def test_preview_grids_go_to_the_tracker(codes):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_script["far"].main(far_args(codes, "--report_to", "tensorboard"))
+    images = []
+    for events in {p.parent for p in (codes / "far").rglob("events.out.tfevents.*")}:  # run and hparams logs
+        accumulator = EventAccumulator(str(events), size_guidance={"images": 0}).Reload()
+        images += [image for tag in accumulator.Tags()["images"] for image in accumulator.Images(tag)]
+    assert [(image.step, image.width > 0) for image in images] == [(1, True)]

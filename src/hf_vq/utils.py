@@ -144,18 +144,27 @@ def require_hub_token(flag: str = "--push_to_hub",
         raise ValueError(f"{flag} needs a Hugging Face token: run `hf auth login` or set HF_TOKEN, or {instead}.")
 
 
-def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False,
-                message: str = "Upload with hf-vq", before_upload: Callable[[str], Any] | None = None) -> str:
-    """Create `repo_id` if needed and upload a saved folder (model card included) as one commit; returns its URL.
+def create_hub_repo(repo_id: str, private: bool = False) -> str:
+    """Create `repo_id` on the Hub unless it exists; returns its full id ("name" becomes "user/name")."""
+    from huggingface_hub import create_repo
+
+    return create_repo(repo_id, private=private, exist_ok=True).repo_id
+
+
+def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False, message: str = "Upload with hf-vq",
+                before_upload: Callable[[str], Any] | None = None, create: bool = True) -> str:
+    """Create `repo_id` if needed (unless `create=False`: made before) and upload a saved folder (model card
+    included) as one commit; returns its URL.
 
     `before_upload(repo_id)` runs between the two with the id as created (e.g. to write the model card).
     """
-    from huggingface_hub import create_repo, upload_folder
+    from huggingface_hub import upload_folder
 
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder: {folder}")
-    repo_id = create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if create:
+        repo_id = create_hub_repo(repo_id, private)
     if before_upload is not None:
         before_upload(repo_id)  # after create_repo: "name" is now "user/name", the id a card must show
     return str(upload_folder(repo_id=repo_id, folder_path=folder, commit_message=message))

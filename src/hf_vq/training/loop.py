@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..model_card import hub_dataset_id, training_text, write_card_if_missing
-from ..utils import push_folder
+from ..utils import create_hub_repo, push_folder
 from .checkpointing import (
     RunMeter,
     add_run_arguments,
@@ -160,6 +160,10 @@ def train(recipe: TrainingRecipe) -> nn.Module:
     recipe.build()
     accelerator = start_run(args, recipe.name, identity)
     recipe.accelerator = accelerator
+    repo_id = None
+    if args.push_to_hub and accelerator.is_main_process:
+        # now, so that a taken name or a token without write access fails before the training, not after it
+        repo_id = create_hub_repo(args.hub_model_id or output_dir.name)
 
     loader = DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
                         collate_fn=collate_fn, num_workers=args.dataloader_num_workers)
@@ -235,6 +239,8 @@ def train(recipe: TrainingRecipe) -> nn.Module:
         if accelerator.is_main_process and (global_step % args.validation_steps == 0 or done):
             preview = output_dir / "samples" / f"step-{global_step:07d}.png"
             _preview(recipe, accelerator.unwrap_model(model), ema, preview)
+            if preview.is_file():
+                _log_image(accelerator, "preview", preview, global_step)
         if done:
             break
 
@@ -250,8 +256,8 @@ def train(recipe: TrainingRecipe) -> nn.Module:
         if args.push_to_hub:
             card = partial(write_card_if_missing, folder, dataset=hub_dataset_id(getattr(args, "dataset", None)),
                            training=training_text(recipe.name, global_step, args))
-            push_folder(folder, args.hub_model_id or output_dir.name, message=f"Upload {folder.name} ({recipe.name})",
-                        before_upload=card)
+            push_folder(folder, repo_id, message=f"Upload {folder.name} ({recipe.name})", before_upload=card,
+                        create=False)
         accelerator.print(f"saved {folder} after {global_step} steps; {summary}")
     accelerator.end_training()
     return final
@@ -272,6 +278,20 @@ def _resync_learning_rates(schedulers: list) -> None:
         for group, rate in zip(inner.optimizer.param_groups, rates):
             group["lr"] = rate
         inner._last_lr = rates
+
+
+def _log_image(accelerator: Accelerator, name: str, path: Path, step: int) -> None:
+    """Send a saved preview grid to the run's trackers that take images (TensorBoard, Weights & Biases)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.log_images({name: pixels}, step=step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            tracker.log_images({name: [pixels]}, step=step)
 
 
 @torch.no_grad()
