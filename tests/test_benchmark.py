@@ -214,3 +214,10 @@ def test_cli_reports_a_bad_spec_in_one_line(tmp_path, capsys):
     path = write_spec(tmp_path, rows=[{"name": "X", "kind": "vqvae2", "config": "vqgan.json"}])
     with pytest.raises(SystemExit, match="hf-vq benchmark: benchmark spec .* unknown tokenizer kind"):
         cli_main(["benchmark", str(path), "--output_dir", str(tmp_path / "out")])
+
+
+def test_the_fashion_mnist_spec_loads():
+    spec = load_spec(Path(__file__).parents[1] / "examples" / "benchmarks" / "fmnist_vqkd.json")
+    assert [r.kind for r in spec.rows] == ["vqgan", "fsq", "vqkd", "vqkd", "fqgan"]
+    assert spec.teachers(spec.row("VQ-KD (MAE teacher)")) == ["bundled:fmnist-mae-teacher-p4"]
+    assert spec.teachers(spec.row("FQGAN-Dual")) == ["bundled:fmnist-vit-teacher-p4"]

@@ -81,7 +81,7 @@ TOKENIZER_CONFIGS = sorted(p for p in (ROOT / "examples" / "configs").glob("fmni
 
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory):
-    """A random ViT as wide as the Fashion-MNIST teacher (128), standing in for outputs/fmnist-teacher."""
+    """A random ViT as wide as the Fashion-MNIST teacher (128), standing in for the bundled one."""
     from transformers import ViTConfig, ViTModel
 
     path = tmp_path_factory.mktemp("teacher")
@@ -123,7 +123,7 @@ def test_teachers_none_and_a_missing_teacher_folder(tmp_path, imagefolder, caplo
     config = {**json.loads((ROOT / "examples" / "configs" / "fmnist_fqgan_dual.json").read_text()),
               "sample_size": 8, "channel_multipliers": [1, 2]}
     (tmp_path / "a").mkdir()
-    with pytest.raises(FileNotFoundError, match="train_fmnist_teacher.py --output_dir outputs/fmnist-teacher"):
+    with pytest.raises(FileNotFoundError, match="the teacher shipped in the package, bundled:fmnist-vit-teacher-p4"):
         run(tmp_path / "a", imagefolder, "--max_train_steps", "1", "--teachers", "none", "./no-teacher",
             config=config)
     run(tmp_path, imagefolder, "--max_train_steps", "1", "--teachers", "none", "none", config=config)

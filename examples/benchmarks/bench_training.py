@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokenizer_batch_size", type=int, default=32)
     p.add_argument("--generator_batch_size", type=int, default=128)
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of each training process")
-    p.add_argument("--teacher", default="outputs/fmnist-teacher", help="teacher for the semantic sub-codebooks")
+    p.add_argument("--teacher", default="bundled:fmnist-vit-teacher-p4", help="teacher for the semantic sub-codebooks")
     p.add_argument("--codes_dir", default=None, help="extracted codes; generators are skipped without them")
     p.add_argument("--tokenizer", default=None, help="the tokenizer the codes came from")
     p.add_argument("--json", default=None, help="also write the results here")

@@ -89,9 +89,9 @@ class FrozenTeacher(nn.Module):
             name_or_path = bundled_teacher_path(str(name_or_path))
         where = f"there is no folder {name_or_path} here (relative paths start at {os.getcwd()})"
         missing = (
-            f"{where}; the Fashion-MNIST configs' teacher is made by `python examples/train_fmnist_teacher.py "
-            "--output_dir outputs/fmnist-teacher`, a Hub teacher by `hf download ID`; or train without one: "
-            "--teachers none"
+            f"{where}; the Fashion-MNIST configs name the teacher shipped in the package, "
+            "bundled:fmnist-vit-teacher-p4 (examples/train_fmnist_teacher.py makes others), a Hub teacher comes with "
+            "`hf download ID`; or train without one: --teachers none"
         )
         if not os.path.isdir(name_or_path) and not is_hub_id(name_or_path):
             raise FileNotFoundError(f"could not load the teacher: {missing}")
