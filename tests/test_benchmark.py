@@ -197,10 +197,38 @@ def test_rows_scored_by_another_feature_network(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     (results / "benchmark.json").write_text(json.dumps({"spec": "quick"}))
-    (results / "row-old.json").write_text(json.dumps({
-        "row": "old", "index": 0, "budget": load_spec(write_spec(tmp_path / "spec")).budget.to_dict(),
-        "feature_network": {"name": "inception", "sha256": "0" * 64}}))
-    refuse(tmp_path / "spec" / "quick.json", tmp_path, "different feature networks")
+    spec = load_spec(write_spec(tmp_path / "spec"))
+    row = {"row": "old", "index": 0, "spec_fingerprint": spec.fingerprint(),
+           "feature_network": {"name": "inception", "sha256": "0" * 64}}
+    (results / "row-old.json").write_text(json.dumps(row))
+    refuse(spec.path, tmp_path, "different feature networks")
+    # a row measured under another version of the spec (here: another seed) does not join the table either
+    (results / "row-old.json").write_text(json.dumps({**row, "spec_fingerprint": load_spec(
+        write_spec(tmp_path / "other", seed=1)).fingerprint()}))
+    refuse(spec.path, tmp_path, "measured under another version of this spec")
+
+
+def test_names_keys_and_flags_the_spec_cannot_take(tmp_path):
+    rows = [{"name": "VQ GAN", "kind": "vqgan", "config": "vqgan.json"},
+            {"name": "vq-gan", "kind": "fsq", "config": "fsq.json"}]
+    with pytest.raises(ValueError, match="file name row-vq-gan.json, as row 'VQ GAN' does"):
+        load_spec(write_spec(tmp_path, rows=rows))
+    with pytest.raises(ValueError, match=r"the spec has unknown keys \['feature'\]"):
+        load_spec(write_spec(tmp_path, feature="inception"))
+    with pytest.raises(ValueError, match=r"sets \['gradient_accumulation_steps'\]"):
+        load_spec(write_spec(tmp_path, train_args={"ar": {"gradient_accumulation_steps": 4}}))
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        load_spec(write_spec(tmp_path, seed=-3))
+    with pytest.raises(ValueError, match="noise seeds .* distinct"):
+        load_spec(write_spec(tmp_path, noise={"row": "VQGAN", "seeds": [1, 1]}))
+
+
+def test_table_only_needs_a_result_folder(tmp_path):
+    (tmp_path / "results").mkdir()
+    with pytest.raises(SystemExit, match="holds no benchmark results"):
+        cli_main(["benchmark", str(write_spec(tmp_path / "spec")), "--output_dir", str(tmp_path / "results"),
+                  "--table_only"])
+    assert list((tmp_path / "results").iterdir()) == []
 
 
 def test_result_folder_not_made_by_the_benchmark(tmp_path):

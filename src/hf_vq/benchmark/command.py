@@ -25,15 +25,15 @@ def add_benchmark_arguments(sub: argparse._SubParsersAction, formatter: type) ->
 
 def benchmark_command(args: argparse.Namespace) -> None:
     """`hf-vq benchmark`."""
-    from .runner import BenchmarkRun
+    from .runner import MARKER, BenchmarkRun
     from .spec import load_spec
     from .table import write_table
 
     spec = load_spec(args.spec)
     output_dir = Path(args.output_dir) if args.output_dir else spec.path.with_suffix("")
     if args.table_only:
-        if not output_dir.is_dir():
-            raise FileNotFoundError(f"no result folder {output_dir}: run the benchmark first")
+        if not (output_dir / MARKER).is_file():
+            raise FileNotFoundError(f"{output_dir} holds no benchmark results (no {MARKER}): run the benchmark first")
         for path in write_table(output_dir):
             print(f"wrote {path}")
         return

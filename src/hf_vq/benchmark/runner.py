@@ -11,25 +11,32 @@ the spec, the data or the result folder is refused before the first stage runs.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .. import __version__
-from ..utils import atomic_directory, write_file_atomic
+from ..utils import atomic_directory, file_sha256, write_file_atomic
 from .spec import GENERATOR_RECIPES, TOKENIZER_KINDS, BenchmarkSpec, Row, flags_to_argv, recipe_class
-from .stages import Stage, StageCache
+from .stages import Stage, StageCache, spent_seconds
+
+if TYPE_CHECKING:
+    from ..evaluation.features import FeatureNetwork
 
 MARKER = "benchmark.json"  # in the result folder: which spec it belongs to (and that hf_vq made it)
 GRID_PER_CLASS = 8
+PATH_FLAGS = {"output_dir", "tokenizer_config", "tokenizer", "codes_dir", "model_config", "pixel_decoder",
+              "resume_from_checkpoint", "max_minutes"}
 TRAINING_STAGES = {stage for kind in TOKENIZER_KINDS.values() for stage, _ in kind.stages} | set(GENERATOR_RECIPES)
 
 
@@ -45,13 +52,21 @@ def versions() -> dict[str, str]:
 
 
 def git_commit() -> str | None:
-    """The commit of the hf_vq checkout in use, when it is one."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
-                             timeout=10)
-    except (OSError, subprocess.SubprocessError):
+    """The commit of the hf_vq checkout in use (with "-dirty" for uncommitted changes), when it runs from one."""
+    package = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=package, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() / "src" / "hf_vq" != package:  # an install inside another repository
         return None
-    return out.stdout.strip() or None
+    commit = git("rev-parse", "HEAD")
+    return commit and commit + ("-dirty" if git("status", "--porcelain", "--", "src") else "")
 
 
 class BenchmarkRun:
@@ -72,35 +87,35 @@ class BenchmarkRun:
             raise ValueError(f"--rows {unknown}: the spec's rows are {[r.name for r in spec.rows]}")
         self.rows = [r for r in spec.rows if rows is None or r.name in rows]
         self.cache = StageCache(self.work_dir, log)
-        self.command = " ".join(sys.argv)
+        self.command = shlex.join(sys.argv)
 
     # ---- checks before any work
     def check(self) -> None:
         """Refuse a result folder of another spec or feature network, a teacher that does not load, and a dataset
         without labels."""
         from ..evaluation.reports import check_comparable
-        from ..training.data import load_image_dataset
+        from ..training.data import check_labelled
 
         self._check_folder(self.output_dir, "result")
         self._check_folder(self.work_dir, "work")
-        self.network = self._feature_network()
         existing = [json.loads(p.read_text()) for p in sorted(self.output_dir.glob("row-*.json"))]
+        noise = self.output_dir / "noise.json"
+        if noise.is_file():
+            existing.append({"row": "noise", **json.loads(noise.read_text())})
         for row in existing:
-            if row.get("budget") != self.spec.budget.to_dict():
+            if row.get("spec_fingerprint") != self.spec.fingerprint():
                 raise ValueError(
-                    f"{self.output_dir} holds row {row.get('row')!r} measured with budget {row.get('budget')}, not "
-                    f"this spec's {self.spec.budget.to_dict()}: rows of one table must share a budget; use another "
-                    "--output_dir")
+                    f"{self.output_dir} holds {row.get('row')!r}, measured under another version of this spec "
+                    "(its data, seed, feature network, budget, proposal networks or shared flags differ): rows of "
+                    "one table must share them; use another --output_dir")
         check_comparable([*existing, {"feature_network": self.network.describe()}])
         from ..tokenizers import FrozenTeacher
 
         for name in sorted({t for row in self.rows for t in self.spec.teachers(row)}):
             FrozenTeacher.from_pretrained(name)  # a missing or damaged teacher fails now, not hours into the run
         for split in (self.spec.train_split, self.spec.test_split):
-            data = load_image_dataset(self.spec.dataset, split)
-            if "label" not in data.column_names:
-                raise ValueError(f"{self.spec.dataset}:{split} has no class labels: the proposal networks are "
-                                 "class-conditional and the table scores class accuracy; use a labelled dataset")
+            check_labelled(self.spec.dataset, split, "the proposal networks are class-conditional and the table "
+                                                     "scores class accuracy")
 
     def _check_folder(self, folder: Path, what: str) -> None:
         if folder.exists() and not folder.is_dir():
@@ -114,7 +129,9 @@ class BenchmarkRun:
             if made_for != self.spec.name:
                 raise ValueError(f"the {what} folder {folder} holds benchmark {made_for!r}, not {self.spec.name!r}")
 
-    def _feature_network(self):
+    @functools.cached_property
+    def network(self) -> FeatureNetwork:
+        """The feature network of every Fréchet distance, score and class accuracy of the run."""
         from ..evaluation.features import load_feature_network
 
         return load_feature_network(self.spec.features, self.spec.feature_weights, device=self.device)
@@ -158,21 +175,28 @@ class BenchmarkRun:
 
     # ---- training stages
     def _train(self, name: str, recipe_path: str, identity: dict[str, Any], argv: list[str], steps: int,
-               batch_size: int, final: str) -> Stage:
-        """A training stage on the shared loop, in this process; resumes from its last checkpoint when restarted."""
+               batch_size: int, saved_as: str) -> Stage:
+        """A training stage on the shared loop, in this process; resumes from its last checkpoint when restarted.
+        `saved_as` names the folder the recipe saves its final model in."""
         from ..training.loop import parse_recipe_args, train
+
+        recipe = recipe_class(recipe_path)
+        fixed = ["--train_batch_size", str(batch_size), "--max_train_steps", str(steps),
+                 "--seed", str(identity["seed"])]
+        # every flag as the recipe resolves it, defaults included, so a changed default is a new stage; the paths are
+        # left out: what they hold is in the identity already
+        resolved = vars(parse_recipe_args(recipe, argv + fixed + ["--output_dir", "-"]))
+        identity = {**identity, "resolved_flags": {k: v for k, v in resolved.items() if k not in PATH_FLAGS}}
 
         def compute(folder: Path) -> dict[str, Any]:
             run_dir = folder / "run"
-            full = argv + ["--output_dir", str(run_dir), "--train_batch_size", str(batch_size),
-                           "--max_train_steps", str(steps), "--seed", str(identity["seed"]),
-                           "--resume_from_checkpoint", "latest"]
-            if self.spec.budget.max_minutes:
-                full += ["--max_minutes", str(self.spec.budget.max_minutes)]
-            recipe = recipe_class(recipe_path)
+            full = argv + fixed + ["--output_dir", str(run_dir), "--resume_from_checkpoint", "latest"]
+            if self.spec.budget.max_minutes:  # the cap holds over every attempt, a killed one's included
+                remaining = self.spec.budget.max_minutes - spent_seconds(folder) / 60
+                full += ["--max_minutes", str(max(remaining, 0.01))]
             train(recipe(parse_recipe_args(recipe, full)))
             summary = json.loads((run_dir / "train_summary.json").read_text())
-            return {"output": str(run_dir / final), "steps": summary["global_step"], "planned_steps": steps,
+            return {"output": str(run_dir / saved_as), "steps": summary["global_step"], "planned_steps": steps,
                     "matched": summary["global_step"] >= steps, "batch_size": batch_size,
                     "samples_per_second": summary["samples_per_second"], "peak_memory_mib": summary["peak_memory_mib"],
                     "last_logs": summary["last_logs"]}
@@ -189,8 +213,10 @@ class BenchmarkRun:
             def reuse(folder: Path) -> dict[str, Any]:
                 return {"output": row.pretrained, "steps": None, "planned_steps": None, "matched": True}
 
-            return [self.cache.run(f"{row.slug}/tokenizer", {"pretrained": row.pretrained, "config": row.config},
-                                   reuse)]
+            weights = sorted(Path(row.pretrained).glob("*.safetensors"))
+            identity = {"pretrained": row.pretrained, "config": row.config,
+                        "weights": {p.name: file_sha256(p) for p in weights}}
+            return [self.cache.run(f"{row.slug}/tokenizer", identity, reuse)]
         budget = self.spec.budget.tokenizer
         kind_stages = TOKENIZER_KINDS[row.kind].stages
         # a two-stage tokenizer splits the tokenizer budget: stage 1 gets `stage_fraction` of the samples
@@ -333,7 +359,9 @@ class BenchmarkRun:
             teacher = FrozenTeacher.from_pretrained(names[0]).to(self.device) if names else None
             return evaluate_tokenizer(tokenizer, images, self.network, teacher=teacher)
 
-        identity = {"tokenizer": tokenizer_stage.key, "network": self.network.sha256, "split": self.spec.test_split}
+        identity = {"tokenizer": tokenizer_stage.key, "network": self.network.sha256, "dataset": self.spec.dataset,
+                    "split": self.spec.test_split, "resolution": self.spec.resolution,
+                    "teachers": self.spec.teachers(row)}
         return self.cache.run(f"{row.slug}/tokenizer_eval", identity, compute)
 
     # ---- results
@@ -350,6 +378,7 @@ class BenchmarkRun:
             "index": [r.name for r in self.spec.rows].index(row.name),
             "kind": row.kind,
             "spec": self.spec.name,
+            "spec_fingerprint": self.spec.fingerprint(),
             "codebooks": f"{k} x {size}" if size else None,
             "tokenizer_config": row.config,
             "dataset": {"name": self.spec.dataset, "train_split": self.spec.train_split,
@@ -379,7 +408,8 @@ class BenchmarkRun:
         codes = self.extract_codes(row, tokenizer_stages[-1], tokenizer_dir)
         seeds = [self.spec.seed, *self.spec.noise_seeds]
         fd = self.network.fd_metric
-        noise: dict[str, Any] = {"row": row.name, "seeds": seeds, "fd_metric": fd,
+        noise: dict[str, Any] = {"row": row.name, "spec_fingerprint": self.spec.fingerprint(), "seeds": seeds,
+                                 "fd_metric": fd,
                                  "feature_network": self.network.describe(), "budget": self.spec.budget.to_dict()}
         for kind in ("ar", "nar"):
             values = [self.generate(row, kind, codes, tokenizer_dir, seed)[f"{kind}_eval"].result for seed in seeds]

@@ -34,9 +34,14 @@ from typing import Any
 
 BUDGET_STAGES = ("tokenizer", "ar", "nar")
 # flags the benchmark sets itself from the spec and the budget: a spec that sets them is refused
-RESERVED_FLAGS = {"output_dir", "train_batch_size", "max_train_steps", "max_minutes", "seed", "resume_from_checkpoint",
-                  "dataset", "split", "resolution", "tokenizer_config", "tokenizer", "codes_dir", "model_config",
-                  "pixel_decoder", "push_to_hub", "hub_model_id"}
+RESERVED_FLAGS = {"output_dir", "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "max_minutes",
+                  "seed", "resume_from_checkpoint", "dataset", "split", "resolution", "image_column", "label_column",
+                  "skip_corrupt", "tokenizer_config", "tokenizer", "codes_dir", "model_config", "pixel_decoder",
+                  "push_to_hub", "hub_model_id"}
+SPEC_KEYS = {"name", "dataset", "seed", "features", "feature_weights", "num_samples", "budget", "ar", "nar",
+             "train_args", "rows", "noise"}
+ROW_KEYS = {"name", "kind", "config", "pretrained", "pixel_decoder", "stage_fraction", "budget", "train_args"}
+DATASET_KEYS = {"name", "resolution", "train_split", "test_split"}
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ GENERATOR_RECIPES = {"ar": "hf_vq.training.recipes.ARGeneratorRecipe",
                      "nar": "hf_vq.training.recipes.NARGeneratorRecipe"}
 
 
-def recipe_class(path: str):
+def recipe_class(path: str) -> type:
     """The recipe class a dotted path names."""
     import importlib
 
@@ -101,11 +106,14 @@ def recipe_class(path: str):
 
 @dataclass(frozen=True)
 class StageBudget:
+    """Samples seen by one training stage, in batches of `batch_size`."""
+
     samples: int
     batch_size: int
 
     @property
     def steps(self) -> int:
+        """Optimizer steps of the stage."""
         return self.samples // self.batch_size
 
 
@@ -145,12 +153,16 @@ class Row:
 
 @dataclass(frozen=True)
 class GeneratorSpec:
+    """A proposal network: its config (FARConfig / MaskGITConfig kwargs) and the sampling settings of its pipeline."""
+
     config: dict[str, Any]
     sampling: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class BenchmarkSpec:
+    """A checked spec (`load_spec`); paths are resolved and configs read, so the spec file is not read again."""
+
     name: str
     path: Path
     dataset: str
@@ -171,7 +183,21 @@ class BenchmarkSpec:
 
     def row(self, name: str) -> Row:
         """The row called `name`."""
-        return next(r for r in self.rows if r.name == name)
+        for row in self.rows:
+            if row.name == name:
+                return row
+        raise KeyError(f"no row {name!r} in benchmark spec {self.path}; its rows are {[r.name for r in self.rows]}")
+
+    def fingerprint(self) -> str:
+        """A hash of what every row shares (data, seed, feature network, budget, proposal networks, spec-wide flags):
+        rows of one table must agree on it."""
+        import hashlib
+
+        shared = {"dataset": [self.dataset, self.resolution, self.train_split, self.test_split], "seed": self.seed,
+                  "features": [self.features, self.feature_weights], "num_samples": self.num_samples,
+                  "budget": self.budget.to_dict(), "ar": [self.ar.config, self.ar.sampling],
+                  "nar": [self.nar.config, self.nar.sampling], "train_args": self.train_args_spec}
+        return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:16]
 
     def train_args(self, row: Row, stage: str) -> dict[str, Any]:
         """The flags of one training stage of a row: the spec-wide ones, then the row's."""
@@ -254,18 +280,25 @@ def load_spec(path: str | Path) -> BenchmarkSpec:
     if missing:
         raise _fail(path, f"missing {', '.join(missing)}")
 
+    _known_keys(raw, SPEC_KEYS, "the spec", path)
     dataset = raw["dataset"]
     if not isinstance(dataset, dict) or "name" not in dataset or "resolution" not in dataset:
         raise _fail(path, "dataset must be {\"name\": ..., \"resolution\": N, \"train_split\"?, \"test_split\"?}")
+    _known_keys(dataset, DATASET_KEYS, "dataset", path)
     budget = _budget(raw["budget"], "budget", path)
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise _fail(path, f"seed must be an integer in [0, 2**31), got {seed!r}")
 
     generators = {}
     for stage in ("ar", "nar"):
         entry = raw[stage]
         if not isinstance(entry, dict) or "config" not in entry:
             raise _fail(path, f"{stage} must be {{\"config\": \"generator config.json\", \"sampling\": {{...}}}}")
-        generators[stage] = GeneratorSpec(_read_json(base / entry["config"], f"{stage} config", path),
-                                          dict(entry.get("sampling") or {}))
+        _known_keys(entry, {"config", "sampling"}, stage, path)
+        config = _read_json(base / entry["config"], f"{stage} config", path)
+        _check_generator_config(stage, config, path)
+        generators[stage] = GeneratorSpec(config, dict(entry.get("sampling") or {}))
 
     rows, names = [], set()
     if not isinstance(raw["rows"], list) or not raw["rows"]:
@@ -274,8 +307,12 @@ def load_spec(path: str | Path) -> BenchmarkSpec:
         where = f"row {i} ({entry.get('name', '?')})"
         if not isinstance(entry, dict) or "name" not in entry or "kind" not in entry:
             raise _fail(path, f"{where} needs a name and a kind")
-        if entry["name"] in names:
-            raise _fail(path, f"two rows are called {entry['name']!r}")
+        _known_keys(entry, ROW_KEYS, where, path)
+        slug = Row(entry["name"], entry["kind"], None).slug
+        clash = [name for name in names if Row(name, "", None).slug == slug]
+        if clash or not slug:
+            raise _fail(path, f"{where}: its name gives the file name row-{slug}.json, "
+                              + (f"as row {clash[0]!r} does; rename one" if clash else "which is empty; rename it"))
         names.add(entry["name"])
         kind = TOKENIZER_KINDS.get(entry["kind"])
         if kind is None:
@@ -292,7 +329,10 @@ def load_spec(path: str | Path) -> BenchmarkSpec:
             config = _read_json(base / entry["config"], f"{where}: tokenizer config", path)
             kind.check_config(config, f"benchmark spec {path}: {where}")
             if "pixel_decoder" in entry:
+                if len(kind.stages) < 2:
+                    raise _fail(path, f"{where}: a {entry['kind']} tokenizer has no separate pixel decoder stage")
                 pixel_decoder = _read_json(base / entry["pixel_decoder"], f"{where}: pixel decoder config", path)
+                kind.check_config({**config, "pixel_decoder": pixel_decoder}, f"benchmark spec {path}: {where}")
         else:
             folder = base / entry["pretrained"]
             config = _read_json(folder / "config.json", f"{where}: pretrained tokenizer", path)
@@ -307,9 +347,9 @@ def load_spec(path: str | Path) -> BenchmarkSpec:
     noise = raw.get("noise") or {}
     if noise and (noise.get("row") not in names or not noise.get("seeds")):
         raise _fail(path, f"noise must name one of the rows ({sorted(names)}) and give extra seeds, got {noise}")
-    seed = raw.get("seed", 0)
-    if seed in noise.get("seeds", []):
-        raise _fail(path, f"noise seeds {noise['seeds']} must differ from the spec's seed {seed}")
+    noise_seeds = list(noise.get("seeds", []))
+    if seed in noise_seeds or len(set(noise_seeds)) != len(noise_seeds):
+        raise _fail(path, f"noise seeds {noise_seeds} must be distinct and differ from the spec's seed {seed}")
 
     spec = BenchmarkSpec(
         name=raw.get("name", path.stem), path=path, dataset=str(dataset["name"]),
@@ -325,6 +365,26 @@ def load_spec(path: str | Path) -> BenchmarkSpec:
         for stage, recipe in stage_recipes(row):
             check_flags(recipe, spec.train_args(row, stage), f"benchmark spec {path}: {row.name}, stage {stage}")
     return spec
+
+
+def _known_keys(entry: dict[str, Any], known: set[str], where: str, path: Path) -> None:
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise _fail(path, f"{where} has unknown keys {unknown}; known: {sorted(known)}")
+
+
+def _check_generator_config(stage: str, config: dict[str, Any], path: Path) -> None:
+    """Build the proposal network's config (no weights) so that a bad value fails now, not after a tokenizer has
+    trained."""
+    from ..training.recipes.generators import ARGeneratorRecipe, NARGeneratorRecipe
+
+    recipe = ARGeneratorRecipe if stage == "ar" else NARGeneratorRecipe
+    # what the codes fill in later: any valid placeholder values check the rest of the config
+    placeholders = dict(vocab_size=16, num_codebooks=1, grid_size=2, num_classes=2)
+    try:
+        recipe.config_class(**{**placeholders, **config})
+    except (ValueError, TypeError) as err:
+        raise _fail(path, f"{stage} config is refused by {recipe.config_class.__name__}: {err}") from err
 
 
 def stage_recipes(row: Row) -> list[tuple[str, str]]:

@@ -9,6 +9,7 @@ nothing stale is ever read.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -21,11 +22,40 @@ from .. import __version__
 from ..utils import write_file_atomic
 
 RECORD = "stage.json"
+ATTEMPTS = "attempts.json"  # start times of the runs of an unfinished stage
+
+
+def _attempts(folder: Path) -> list[float]:
+    path = folder / ATTEMPTS
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def spent_seconds(folder: Path) -> float:
+    """Seconds the earlier, killed attempts at a stage worked: each from its start to the last file it wrote."""
+    starts = _attempts(folder)
+    if not starts:
+        return 0.0
+    written = sorted(p.stat().st_mtime for p in folder.rglob("*") if p.is_file() and p.name != ATTEMPTS)
+    total = 0.0
+    for start, end in zip(starts, starts[1:] + [float("inf")]):
+        last = [t for t in written if start <= t < end]
+        total += (last[-1] - start) if last else 0.0
+    return total
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """The hf_vq version and a hash of the package's source files: any code change makes new stages."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256(__version__.encode())
+    for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".c") and p.is_file()):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return f"{__version__}+{digest.hexdigest()[:12]}"
 
 
 def identity_hash(identity: dict[str, Any]) -> str:
     """A short hash of a stage identity and the code version."""
-    text = json.dumps({"identity": identity, "hf_vq": __version__}, sort_keys=True, default=str)
+    text = json.dumps({"identity": identity, "hf_vq": code_version()}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -37,7 +67,7 @@ class Stage:
     key: str
     folder: Path
     result: dict[str, Any]
-    seconds: float
+    seconds: float  # over every attempt, a killed one's up to its last write
     cached: bool
 
 
@@ -60,11 +90,14 @@ class StageCache:
             return Stage(name, key, folder, saved["result"], saved["seconds"], cached=True)
         folder.mkdir(parents=True, exist_ok=True)
         self.log(f"{name}: running in {folder}")
+        earlier = spent_seconds(folder)
+        attempts = _attempts(folder) + [time.time()]
+        write_file_atomic(folder / ATTEMPTS, lambda p: p.write_text(json.dumps(attempts)))
         start = time.monotonic()
         result = compute(folder)
-        seconds = round(time.monotonic() - start, 1)
-        saved = {"stage": name, "key": key, "hf_vq_version": __version__, "identity": identity, "result": result,
-                 "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        seconds = round(earlier + time.monotonic() - start, 1)
+        saved = {"stage": name, "key": key, "hf_vq_version": code_version(), "identity": identity, "result": result,
+                 "seconds": seconds, "attempts": len(attempts), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         write_file_atomic(record, lambda p: p.write_text(json.dumps(saved, indent=2, default=str) + "\n"))
         self.computed.append(name)
         return Stage(name, key, folder, result, seconds, cached=False)

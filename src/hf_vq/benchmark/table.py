@@ -19,7 +19,8 @@ PLOT = "plot.svg"
 def load_rows(folder: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """The row results in spec order, and the noise result when there is one."""
     folder = Path(folder)
-    rows = sorted((json.loads(p.read_text()) for p in folder.glob("row-*.json")), key=lambda r: r["index"])
+    rows = sorted((json.loads(p.read_text()) for p in sorted(folder.glob("row-*.json"))),
+                  key=lambda r: (r["index"], r["row"]))
     noise_path = folder / "noise.json"
     return rows, json.loads(noise_path.read_text()) if noise_path.is_file() else None
 
@@ -128,24 +129,25 @@ def _noise_text(noise: dict[str, Any] | None, fd: str) -> str:
         if std is not None:
             accuracy = f", class accuracy {acc * 100:.2f} points" if acc else ""
             parts.append(f"{kind.upper()} g{fd} {std:.3f}{accuracy}")
-    return (f"Noise: the {noise['row']} row's AR and NAR stages rerun with seeds {noise['seeds']}; standard deviation "
-            f"{'; '.join(parts)}. Bold marks the best value; ≈ marks a value within twice that deviation of the best "
-            "(no difference).")
+    return (f"Noise: the {noise['row']} row's AR and NAR stages (training and sampling) rerun with seeds "
+            f"{noise['seeds']} on the same tokenizer; standard deviation {'; '.join(parts)}. Bold marks the best "
+            "value; ≈ marks a value within twice that deviation of the best (no difference). The tokenizer's own "
+            "training noise is not in this spread.")
 
 
 def render_plot(rows: list[dict[str, Any]]) -> str:
     """An SVG scatter of the AR and NAR generation distances against codebook usage, one labelled point per row."""
     width, height, margin = 640, 400, 60
-    if not rows:
-        return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}"></svg>\n'
-    fd = rows[0]["feature_network"]["fd_metric"]
     points = []
+    fd = rows[0]["feature_network"]["fd_metric"] if rows else ""
     for row in rows:
         usage = row["tokenizer"].get("codebook_usage") or [0.0]
         x = 100 * sum(usage) / len(usage)
         for kind in ("ar", "nar"):
             if row[kind].get(fd) is not None:
                 points.append((x, row[kind][fd], kind, row["row"]))
+    if not points:
+        return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}"></svg>\n'
     top = max(y for _, y, _, _ in points) * 1.15 or 1.0
 
     def sx(x: float) -> float:

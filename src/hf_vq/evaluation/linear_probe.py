@@ -367,13 +367,6 @@ def _load(model: str | None, target: str | None) -> tuple[str, str, nn.Module, n
     return path, target, pipe.vqvae, pipe.transformer
 
 
-def _check_labelled(dataset: str, split: str) -> None:
-    from ..training.data import load_image_dataset
-
-    if "label" not in load_image_dataset(dataset, split).column_names:
-        raise ValueError(f"{dataset}:{split} has no class labels, which a linear probe is trained and scored on")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The linear probe's command-line options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -405,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_probe(args: argparse.Namespace) -> dict:
     """The probe the parsed options describe, as a JSON-ready dict (written to --output when given)."""
     from .. import __version__
+    from ..training.data import check_labelled
     from ..utils import check_output_file, write_file_atomic
     from .feature_sets import dataset_images
 
@@ -422,7 +416,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     probed = generator if target == "generator" else tokenizer
     blocks = resolve_blocks(blocks, num_feature_blocks(probed))
     for split in (args.train_split, args.test_split):
-        _check_labelled(args.dataset, split)
+        check_labelled(args.dataset, split, "a linear probe is trained and scored on them")
     if target == "generator":
         features_kind = "hidden_states[block] averaged over the image-token positions (the class token left out), "
         features_kind += "teacher-forced on the null class" + ("" if generator.is_autoregressive else ", unmasked")
