@@ -529,3 +529,15 @@ def test_gemm_layout_keeps_values_and_tokens(monkeypatch, tmp_path):
     monkeypatch.setattr(modeling_far, "set_gemm_layout", lambda model, rows: None)
     plain = model.sample([0, 1], guidance_scale=2.0, generator=torch.Generator().manual_seed(3))
     assert torch.equal(tokens, plain)
+
+
+def test_noise_is_drawn_on_the_generators_device_then_moved():
+    from hf_vq.generators.sampling import exponential_noise, noise_device, uniform_noise
+
+    # a CPU generator (what torch.manual_seed returns) driving a model elsewhere: "meta" stands in for CUDA here,
+    # where drawing with a CPU generator fails just as it does on CUDA
+    elsewhere = torch.device("meta")
+    assert exponential_noise(2, (3, 5), torch.Generator().manual_seed(0), elsewhere).shape == (2, 3, 5)
+    assert uniform_noise((3, 5), torch.Generator().manual_seed(0), elsewhere).device == elsewhere
+    assert noise_device(torch.Generator(), torch.device("cuda")) == torch.device("cpu")
+    assert noise_device(None, torch.device("cpu")) == torch.device("cpu")

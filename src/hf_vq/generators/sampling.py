@@ -201,16 +201,23 @@ def exponential_noise(count: int, shape: tuple[int, int], generator: Generators,
             return torch.empty(count, shape[1], dtype=torch.float32, device=on).exponential_(generator=g)
 
         return _per_sample(draw, generator, device).transpose(0, 1)
+    on = noise_device(generator, device)
     return torch.stack(
-        [torch.empty(shape, dtype=torch.float32, device=device).exponential_(generator=generator) for _ in range(count)]
-    )
+        [torch.empty(shape, dtype=torch.float32, device=on).exponential_(generator=generator) for _ in range(count)]
+    ).to(device)
 
 
 def uniform_noise(shape: tuple[int, ...], generator: Generators, device: torch.device) -> torch.Tensor:
     """(rows, ...) fp32 U[0, 1) noise, row r from generator r when a list of generators is given."""
     if isinstance(generator, (list, tuple)):
         return _per_sample(lambda g, on: torch.rand(shape[1:], device=on, generator=g), generator, device)
-    return torch.rand(shape, device=device, generator=generator)
+    return torch.rand(shape, device=noise_device(generator, device), generator=generator).to(device)
+
+
+def noise_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
+    """Where the numbers of `generator` are drawn: on its own device, then moved to `device` (diffusers'
+    `randn_tensor` convention), so `torch.manual_seed(0)`, a CPU generator, drives a CUDA model too."""
+    return torch.device(device) if generator is None else generator.device
 
 
 def multinomial_from_noise(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
