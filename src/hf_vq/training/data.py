@@ -162,6 +162,7 @@ def load_image_dataset(
     image_column: str | None = None,
     label_column: str | None = None,
     skip_corrupt: bool = False,
+    config_name: str | None = None,
 ) -> Dataset:
     """Load `source` ("fashion-mnist", a local directory or a Hub dataset id) as columns image (+ label).
 
@@ -172,7 +173,12 @@ def load_image_dataset(
     source = os.fspath(source)
     # a local directory goes through the same load_dataset call as a Hub id: datasets picks the imagefolder
     # builder for a folder of images (class subfolders become labels) and parquet/csv/... for data files
-    ds = _load_fashion_mnist(split) if source == "fashion-mnist" else load_dataset(source, split=split)
+    if source == "fashion-mnist":
+        if config_name is not None:
+            raise ValueError(f"Fashion-MNIST has one configuration; drop the configuration name {config_name!r}")
+        ds = _load_fashion_mnist(split)
+    else:
+        ds = load_dataset(source, config_name, split=split)
 
     image_column = _resolve_column(ds, image_column, "image")
     label_column = _resolve_column(ds, label_column, "label")

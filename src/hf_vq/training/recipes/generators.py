@@ -8,7 +8,6 @@ class names) at <output_dir>/pipeline.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,8 @@ from ...tokenizers import AutoImageTokenizer
 from ...utils import save_pretrained_atomic
 from ..loop import Phase, TrainingRecipe
 from ..optim import param_groups
+from ..pretrained import add_model_source_arguments, pretrained_source, read_model_config
+from .tokenizer_gan import fine_tuning_identity
 
 
 class GeneratorRecipe(TrainingRecipe):
@@ -48,9 +49,10 @@ class GeneratorRecipe(TrainingRecipe):
         p = parser
         p.add_argument("--codes_dir", required=True, help="output of examples/extract_codes.py")
         p.add_argument("--tokenizer", required=True, help="the tokenizer the codes came from (folder or Hub id)")
-        p.add_argument("--model_config", required=True,
-                       help="JSON of config kwargs; vocab_size, num_codebooks, grid_size and num_classes default to "
-                            "what the codes and tokenizer say")
+        add_model_source_arguments(p, "model_config", "JSON of config kwargs; vocab_size, num_codebooks, grid_size "
+                                   "and num_classes default to what the codes and tokenizer say")
+        p.add_argument("--max_train_samples", type=int, default=None,
+                       help="train on this many code grids, drawn by a seeded shuffle (quick runs, debugging)")
         p.add_argument("--learning_rate", type=float, default=1e-4)
         p.add_argument("--weight_decay", type=float, default=0.05)
         p.add_argument("--adam_beta1", type=float, default=0.9)
@@ -67,7 +69,7 @@ class GeneratorRecipe(TrainingRecipe):
         self.id2label = dict(enumerate(self.codes.features["label"].names))
         self.tokenizer = AutoImageTokenizer.from_pretrained(args.tokenizer).eval()
         k, n = self.codes.features["codes"].shape
-        self.model_kwargs = json.loads(Path(args.model_config).read_text())
+        self.model_kwargs = read_model_config(args, "model_config", self._saved_config)
         derived = dict(vocab_size=self.tokenizer.codebook_sizes[0], num_codebooks=k, grid_size=int(round(n**0.5)),
                        num_classes=len(self.id2label))
         for name, value in derived.items():
@@ -87,11 +89,24 @@ class GeneratorRecipe(TrainingRecipe):
                 "were the codes extracted with another tokenizer?"
             )
 
+    def _saved_config(self, name: str, subfolder: str | None) -> dict[str, Any]:
+        """The config kwargs of a saved generator, refused when it is another kind than this recipe trains."""
+        config, _ = self.config_class.get_config_dict(name, subfolder=subfolder or "")
+        if config.get("model_type") != self.config_class.model_type:
+            raise ValueError(f"{name} holds a {config.get('model_type')!r} generator; this recipe trains "
+                             f"{self.config_class.model_type!r} ({self.name})")
+        return {k: v for k, v in config.items() if k not in ("model_type", "transformers_version", "architectures")}
+
     def run_identity(self) -> dict[str, Any]:
-        return {"kind": self.kind, "model_config": self.model_kwargs, "codes_dir": str(self.args.codes_dir)}
+        identity = {"kind": self.kind, "model_config": self.model_kwargs, "codes_dir": str(self.args.codes_dir)}
+        return fine_tuning_identity(identity, self.args)
 
     def build(self) -> None:
-        self.model = self.model_class(self.config)
+        source = pretrained_source(self.args)
+        if source is None:
+            self.model = self.model_class(self.config)
+        else:
+            self.model = self.model_class.from_pretrained(source[0], subfolder=source[1] or "", config=self.config)
 
     def make_optimizer(self, name: str, module: nn.Module) -> torch.optim.Optimizer:
         args = self.args
@@ -99,7 +114,10 @@ class GeneratorRecipe(TrainingRecipe):
                                  betas=(args.adam_beta1, args.adam_beta2))
 
     def train_dataset(self) -> tuple[Dataset, None]:
-        return self.codes.with_format("torch", columns=["codes", "label"]), None
+        codes = self.codes
+        if self.args.max_train_samples is not None:
+            codes = codes.shuffle(seed=self.args.seed).select(range(min(self.args.max_train_samples, len(codes))))
+        return codes.with_format("torch", columns=["codes", "label"]), None
 
     def to_device(self, device: torch.device) -> None:
         self.tokenizer.to(device)

@@ -8,7 +8,6 @@ adaptive weight. The final tokenizer is saved to <output_dir>/tokenizer.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from ...utils import save_pretrained_atomic
 from ..data import ImageTransform, collate, load_image_dataset, with_image_transform
 from ..loop import Phase, TrainingRecipe
 from ..losses import LPIPS_DOWNLOAD_HINT, PatchGANDiscriminator, PerceptualLoss, hinge_d_loss, hinge_g_loss
+from ..pretrained import add_model_source_arguments, pretrained_source, read_model_config
 
 # A config file without `_class_name` describes the CNN tokenizer every earlier config was written for.
 DEFAULT_TOKENIZER_CLASS = "FQGANTokenizer"
@@ -63,7 +63,11 @@ def load_teachers(names: list[str | None] | None, model_config: dict[str, Any]) 
 
 def add_image_data_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of an image training set: any recipe that trains on images takes these."""
-    p.add_argument("--dataset", default="fashion-mnist", help="'fashion-mnist', an imagefolder path or a Hub id")
+    p.add_argument("--dataset", "--dataset_name", "--train_data_dir", dest="dataset", default="fashion-mnist",
+                   help="'fashion-mnist', an imagefolder path or a Hub id (diffusers' flag names work too)")
+    p.add_argument("--dataset_config_name", default=None, help="the Hub dataset's configuration, if it has several")
+    p.add_argument("--max_train_samples", type=int, default=None,
+                   help="train on this many images, drawn by a seeded shuffle (quick runs, debugging)")
     p.add_argument("--split", default="train")
     p.add_argument("--image_column", default=None)
     p.add_argument("--label_column", default=None)
@@ -74,8 +78,22 @@ def add_image_data_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_training_images(args: argparse.Namespace, channels: int) -> Dataset:
     """The training images of `add_image_data_arguments`' flags, as {"pixel_values"} rows in [-1, 1]."""
-    dataset = load_image_dataset(args.dataset, args.split, args.image_column, args.label_column, args.skip_corrupt)
+    dataset = load_image_dataset(args.dataset, args.split, args.image_column, args.label_column, args.skip_corrupt,
+                                 args.dataset_config_name)
+    if args.max_train_samples is not None:  # as diffusers' scripts: a seeded shuffle, then the first N
+        dataset = dataset.shuffle(seed=args.seed).select(range(min(args.max_train_samples, len(dataset))))
     return with_image_transform(dataset, ImageTransform(args.resolution, channels=channels))
+
+
+def saved_tokenizer_config(name: str, subfolder: str | None) -> dict[str, Any]:
+    """The config.json of a saved tokenizer (any class), from a folder or the Hub."""
+    return dict(AutoImageTokenizer.load_config(name, subfolder=subfolder))
+
+
+def fine_tuning_identity(identity: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """A run's identity, plus the model it fine-tunes when it does."""
+    source = pretrained_source(args)
+    return identity if source is None else {**identity, "pretrained": list(source)}
 
 
 def preview_images(dataset: Dataset) -> torch.Tensor:
@@ -136,10 +154,9 @@ class TokenizerGANRecipe(TrainingRecipe):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--tokenizer_config", required=True,
-            help="JSON of tokenizer config kwargs (`_class_name` picks the class; default FQGANTokenizer)",
-        )
+        add_model_source_arguments(
+            parser, "tokenizer_config", "JSON of tokenizer config kwargs (`_class_name` picks the class; default "
+            "FQGANTokenizer)")
         parser.add_argument(
             "--teachers", nargs="*", default=None,
             help="one teacher (Hub id or local path, or 'none') per sub-codebook; default: the config's teacher_models",
@@ -149,7 +166,7 @@ class TokenizerGANRecipe(TrainingRecipe):
 
     def __init__(self, args: argparse.Namespace):
         super().__init__(args)
-        self.model_config = json.loads(Path(args.tokenizer_config).read_text())
+        self.model_config = read_model_config(args, "tokenizer_config", saved_tokenizer_config)
         model_class = tokenizer_class(self.model_config.get("_class_name", DEFAULT_TOKENIZER_CLASS))
         model_class.extract_init_dict(dict(self.model_config))  # field types and old fields, checked before any work
         if args.perceptual_weight > 0 and not (args.vgg16_path and args.lpips_path):
@@ -157,7 +174,8 @@ class TokenizerGANRecipe(TrainingRecipe):
 
     def run_identity(self) -> dict[str, Any]:
         args = self.args
-        return {"tokenizer_config": self.model_config, "dataset": args.dataset, "resolution": args.resolution}
+        identity = {"tokenizer_config": self.model_config, "dataset": args.dataset, "resolution": args.resolution}
+        return fine_tuning_identity(identity, args)
 
     def setup(self) -> None:
         args = self.args
@@ -167,7 +185,11 @@ class TokenizerGANRecipe(TrainingRecipe):
 
     def build(self) -> None:
         args = self.args
-        self.model: ImageTokenizerMixin = AutoImageTokenizer.from_config(self.model_config, DEFAULT_TOKENIZER_CLASS)
+        source = pretrained_source(args)
+        if source is not None:
+            self.model: ImageTokenizerMixin = AutoImageTokenizer.from_pretrained(source[0], subfolder=source[1])
+        else:
+            self.model = AutoImageTokenizer.from_config(self.model_config, DEFAULT_TOKENIZER_CLASS)
         if args.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
         self.preview = preview_images(self.dataset)

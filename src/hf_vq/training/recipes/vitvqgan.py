@@ -11,9 +11,7 @@ unstable. The final tokenizer is saved to <output_dir>/tokenizer.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-from pathlib import Path
 
 import torch
 
@@ -21,6 +19,7 @@ from ...tokenizers import TokenizerOutput, ViTVQGANTokenizer, tokenizer_class
 from ..data import collate
 from ..loop import TrainingRecipe
 from ..losses import LPIPS_DOWNLOAD_HINT, PerceptualLoss
+from ..pretrained import add_model_source_arguments, describe_source, pretrained_source, read_model_config
 from ..stylegan_discriminator import StyleGAN2Discriminator, d_logistic_loss, g_nonsaturating_loss, r1_penalty
 from .tokenizer_gan import (
     TokenizerGANRecipe,
@@ -28,6 +27,7 @@ from .tokenizer_gan import (
     add_image_data_arguments,
     load_training_images,
     preview_images,
+    saved_tokenizer_config,
 )
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class ViTVQGANRecipe(TokenizerGANRecipe):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--tokenizer_config", required=True, help="JSON of ViTVQGANTokenizer config kwargs")
+        add_model_source_arguments(parser, "tokenizer_config", "JSON of ViTVQGANTokenizer config kwargs")
         add_image_data_arguments(parser)
         add_gan_arguments(parser)
         parser.add_argument("--logit_laplace_weight", type=float, default=0.0,
@@ -70,10 +70,11 @@ class ViTVQGANRecipe(TokenizerGANRecipe):
 
     def __init__(self, args: argparse.Namespace):
         TrainingRecipe.__init__(self, args)
-        self.model_config = json.loads(Path(args.tokenizer_config).read_text())
+        self.model_config = read_model_config(args, "tokenizer_config", saved_tokenizer_config)
         name = self.model_config.setdefault("_class_name", ViTVQGANTokenizer.__name__)
         if tokenizer_class(name) is not ViTVQGANTokenizer:
-            raise ValueError(f"{args.tokenizer_config} describes a {name}; this recipe trains ViTVQGANTokenizer "
+            raise ValueError(f"{describe_source(args, 'tokenizer_config')} describes a {name}; this recipe trains "
+                             "ViTVQGANTokenizer "
                              "(train the CNN tokenizers with examples/train_fqgan.py)")
         init = ViTVQGANTokenizer.extract_init_dict(dict(self.model_config))[0]  # field types, before any work
         if init.get("position_embedding", "learned") == "learned" and init.get("sample_size", 256) != args.resolution:
@@ -103,7 +104,11 @@ class ViTVQGANRecipe(TokenizerGANRecipe):
 
     def build(self) -> None:
         args = self.args
-        self.model = ViTVQGANTokenizer.from_config(self.model_config)
+        source = pretrained_source(args)
+        if source is not None:
+            self.model = ViTVQGANTokenizer.from_pretrained(source[0], subfolder=source[1])
+        else:
+            self.model = ViTVQGANTokenizer.from_config(self.model_config)
         self.preview = preview_images(self.dataset)
         self.discriminator = StyleGAN2Discriminator(self.model.in_channels, args.resolution, args.disc_channels,
                                                     args.disc_max_channels)

@@ -27,14 +27,17 @@ from ...utils import save_pretrained_atomic
 from ..data import collate
 from ..loop import Phase, TrainingRecipe
 from ..losses import LPIPS_DOWNLOAD_HINT, PatchGANDiscriminator, PerceptualLoss
+from ..pretrained import add_model_source_arguments, describe_source, pretrained_source, read_model_config
 from .tokenizer_gan import (
     TokenizerGANRecipe,
     add_gan_arguments,
     add_image_data_arguments,
+    fine_tuning_identity,
     init_codebooks,
     load_training_images,
     preview_images,
     random_flips,
+    saved_tokenizer_config,
 )
 
 
@@ -50,7 +53,7 @@ class VQKDRecipe(TrainingRecipe):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--tokenizer_config", required=True, help="JSON of VQKDTokenizer config kwargs")
+        add_model_source_arguments(parser, "tokenizer_config", "JSON of VQKDTokenizer config kwargs")
         parser.add_argument("--teacher", default=None,
                             help="Hub id, folder or bundled:NAME; default: the config's teacher_model")
         add_image_data_arguments(parser)
@@ -61,11 +64,12 @@ class VQKDRecipe(TrainingRecipe):
 
     def __init__(self, args: argparse.Namespace):
         super().__init__(args)
-        self.model_config = json.loads(Path(args.tokenizer_config).read_text())
+        self.model_config = read_model_config(args, "tokenizer_config", saved_tokenizer_config)
         if self.model_config.get("pixel_decoder") is not None:
             raise ValueError(
                 "stage 1 trains the encoder and the feature decoder only: drop `pixel_decoder` from "
-                f"{args.tokenizer_config} and give it to stage 2 (examples/train_vqkd_pixel_decoder.py)"
+                f"{describe_source(args, 'tokenizer_config')} and give it to stage 2 "
+                "(examples/train_vqkd_pixel_decoder.py)"
             )
         VQKDTokenizer.extract_init_dict(dict(self.model_config))  # field types checked before any work
         self.teacher_name = args.teacher or self.model_config.get("teacher_model")
@@ -79,7 +83,7 @@ class VQKDRecipe(TrainingRecipe):
         name = str(self.teacher_name)
         if name.startswith(BUNDLED_PREFIX):  # the name alone does not say which weights: record them
             identity["teacher_sha256"] = BUNDLED_TEACHERS.get(name.removeprefix(BUNDLED_PREFIX))
-        return identity
+        return fine_tuning_identity(identity, args)
 
     def setup(self) -> None:
         self.teacher = FrozenTeacher.from_pretrained(self.teacher_name)
@@ -90,7 +94,11 @@ class VQKDRecipe(TrainingRecipe):
         self.dataset = load_training_images(self.args, self.model_config.get("in_channels", 3))
 
     def build(self) -> None:
-        self.model = VQKDTokenizer.from_config(self.model_config)
+        source = pretrained_source(self.args)
+        if source is not None:
+            self.model = VQKDTokenizer.from_pretrained(source[0], subfolder=source[1])
+        else:
+            self.model = VQKDTokenizer.from_config(self.model_config)
         self.preview = preview_images(self.dataset)
 
     def make_optimizer(self, name: str, module: nn.Module) -> torch.optim.Optimizer:

@@ -1,0 +1,56 @@
+"""Train a new model from a config, or fine-tune a saved one: the flags every training script shares for it.
+
+    --tokenizer_config CONFIG.json                                  # a new tokenizer (--model_config: a generator)
+    --pretrained_model_name_or_path org/fqgan-far-large --subfolder vqvae   # fine-tune a saved or converted model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+PRETRAINED_FLAG = "pretrained_model_name_or_path"
+
+
+def add_model_source_arguments(parser: argparse.ArgumentParser, config_flag: str, config_help: str) -> None:
+    """`--<config_flag>` for a new model, or `--pretrained_model_name_or_path` (+ `--subfolder`) to fine-tune one."""
+    parser.add_argument(f"--{config_flag}", default=None, help=f"{config_help} (or --{PRETRAINED_FLAG})")
+    parser.add_argument(f"--{PRETRAINED_FLAG}", default=None,
+                        help="fine-tune a saved model instead: a folder or Hub id (a converted official checkpoint, a "
+                             "pipeline with --subfolder)")
+    parser.add_argument("--subfolder", default=None,
+                        help=f"the model's subfolder in --{PRETRAINED_FLAG} (a pipeline's vqvae or transformer)")
+
+
+def pretrained_source(args: argparse.Namespace) -> tuple[str, str | None] | None:
+    """(name or path, subfolder) when the run fine-tunes a saved model, else None."""
+    name = getattr(args, PRETRAINED_FLAG, None)
+    return None if name is None else (name, args.subfolder)
+
+
+def read_model_config(
+    args: argparse.Namespace, config_flag: str, load_config: Callable[[str, str | None], dict[str, Any]]
+) -> dict[str, Any]:
+    """The config of the model to train: the JSON `--<config_flag>` names, or the saved model's own config (its
+    bookkeeping fields dropped) read by `load_config(name, subfolder)`."""
+    path = getattr(args, config_flag)
+    if (path is None) == (getattr(args, PRETRAINED_FLAG) is None):
+        raise ValueError(f"give --{config_flag} (a new model) or --{PRETRAINED_FLAG} (fine-tuning a saved one): "
+                         "exactly one of them")
+    if args.subfolder is not None and path is not None:
+        raise ValueError(f"--subfolder goes with --{PRETRAINED_FLAG}, not with --{config_flag}")
+    if path is not None:
+        return json.loads(Path(path).read_text())
+    config = load_config(getattr(args, PRETRAINED_FLAG), args.subfolder)
+    return {k: v for k, v in config.items() if k == "_class_name" or not k.startswith("_")}
+
+
+def describe_source(args: argparse.Namespace, config_flag: str) -> str:
+    """Where the config came from, for error messages."""
+    source = pretrained_source(args)
+    if source is None:
+        return str(getattr(args, config_flag))
+    return source[0] + (f" (subfolder {source[1]})" if source[1] else "")
