@@ -541,3 +541,39 @@ def test_noise_is_drawn_on_the_generators_device_then_moved():
     assert uniform_noise((3, 5), torch.Generator().manual_seed(0), elsewhere).device == elsewhere
     assert noise_device(torch.Generator(), torch.device("cuda")) == torch.device("cpu")
     assert noise_device(None, torch.device("cpu")) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_transformers_model_conventions(tmp_path, k):
+    from hf_vq.generators.blocks import TransformerBlock
+
+    config = FARConfig(vocab_size=16, num_codebooks=k, grid_size=2, num_classes=2, hidden_size=32,
+                       num_hidden_layers=2, num_attention_heads=2, num_head_layers=1)
+    model = FARForClassConditionalGeneration(config)
+    embeddings = model.get_input_embeddings()
+    assert isinstance(embeddings, torch.nn.Module)
+    assert [m is t for m, t in zip(embeddings if k > 1 else [embeddings], model.token_embeddings)] == [True] * k
+    # gradient checkpointing: the blocks run again in the backward pass, and the gradients are the same
+    tokens, labels = torch.randint(16, (3, k, 4)), torch.tensor([0, 1, 0])
+    blocks = [m for m in model.modules() if isinstance(m, TransformerBlock)]
+
+    def grads():
+        model.zero_grad()
+        torch.manual_seed(0)
+        model(input_ids=tokens, class_labels=labels, labels=tokens).loss.backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    model.train()
+    plain = grads()
+    model.gradient_checkpointing_enable()
+    calls = []
+    for block in blocks:  # count the checkpointed calls: each block goes through torch's checkpoint
+        block._gradient_checkpointing_func = (lambda f: lambda *a, **kw: calls.append(1) or f(*a, **kw))(
+            block._gradient_checkpointing_func)
+    checkpointed = grads()
+    assert len(calls) == len(blocks)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checkpointed))
+    # attention runs through SDPA only: "eager" is refused by name, not silently ignored
+    model.save_pretrained(tmp_path / "far")
+    with pytest.raises(ValueError, match="attn_implementation='sdpa'"):
+        FARForClassConditionalGeneration.from_pretrained(tmp_path / "far", attn_implementation="eager")

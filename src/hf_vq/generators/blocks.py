@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .half_linear import COLUMN_TILE, half_linear, half_linear_supports, kernel_available, pack_weight
 
@@ -253,9 +254,10 @@ class Attention(nn.Module):
         return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(batch, length, dim)))
 
 
-class TransformerBlock(nn.Module):
+class TransformerBlock(GradientCheckpointingLayer):
     """Pre-norm block: x + attn(norm(x)), then + ffn(norm(.)); the residual stream is fp32 whatever the weights'
-    dtype (half-precision generators keep all activations in fp32, see `Linear`)."""
+    dtype (half-precision generators keep all activations in fp32, see `Linear`). `gradient_checkpointing_enable()`
+    on the model recomputes it in the backward pass (transformers' layer contract)."""
 
     def __init__(
         self,
@@ -337,8 +339,15 @@ class TokenGridMixin:
     # flips near-tied top-1 tokens; the heads are a small share of the compute.
     _keep_in_fp32_modules_strict = ["output"]
 
+    supports_gradient_checkpointing = True
+
     def _add_token_modules(self, embedding_rows: int) -> None:
         c = self.config
+        if c._attn_implementation not in (None, "sdpa"):
+            # transformers lets any model load with "eager"; these blocks only run torch's SDPA, so say so
+            raise ValueError(f"{type(self).__name__} runs attention through torch's scaled_dot_product_attention "
+                             f"only: load it with attn_implementation='sdpa' (the default), not "
+                             f"{c._attn_implementation!r}")
         self._embedding_names = token_module_names("tok_embeddings", c.num_codebooks)
         for name in self._embedding_names:
             self.add_module(name, nn.Embedding(embedding_rows, c.hidden_size))
@@ -347,6 +356,19 @@ class TokenGridMixin:
         self._output_names = token_module_names("output", c.num_codebooks)
         for name in self._output_names:
             self.add_module(name, nn.Linear(c.hidden_size, c.vocab_size, bias=False))
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The token embedding table (k = 1), or the k sub-codebook tables as one ModuleList."""
+        tables = self.token_embeddings
+        return tables[0] if len(tables) == 1 else nn.ModuleList(tables)
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        """Replace the token embedding table(s), given as `get_input_embeddings` returns them."""
+        tables = [value] if isinstance(value, nn.Embedding) else list(value)
+        if len(tables) != len(self._embedding_names):
+            raise ValueError(f"expected {len(self._embedding_names)} embedding tables, got {len(tables)}")
+        for name, table in zip(self._embedding_names, tables):
+            setattr(self, name, table)
 
     @property
     def token_embeddings(self) -> list[nn.Embedding]:
