@@ -217,3 +217,24 @@ def test_the_diffusers_loader_tables_hf_vq_registers_in_keep_their_shape():
     for cls in TOKENIZER_CLASSES + GENERATOR_CLASSES:
         assert loading.LOADABLE_CLASSES["hf_vq"][cls.__name__] == ["save_pretrained", "from_pretrained"]
         assert loading.ALL_IMPORTABLE_CLASSES[cls.__name__] == ["save_pretrained", "from_pretrained"]
+
+
+def test_model_cpu_offload_gives_the_plain_pipelines_images():
+    from hf_vq.cli import bundled_model_path
+
+    plain = FQGANPipeline.from_pretrained(bundled_model_path())
+    expected = plain(["Bag"], num_images_per_label=2, generator=torch.manual_seed(0), output_type="np").images
+    offloaded = FQGANPipeline.from_pretrained(bundled_model_path())
+    offloaded.enable_model_cpu_offload(device="cpu")  # the hooks move each model to the execution device as it runs
+    images = offloaded(["Bag"], num_images_per_label=2, generator=torch.manual_seed(0), output_type="np").images
+    assert np.array_equal(images, expected)
+
+
+def test_sampling_device_comes_from_the_caller_when_weights_are_offloaded():
+    from hf_vq.generators.sampling import sampling_device
+
+    with torch.device("meta"):
+        model = torch.nn.Linear(2, 2)
+    assert sampling_device(model, "cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="weights are offloaded"):
+        sampling_device(model, None)

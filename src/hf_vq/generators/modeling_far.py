@@ -37,6 +37,7 @@ from .sampling import (
     logits_warpers,
     multinomial_from_noise,
     packed_for_decoding,
+    sampling_device,
     sampling_probs,
     set_gemm_layout,
 )
@@ -293,6 +294,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         callback: Callable[[int, torch.Tensor], None] | None = None,
         compile: bool = False,
         num_inference_steps: int | None = None,
+        device: torch.device | str | None = None,
     ) -> torch.LongTensor:
         """Sample (B, k, N) token grids for the given class ids.
 
@@ -314,10 +316,13 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
                 differ from the eager sampler's in the last bits of the logits, like any change of kernels.
             num_inference_steps: part of the generators' shared sampling contract; an AR model decodes one
                 position per step, so only None or N (= grid_size**2) is accepted.
+            device: where the decoding runs; default the weights' device. Pipelines pass their execution device:
+                with offloading, the weights wait on the CPU or on "meta" until each module runs.
         """
         c = self.config
         self.num_sampling_steps(num_inference_steps)
-        labels = check_class_labels(class_labels, c.num_classes, self.norm.weight.device)
+        device = sampling_device(self, device)
+        labels = check_class_labels(class_labels, c.num_classes, device)
         check_sampling_args(guidance_scale, temperature, top_k, top_p, c.vocab_size, cfg_schedule)
         check_generators(generator, labels.shape[0])
         if compile and not use_cache:
@@ -358,7 +363,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         compile: bool,
     ) -> torch.LongTensor:
         c = self.config
-        device, dtype = self.norm.weight.device, torch.float32  # activations are fp32 whatever the weights are
+        device, dtype = labels.device, torch.float32  # activations are fp32 whatever the weights are
         k, length, rows = c.num_codebooks, c.num_image_tokens, labels.shape[0]
         use_cfg = rows != batch
         rope = self.rope_table(device)

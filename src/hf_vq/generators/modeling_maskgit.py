@@ -26,6 +26,7 @@ from .sampling import (
     logits_warpers,
     masking_schedule,
     multinomial_from_noise,
+    sampling_device,
     uniform_noise,
     warp,
 )
@@ -179,6 +180,7 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         cfg_schedule: str = "constant",
         callback: Callable[[int, torch.Tensor], None] | None = None,
         compile: bool = False,
+        device: torch.device | str | None = None,
     ) -> torch.LongTensor:
         """Sample (B, k, N) token grids in `num_inference_steps` parallel decoding steps (default 12).
 
@@ -190,9 +192,10 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         Args:
             callback: called as callback(step, tokens) after each step; masked entries hold config.mask_token.
             compile: part of the generators' shared sampling contract; MaskGIT samples eagerly, so only False.
+            device: where the decoding runs; default the weights' device (pipelines pass their execution device).
         """
         c = self.config
-        device = self.norm.weight.device
+        device = sampling_device(self, device)
         num_steps = self.num_sampling_steps(num_inference_steps)
         if compile:
             raise ValueError("compile=True is for AR generators (FAR/GPT); MaskGIT samples eagerly")

@@ -76,6 +76,18 @@ def packed_for_decoding(model: nn.Module, rows: int) -> Iterator[None]:
             m.pack_for_decoding(False)
 
 
+def sampling_device(model: torch.nn.Module, device: torch.device | str | None) -> torch.device:
+    """The device a generator samples on: the one asked for, else its weights'. A model whose weights sit on "meta"
+    (sequential offload) cannot tell: the caller (a pipeline's execution device) must."""
+    if device is not None:
+        return torch.device(device)
+    weights = next(model.parameters()).device
+    if weights.type == "meta":
+        raise ValueError("the generator's weights are offloaded (on 'meta'): pass the device to sample on, as "
+                         "pipelines do with their execution device")
+    return weights
+
+
 def check_class_labels(
     class_labels: torch.Tensor | Sequence[int],
     num_classes: int,

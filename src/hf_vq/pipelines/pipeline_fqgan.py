@@ -217,7 +217,8 @@ class FQGANPipeline(DiffusionPipeline):
                 f"got {len(generator)}"
             )
         knobs = dict(guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p,
-                     generator=generator, num_inference_steps=num_inference_steps, compile=compile)
+                     generator=generator, num_inference_steps=num_inference_steps, compile=compile,
+                     device=self._execution_device)
 
         with self.progress_bar(total=steps) as bar:
 
