@@ -249,3 +249,38 @@ def test_the_fashion_mnist_spec_loads():
     assert [r.kind for r in spec.rows] == ["vqgan", "fsq", "vqkd", "vqkd", "fqgan"]
     assert spec.teachers(spec.row("VQ-KD (MAE teacher)")) == ["bundled:fmnist-mae-teacher-p4"]
     assert spec.teachers(spec.row("FQGAN-Dual")) == ["bundled:fmnist-vit-teacher-p4"]
+
+
+@needs_fmnist
+def test_a_stage_killed_mid_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    import hf_vq.training.loop as loop
+
+    train_args = {**QUICK["train_args"], "tokenizer": {**QUICK["train_args"]["tokenizer"], "checkpointing_steps": 1}}
+    spec = write_spec(tmp_path / "spec", train_args=train_args)
+    saved = loop.save_checkpoint
+
+    def save_then_die(accelerator, output_dir, step, *args):
+        saved(accelerator, output_dir, step, *args)
+        raise Killed  # right after the first checkpoint: the process dies mid-stage
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    bench = BenchmarkRun(load_spec(spec), tmp_path / "results", tmp_path / "work", device="cpu", rows=["VQGAN"],
+                         log=lambda _: None)
+    with pytest.raises(Killed):
+        bench.run()
+    monkeypatch.setattr(loop, "save_checkpoint", saved)
+    (stage,) = (tmp_path / "work" / "stages" / "vqgan").glob("tokenizer-*")
+    assert [p.name for p in stage.joinpath("run").glob("checkpoint-*")] == ["checkpoint-1"]
+    assert not (stage / "stage.json").exists()
+
+    resumed_from = []
+    resume = loop.resume_step
+    monkeypatch.setattr(loop, "resume_step", lambda acc, checkpoint: resumed_from.append(checkpoint) or
+                        resume(acc, checkpoint))
+    BenchmarkRun(load_spec(spec), tmp_path / "results", tmp_path / "work", device="cpu", rows=["VQGAN"],
+                 log=lambda _: None).run()
+    assert resumed_from[0] is not None and resumed_from[0].name == "checkpoint-1"  # the tokenizer stage went on
+    record = json.loads((stage / "stage.json").read_text())
+    assert record["attempts"] == 2 and record["result"]["steps"] == 2 and record["seconds"] > 0
+    row = json.loads((tmp_path / "results" / "row-vqgan.json").read_text())
+    assert row["training"]["tokenizer"]["matched"]
