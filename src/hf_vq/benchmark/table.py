@@ -177,8 +177,10 @@ def render_plot(rows: list[dict[str, Any]]) -> str:
             out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="{colors[kind]}"/>')
         else:
             out.append(f'<rect x="{sx(x) - 4:.1f}" y="{sy(y) - 4:.1f}" width="8" height="8" fill="{colors[kind]}"/>')
-        if kind == "ar" or row_names.count(name) == 1:  # one label per row
-            out.append(f'<text x="{sx(x) + 7:.1f}" y="{sy(y) - 6:.1f}">{_escape(name)}</text>')
+        if kind == "ar" or row_names.count(name) == 1:  # one label per row, on the side with room for it
+            side = ('end', -7) if x > 60 else ('start', 7)
+            out.append(f'<text x="{sx(x) + side[1]:.1f}" y="{sy(y) - 6:.1f}" text-anchor="{side[0]}">'
+                       f'{_escape(name)}</text>')
     out += [f'<circle cx="{width - margin - 90}" cy="{margin}" r="5" fill="{colors["ar"]}"/>',
             f'<text x="{width - margin - 80}" y="{margin + 4}">AR</text>',
             f'<rect x="{width - margin - 44}" y="{margin - 4}" width="8" height="8" fill="{colors["nar"]}"/>',
