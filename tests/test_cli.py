@@ -35,7 +35,7 @@ def test_generate_with_a_half_precision_generator(pipe_dir, tmp_path, monkeypatc
     main(["generate", "--model", str(pipe_dir), "--labels", "0", "-n", "2", "--dtype", "fp16", "--out", str(out)])
     transformer, vqvae = loaded[0].transformer, loaded[0].vqvae
     assert transformer.norm.weight.dtype == torch.float16
-    assert all(head.weight.dtype == torch.float32 for head in transformer.output_heads)
+    assert all(head.weight.dtype == torch.float16 for head in transformer.output_heads)  # logits are fp32 anyway
     assert all(p.dtype == torch.float32 for p in vqvae.parameters())
     assert Image.open(out).size == (2 * 8, 8)
 

@@ -12,9 +12,30 @@ from conftest import ROOT
 from test_pipeline import tokenizer
 from test_train_fqgan import TINY
 
+FSDP_CONFIG = ROOT / "examples" / "accelerate" / "fsdp_gpt_xl.yaml"
+
+# Accelerate runs FSDP on accelerators only: on a machine without one, each process of an FSDP launch gets a state of
+# its own, not distributed (and with ACCELERATE_USE_CPU it trains DDP instead, silently). Under FSDP_ON_CPU the wrapper
+# has it take the CPU as the device, with gloo, so that the FSDP path of `accelerator.prepare` runs as on GPUs.
 WRAPPER = textwrap.dedent(
     """
-    import sys, torch
+    import os, sys, torch
+    if os.environ.get("FSDP_ON_CPU"):
+        from accelerate.state import PartialState
+        from accelerate.utils import DistributedType
+
+        _prepare_backend = PartialState._prepare_backend
+
+        def prepare_backend(self, *args, **kwargs):
+            backend, kind = _prepare_backend(self, *args, **kwargs)
+            if kind == DistributedType.NO and "LOCAL_RANK" in os.environ:
+                return "gloo", DistributedType.MULTI_GPU
+            return backend, kind
+
+        def set_device(self):
+            self.device = self.device or torch.device("cpu")
+
+        PartialState._prepare_backend, PartialState.set_device = prepare_backend, set_device
     sys.path.insert(0, {examples!r})
     kind, out, *argv = sys.argv[1:]
     import importlib
@@ -27,18 +48,26 @@ WRAPPER = textwrap.dedent(
 )
 
 
-def launch(tmp_path, kind: str, *argv: str) -> list[dict]:
+def launch(tmp_path, kind: str, *argv: str, fsdp: bool = False) -> list[dict]:
+    """Run a training script on 2 CPU processes (DDP, or with `fsdp` the shipped FSDP config); each rank's weights."""
     script = tmp_path / "wrapper.py"
     script.write_text(WRAPPER.format(examples=str(ROOT / "examples")))
     dumps = tmp_path / f"dumps-{kind}"
     dumps.mkdir()
-    # accelerate's MULTI_CPU launcher expects MPI; on one machine torchrun + ACCELERATE_USE_CPU gives gloo DDP.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(script), kind, str(dumps), *argv]
+    if fsdp:
+        # the 8-GPU bf16 config as it ships, overridden to 2 processes in fp32 (as its header says)
+        env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+        env.update(OMP_NUM_THREADS="1", FSDP_ON_CPU="1")
+        cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file", str(FSDP_CONFIG),
+               "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(port)]
+    else:
+        # accelerate's MULTI_CPU launcher expects MPI; on one machine torchrun + ACCELERATE_USE_CPU gives gloo DDP.
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    cmd += [str(script), kind, str(dumps), *argv]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     return [torch.load(dumps / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -96,3 +125,32 @@ def test_vqkd_codebooks_stay_identical_across_two_processes(tmp_path, imagefolde
                    "--train_batch_size", "2", "--max_train_steps", "3", "--report_to", "none")
     assert_same(*ranks)  # the EMA codebook (a buffer) included: counts and sums are all-reduced
     assert "quantize.codebook" in ranks[0]
+
+
+def test_generator_script_under_fsdp_previews_and_saves_the_full_model(tmp_path, imagefolder):
+    from conftest import load_script
+
+    from hf_vq import FARConfig, FARForClassConditionalGeneration, FQGANPipeline
+
+    # k = 1 codes: a LlamaGen GPT, the model the FSDP config is for
+    tokenizer(k=1).save_pretrained(tmp_path / "tok")
+    load_script("extract_codes").main(["--tokenizer", str(tmp_path / "tok"), "--dataset", str(imagefolder),
+                                       "--resolution", "8", "--output_dir", str(tmp_path / "codes")])
+    model_config = tmp_path / "gpt.json"  # two blocks: two FSDP units besides the root
+    model_config.write_text(json.dumps({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}))
+    out = tmp_path / "run"
+    ranks = launch(tmp_path, "far", "--codes_dir", str(tmp_path / "codes"), "--tokenizer", str(tmp_path / "tok"),
+                   "--model_config", str(model_config), "--output_dir", str(out), "--train_batch_size", "2",
+                   "--max_train_steps", "2", "--use_ema", "--report_to", "none", "--validation_steps", "2",
+                   "--checkpointing_steps", "2", fsdp=True)
+    assert (out / "checkpoint-2" / "pytorch_model_fsdp_0").is_dir()  # sharded: FSDP ran, not a DDP fallback
+    assert_same(*ranks)  # both ranks return the full (gathered) EMA weights
+    transformer = FQGANPipeline.from_pretrained(out / "pipeline").transformer
+    saved = transformer.state_dict()
+    unsharded = FARForClassConditionalGeneration(FARConfig.from_pretrained(out / "pipeline" / "transformer"))
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in unsharded.state_dict().items()}
+    assert_same(saved, ranks[0])
+    # the EMA checkpoint holds the full averages (those the final model was saved with), not rank 0's shards
+    ema = torch.load(out / "checkpoint-2" / "custom_checkpoint_0.pkl", weights_only=False)["shadow_params"]
+    assert_same(dict(enumerate(ema)), dict(enumerate(p.detach() for p in transformer.parameters())))
+    assert (out / "samples" / "step-0000002.png").is_file()

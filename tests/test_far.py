@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel
 
-from hf_vq.generators import FARConfig, FARForClassConditionalGeneration, modeling_far, official_key_to_hf
-from hf_vq.generators.blocks import FixedShapeKVCache, StaticKVCache, rope_2d_table, single_query_attention
-from hf_vq.generators.sampling import exponential_noise, guide, multinomial_from_noise, set_gemm_layout
+from hf_vq.generators import FARConfig, FARForClassConditionalGeneration, cpu_decoding, modeling_far, official_key_to_hf
+from hf_vq.generators.blocks import FixedShapeKVCache, Linear, StaticKVCache, rope_2d_table, single_query_attention
+from hf_vq.generators.cpu_decoding import set_gemm_layout
+from hf_vq.generators.sampling import exponential_noise, guide, multinomial_from_noise
 
 VOCAB, CLASSES, GRID = 16, 4, 3
 
@@ -484,20 +485,104 @@ def test_save_load_round_trip_is_exact_and_auto_classes_work(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_load_runs_and_agrees_with_fp32(tmp_path, dtype):
+def test_half_precision_models_follow_one_rule_however_built(tmp_path, dtype):
     model = tiny_model(2)
     model.save_pretrained(tmp_path)
-    half = FARForClassConditionalGeneration.from_pretrained(tmp_path, dtype=dtype)
-    # everything in half precision except the output heads, kept fp32 so near-tied logits keep their order
-    heads = {f"{name}.weight" for name in half._output_names}
-    assert all((p.dtype == torch.float32) == (name in heads) for name, p in half.named_parameters())
+    loaded = FARForClassConditionalGeneration.from_pretrained(tmp_path, dtype=dtype)
+    built = AutoModel.from_config(model.config, dtype=dtype).eval()
+    built.load_state_dict(model.state_dict())
     ids, labels = random_ids(2), torch.tensor([0, 1, 2])
-    logits = half(ids, labels).logits
+    reference = model(ids, labels).logits
+    for half in (loaded, built):
+        assert all(p.dtype == dtype for p in half.parameters())  # output heads included
+        logits = half(ids, labels).logits
+        assert logits.dtype == torch.float32
+        assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() > 0.9
+        tokens = half.sample([0, 1], guidance_scale=2.0, top_k=5)
+        assert tokens.shape == (2, 2, GRID**2) and int(tokens.max()) < VOCAB
+    assert torch.equal(loaded(ids, labels).logits, built(ids, labels).logits)
+
+
+def test_activation_dtype_is_fp32_on_cpu_and_the_weights_dtype_elsewhere():
+    assert cpu_decoding.activation_dtype(torch.bfloat16, "cpu") == torch.float32
+    assert cpu_decoding.activation_dtype(torch.bfloat16, "cuda") == torch.bfloat16
+    assert cpu_decoding.activation_dtype(torch.float16, torch.device("cuda", 1)) == torch.float16
+    assert cpu_decoding.activation_dtype(torch.float32, "cuda") == torch.float32
+    assert modeling_far.decoding_compile_kwargs("cuda") == {"mode": "reduce-overhead"}  # CUDA graphs
+    assert modeling_far.decoding_compile_kwargs("cpu") == {"options": {"cpp_wrapper": True}}
+
+
+def gpu_rule(monkeypatch):
+    """Run a CPU model as it runs on a GPU: activations in the weights' dtype (the only device-dependent choice)."""
+    monkeypatch.setattr(cpu_decoding, "activation_dtype", lambda weight_dtype, device: weight_dtype)
+
+
+def spy_kv_caches(monkeypatch) -> list:
+    """The eager sampler's KV caches, collected as `sample` allocates them."""
+    caches = []
+
+    class SpyCache(modeling_far.StaticKVCache):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            caches.append(self)
+
+    monkeypatch.setattr(modeling_far, "StaticKVCache", SpyCache)
+    return caches
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_off_the_cpu_a_half_model_runs_in_its_dtype_with_plain_gemms(monkeypatch, dtype):
+    model = tiny_model(2).to(dtype)
+    gpu_rule(monkeypatch)
+
+    def no_cpu_path(*args):
+        raise AssertionError("the CPU's mixed-precision GEMM ran")
+
+    monkeypatch.setattr(cpu_decoding, "mixed_precision_linear", no_cpu_path)
+    gemm_inputs = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.register_forward_pre_hook(lambda m, args: gemm_inputs.append((args[0].dtype, m.weight.dtype)))
+    caches = spy_kv_caches(monkeypatch)
+    out = model(random_ids(2), torch.tensor([0, 1, 2]), output_hidden_states=True)
+    assert out.logits.dtype == torch.float32
+    assert all(h.dtype == torch.float32 for h in out.hidden_states)  # the residual stream
+    tokens = model.sample([0, 1], guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+    assert tokens.shape == (2, 2, GRID**2)
+    assert gemm_inputs and all(x == w == dtype for x, w in gemm_inputs)
+    assert len(caches) == 2 and all(t.dtype == dtype for c in caches for t in (*c.keys, *c.values))
+    # ... while on the CPU proper the same model keeps fp32 activations and an fp32 cache
+    monkeypatch.undo()
+    caches = spy_kv_caches(monkeypatch)
+    model.sample([0, 1], guidance_scale=2.0)
+    assert all(t.dtype == torch.float32 for c in caches for t in c.keys)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_rule_keeps_99_percent_of_the_trained_models_top1_tokens(monkeypatch, dtype):
+    """The GPU rule (half GEMMs and KV cache, fp32 residual stream and logits) against the fp32 bundled FAR."""
+    from hf_vq.cli import bundled_model_path
+
+    path = bundled_model_path()
+    fp32 = AutoModel.from_pretrained(path, subfolder="transformer")
+    labels = torch.arange(10).repeat(20)
+    ids = fp32.sample(labels, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = fp32(ids, labels).logits.argmax(-1)
+        half = AutoModel.from_pretrained(path, subfolder="transformer", dtype=dtype).eval()
+        gpu_rule(monkeypatch)
+        logits = half(ids, labels).logits
     assert logits.dtype == torch.float32
-    agree = (logits.argmax(-1) == model(ids, labels).logits.argmax(-1)).float().mean()
-    assert agree > 0.9
-    tokens = half.sample([0, 1], guidance_scale=2.0, top_k=5)
-    assert tokens.shape == (2, 2, GRID**2) and int(tokens.max()) < VOCAB
+    assert (logits.argmax(-1) == reference).float().mean() >= 0.99
+
+
+def test_cpu_decoding_leaves_a_model_off_the_cpu_alone():
+    model = tiny_model(2).to(torch.bfloat16).to("meta")
+    strides = [m.weight.stride() for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    with cpu_decoding.prepared_for_decoding(model, Linear, rows=2):
+        assert not any("packed_weight" in m._buffers for m in model.modules())
+    cpu_decoding.set_gemm_layout(model, rows=2)
+    assert [m.weight.stride() for m in model.modules() if isinstance(m, torch.nn.Linear)] == strides
 
 
 def test_gemm_layout_keeps_values_and_tokens(monkeypatch, tmp_path):
@@ -526,7 +611,7 @@ def test_gemm_layout_keeps_values_and_tokens(monkeypatch, tmp_path):
     torch.nn.utils.parameters_to_vector(model.parameters())
     save_file(model.state_dict(), tmp_path / "weights.safetensors")
 
-    monkeypatch.setattr(modeling_far, "set_gemm_layout", lambda model, rows: None)
+    monkeypatch.setattr(cpu_decoding, "set_gemm_layout", lambda model, rows: None)
     plain = model.sample([0, 1], guidance_scale=2.0, generator=torch.Generator().manual_seed(3))
     assert torch.equal(tokens, plain)
 
@@ -577,3 +662,15 @@ def test_transformers_model_conventions(tmp_path, k):
     model.save_pretrained(tmp_path / "far")
     with pytest.raises(ValueError, match="attn_implementation='sdpa'"):
         FARForClassConditionalGeneration.from_pretrained(tmp_path / "far", attn_implementation="eager")
+
+
+def test_forward_traces_as_one_graph_for_fullgraph_compile_and_export():
+    model = tiny_model(2)
+    ids, labels = random_ids(2), torch.tensor([0, 1, 2])
+    expected = model(ids, labels).logits
+    compiled = torch.compile(model, fullgraph=True, backend="eager")  # a graph break would raise
+    torch.testing.assert_close(compiled(ids, labels).logits, expected)
+    exported = torch.export.export(model, (ids, labels))
+    torch.testing.assert_close(exported.module()(ids, labels).logits, expected)
+    with pytest.raises(ValueError, match="must lie in"):  # eager calls still check the values
+        model(ids, torch.tensor([0, 1, CLASSES + 1]))

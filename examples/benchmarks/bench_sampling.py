@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_vq import FARConfig, FARForClassConditionalGeneration
+from hf_vq.generators import cpu_decoding
 
 SMALL = dict(
     vocab_size=1024,
@@ -137,7 +138,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def load_as(model: FARForClassConditionalGeneration, dtype: str) -> FARForClassConditionalGeneration:
-    """The model as a user gets it with `from_pretrained(..., dtype=...)` (output heads kept fp32)."""
+    """The model as a user gets it with `from_pretrained(..., dtype=...)` (fp32 logits whatever the dtype)."""
     if dtype == "fp32":
         return model
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,21 +149,31 @@ def load_as(model: FARForClassConditionalGeneration, dtype: str) -> FARForClassC
 def check_half(
     model: FARForClassConditionalGeneration, tokens: torch.Tensor, labels: torch.Tensor, dtype: str
 ) -> str:
-    """Teacher-forced logits of half-precision weights vs fp32 on sampled tokens: top-1 agreement and mean KL."""
+    """Teacher-forced logits of half-precision weights vs fp32 on sampled tokens: top-1 agreement and mean KL, under
+    the CPU's rule (fp32 activations) and, emulated on the CPU, the GPU's (GEMMs and attention in the half dtype)."""
     half = load_as(model, dtype)
+    lines = []
     with torch.no_grad():
         ref = model(tokens, labels).logits.log_softmax(-1)
-        low = half(tokens, labels).logits.log_softmax(-1)
-    flipped = ref.argmax(-1) != low.argmax(-1)
-    top1 = 1 - flipped.float().mean().item()
-    kl = F.kl_div(low, ref, log_target=True, reduction="none").sum(-1).mean().item()
-    verdict = "ok" if top1 >= 0.99 and kl <= 1e-3 else "FAILS (>= 99% and <= 1e-3 wanted)"
-    line = f"{dtype} vs fp32 teacher-forced logits: top-1 agreement {100 * top1:.2f}%, mean KL {kl:.2e} -> {verdict}"
-    if flipped.any():
-        top2 = ref.topk(2, dim=-1).values
-        gap = (top2[..., 0] - top2[..., 1])[flipped].max().item()
-        line += f"\n  (disagreements are near-ties: fp32 top-2 log-prob gap <= {gap:.3f} where they differ)"
-    return line
+        rules = {"CPU rule": cpu_decoding.activation_dtype, "GPU rule": lambda weight_dtype, device: weight_dtype}
+        for rule, activation_dtype in rules.items():
+            real, cpu_decoding.activation_dtype = cpu_decoding.activation_dtype, activation_dtype
+            try:
+                low = half(tokens, labels).logits.log_softmax(-1)
+            finally:
+                cpu_decoding.activation_dtype = real
+            flipped = ref.argmax(-1) != low.argmax(-1)
+            top1 = 1 - flipped.float().mean().item()
+            kl = F.kl_div(low, ref, log_target=True, reduction="none").sum(-1).mean().item()
+            verdict = "ok" if top1 >= 0.99 and kl <= 1e-3 else "FAILS (>= 99% and <= 1e-3 wanted)"
+            line = (f"{dtype} vs fp32 teacher-forced logits, {rule}: top-1 agreement {100 * top1:.2f}%, mean KL "
+                    f"{kl:.2e} -> {verdict}")
+            if flipped.any():
+                top2 = ref.topk(2, dim=-1).values
+                gap = (top2[..., 0] - top2[..., 1])[flipped].max().item()
+                line += f"\n  (disagreements are near-ties: fp32 top-2 log-prob gap <= {gap:.3f} where they differ)"
+            lines.append(line)
+    return "\n".join(lines)
 
 
 def check_trained(path: Path, batch: int, cfg: float) -> None:

@@ -44,8 +44,8 @@ def generate(args: argparse.Namespace) -> None:
     model = args.model or bundled_model_path()
     if args.model is None and not Path(model).is_dir():
         raise SystemExit(f"the bundled model is missing from this install ({model}); pass --model")
-    # Only the generator changes precision, loaded by transformers so that its output heads stay fp32
-    # (_keep_in_fp32_modules_strict); the tokenizer, a small part of the time, stays fp32.
+    # Only the generator changes precision (its logits stay fp32, see `blocks.OutputHead`); the tokenizer, a small
+    # part of the time, stays fp32.
     dtype = getattr(torch, GENERATOR_DTYPES[args.dtype])
     transformer = AutoModel.from_pretrained(model, subfolder="transformer", dtype=dtype)
     pipe = FQGANPipeline.from_pretrained(model, transformer=transformer).to(args.device)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .half_linear import COLUMN_TILE, half_linear, half_linear_supports, kernel_available, pack_weight
+from . import cpu_decoding
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -51,7 +51,8 @@ def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm computed in fp32 and returned in fp32 (the activations stay fp32 with half-precision weights)."""
+    """RMSNorm computed in fp32 from the fp32 residual stream, returned in the dtype the next GEMMs take
+    (`cpu_decoding.activation_dtype`: the weights' dtype off the CPU, fp32 on it)."""
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -59,54 +60,23 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps)
+        out = F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps)
+        return out.to(cpu_decoding.activation_dtype(self.weight.dtype, x.device))
 
 
 class Linear(nn.Linear):
-    """nn.Linear that also takes fp32 activations when its weight is fp16/bf16, and returns them in fp32.
+    """nn.Linear that on a CPU also takes fp32 activations over fp16/bf16 weights and returns fp32.
 
-    Half-precision generators keep their activations in fp32 and round only the weights: bf16 activations flip
-    the top-1 token of the trained Fashion-MNIST FAR at 1.3% of positions, bf16 weights alone at 0.3%. On CPU the
-    maths is fp32 on the rounded weight: while an AR generator samples on an AVX-512 CPU, `pack_for_decoding`
-    holds a tiled copy of the weight that `half_linear` streams; otherwise the weight is upcast for the GEMM
-    (which saves memory, not time). On other devices the input is cast to the weight's dtype, as autocast would.
+    Activations take the weights' dtype off the CPU, so there it is a plain `F.linear`; the CPU's mixed-precision
+    GEMMs live in `cpu_decoding`. Any other mix of dtypes is multiplied in the weight's dtype, as autocast would.
     """
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, **kwargs):
-        super().__init__(in_features, out_features, bias, **kwargs)
-        # A buffer rather than a plain attribute so that torch.compile takes it as a graph input; never saved.
-        self.register_buffer("packed_weight", None, persistent=False)
-
-    @property
-    def packable(self) -> bool:
-        """Whether `half_linear` can take the weight: bias-free, CPU, fp16/bf16, out a multiple of 32, kernel built."""
-        weight = self.weight
-        return (
-            weight.device.type == "cpu"
-            and weight.dtype in (torch.float16, torch.bfloat16)
-            and self.bias is None
-            and weight.shape[0] % COLUMN_TILE == 0
-            and kernel_available()
-        )
-
-    def pack_for_decoding(self, enabled: bool = True) -> None:
-        """Make a fresh packed copy of the weight for `half_linear` (if `packable`), or drop it (enabled=False).
-
-        Packing takes about 2% of a sampling call for the benchmark FAR. Samplers pack on entry and drop on exit
-        (`sampling.packed_for_decoding`), so a copy never outlives a weight update and never reaches training,
-        saving or another device.
-        """
-        self.packed_weight = pack_weight(self.weight) if enabled and self.packable else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
         if x.dtype == weight.dtype:
             return F.linear(x, weight, self.bias)
-        if self.packed_weight is not None and half_linear_supports(x, self.packed_weight):
-            return half_linear(x, self.packed_weight)
-        if x.device.type == "cpu":
-            bias = None if self.bias is None else self.bias.to(x.dtype)
-            return F.linear(x, weight.to(x.dtype), bias)
+        if x.device.type == "cpu" and x.dtype == torch.float32:
+            return cpu_decoding.mixed_precision_linear(self, x)
         return F.linear(x.to(weight.dtype), weight, self.bias).to(x.dtype)
 
 
@@ -179,6 +149,11 @@ class FixedShapeKVCache(StaticKVCache):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.key_positions = torch.arange(self.max_length, device=self.keys[0].device)
+        if self.keys[0].device.type == "cuda":
+            # CUDA graphs replay writes into these buffers, so their addresses must not change between replays;
+            # guard=False: a new cache (the next `sample` call) re-records the graph instead of recompiling it.
+            for buffer in (*self.keys, *self.values, self.key_positions):
+                torch._dynamo.mark_static_address(buffer, guard=False)
 
     def update(
         self, layer_idx: int, start: int | torch.Tensor, key: torch.Tensor, value: torch.Tensor
@@ -255,9 +230,13 @@ class Attention(nn.Module):
 
 
 class TransformerBlock(GradientCheckpointingLayer):
-    """Pre-norm block: x + attn(norm(x)), then + ffn(norm(.)); the residual stream is fp32 whatever the weights'
-    dtype (half-precision generators keep all activations in fp32, see `Linear`). `gradient_checkpointing_enable()`
-    on the model recomputes it in the backward pass (transformers' layer contract)."""
+    """Pre-norm block: x + attn(norm(x)), then + ffn(norm(.)).
+
+    The residual stream is fp32 whatever the weights' dtype, while the GEMMs, attention and KV cache run in the
+    dtype the norms hand them (half precision off the CPU): on the trained Fashion-MNIST FAR in bf16, a bf16
+    residual stream flips more top-1 tokens than the 1% that an fp32 one keeps under, and the stream is one
+    (rows, D) tensor per step, a negligible share of the memory traffic. `gradient_checkpointing_enable()` on the
+    model recomputes the block in the backward pass (transformers' layer contract)."""
 
     def __init__(
         self,
@@ -328,16 +307,45 @@ def token_module_names(prefix: str, num_codebooks: int) -> list[str]:
     return [f"{prefix}_{j}" for j in range(1, num_codebooks + 1)]
 
 
+class OutputHead(Linear):
+    """A bias-free vocabulary projection whose logits are fp32 whatever the precision.
+
+    Half-precision hidden states and weights are multiplied with fp32 accumulation and an fp32 result, never
+    rounded to bf16/fp16 logits (spaced 0.0625 apart at |logit| ~ 10 in bf16, which flips near-tied top-1 tokens):
+    on CUDA one half GEMM with fp32 output (`torch.mm(..., out_dtype=torch.float32)`), elsewhere on the upcast
+    operands, which gives the same products (bf16/fp16 products are exact in fp32). The weight is read only here,
+    so offloading hooks on the head see every use of it.
+    """
+
+    def __init__(self, in_features: int, out_features: int, **kwargs):
+        super().__init__(in_features, out_features, bias=False, **kwargs)
+
+    def forward(self, hidden: torch.Tensor) -> torch.FloatTensor:
+        weight = self.weight
+        if hidden.dtype == torch.float32:
+            return super().forward(hidden).float()  # fp32 models, and the CPU's fp32 activations over half weights
+        if hidden.dtype == weight.dtype and hidden.device.type == "cuda" and _MM_OUT_DTYPE:
+            rows = hidden.reshape(-1, hidden.shape[-1])
+            return torch.mm(rows, weight.t(), out_dtype=torch.float32).view(*hidden.shape[:-1], weight.shape[0])
+        return F.linear(hidden.float(), weight.float())
+
+
+_MM_OUT_DTYPE = hasattr(torch.ops.aten.mm, "dtype")  # torch.mm(..., out_dtype=) (torch >= 2.8)
+
+
+class SubCodebookEmbeddings(nn.ModuleList):
+    """A generator's k sub-codebook embedding tables as one module: (B, k, S) ids -> (B, k, S, D) embeddings."""
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return torch.stack([table(input_ids[:, j]) for j, table in enumerate(self)], dim=1)
+
+
 class TokenGridMixin:
     """Per-sub-codebook embeddings and output heads of a generator over (B, k, N) token grids.
 
     Modules are attributes named as in the official files (`tok_embeddings` / `tok_embeddings_{1..k}`,
     `aggregation_layer`, `output` / `output_{1..k}`) so official state dicts load key for key.
     """
-
-    # Output heads stay fp32 when loaded in bf16/fp16: bf16 logits are spaced 0.0625 apart at |logit| ~ 10, which
-    # flips near-tied top-1 tokens; the heads are a small share of the compute.
-    _keep_in_fp32_modules_strict = ["output"]
 
     supports_gradient_checkpointing = True
 
@@ -355,12 +363,21 @@ class TokenGridMixin:
             self.aggregation_layer = nn.Linear(c.num_codebooks * c.hidden_size, c.hidden_size)
         self._output_names = token_module_names("output", c.num_codebooks)
         for name in self._output_names:
-            self.add_module(name, nn.Linear(c.hidden_size, c.vocab_size, bias=False))
+            self.add_module(name, OutputHead(c.hidden_size, c.vocab_size))
 
     def get_input_embeddings(self) -> nn.Module:
-        """The token embedding table (k = 1), or the k sub-codebook tables as one ModuleList."""
+        """The token embedding table (k = 1), or the k sub-codebook tables as one `SubCodebookEmbeddings` module,
+        the same object on every call, which the model's forward runs (so FSDP can shard it as one unit)."""
         tables = self.token_embeddings
-        return tables[0] if len(tables) == 1 else nn.ModuleList(tables)
+        if len(tables) == 1:
+            return tables[0]
+        # Kept out of the module tree (in __dict__, not _modules): the tables stay registered under their official
+        # names, so state dicts, devices and dtypes are unchanged.
+        embeddings = self.__dict__.get("_sub_codebook_embeddings")
+        if embeddings is None or list(embeddings) != tables:
+            embeddings = SubCodebookEmbeddings(tables)
+            self.__dict__["_sub_codebook_embeddings"] = embeddings
+        return embeddings
 
     def set_input_embeddings(self, value: nn.Module) -> None:
         """Replace the token embedding table(s), given as `get_input_embeddings` returns them."""
@@ -370,27 +387,38 @@ class TokenGridMixin:
         for name, table in zip(self._embedding_names, tables):
             setattr(self, name, table)
 
+    def sub_token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, k, S) ids -> (B, k, S, D) embeddings, one per sub-codebook, through `get_input_embeddings()`."""
+        embeddings = self.get_input_embeddings()
+        return embeddings(input_ids[:, 0])[:, None] if isinstance(embeddings, nn.Embedding) else embeddings(input_ids)
+
+    def aggregate(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, k, S, D) sub-token embeddings -> (B, S, D): concatenated and projected when k > 1."""
+        if embeddings.shape[1] == 1:
+            return embeddings[:, 0]
+        return self.aggregation_layer(embeddings.transpose(1, 2).flatten(2))
+
     @property
     def token_embeddings(self) -> list[nn.Embedding]:
         """The k sub-codebook embedding tables, vis first."""
         return [getattr(self, name) for name in self._embedding_names]
 
     @property
-    def output_heads(self) -> list[nn.Linear]:
+    def output_heads(self) -> list[OutputHead]:
         """The k output projections; head j predicts sub-token j."""
         return [getattr(self, name) for name in self._output_names]
 
     def head_logits(self, hidden: torch.Tensor, j: int) -> torch.FloatTensor:
-        """fp32 logits of sub-token j from (..., D) final-normed hidden states, in the head's own precision."""
-        head = self.output_heads[j]
-        return head(hidden.to(head.weight.dtype)).float()
+        """fp32 logits of sub-token j from (..., D) final-normed hidden states (see `OutputHead`)."""
+        return self.output_heads[j](hidden)
+
+    def activation_dtype(self, device: torch.device | str) -> torch.dtype:
+        """The dtype of the activations and KV cache on `device` (`cpu_decoding.activation_dtype`)."""
+        return cpu_decoding.activation_dtype(self.dtype, device)
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, k, S) ids -> (B, S, D): the sub-token embeddings, concatenated and projected when k > 1."""
-        embeddings = [table(input_ids[:, j]) for j, table in enumerate(self.token_embeddings)]
-        if len(embeddings) == 1:
-            return embeddings[0]
-        return self.aggregation_layer(torch.cat(embeddings, dim=-1))
+        return self.aggregate(self.sub_token_embeddings(input_ids))
 
     def _check_token_ids(self, input_ids: torch.Tensor, min_length: int) -> None:
         c = self.config
@@ -407,6 +435,8 @@ class TokenGridMixin:
                 f"input_ids has {length} positions on dim 2; the model takes {min_length} to "
                 f"grid_size**2 = {c.num_image_tokens}"
             )
+        if torch.compiler.is_compiling():
+            return  # a value check would break the graph (torch.compile fullgraph, torch.export): eager calls make it
         low, high = int(input_ids.min()), int(input_ids.max())
         if low < 0 or high >= c.vocab_size:
             raise ValueError(f"input_ids must lie in [0, {c.vocab_size}), got values in [{low}, {high}]")

@@ -9,15 +9,18 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.generation.logits_process import LogitsProcessor
 from transformers.utils import ModelOutput
 
+from . import cpu_decoding
 from .blocks import (
     FixedShapeKVCache,
     LabelEmbedder,
+    Linear,
     RMSNorm,
     StaticKVCache,
     TokenGridMixin,
@@ -30,16 +33,15 @@ from .sampling import (
     check_class_labels,
     check_generators,
     check_sampling_args,
+    decoding_compile_kwargs,
     eval_mode,
     exponential_noise,
     guidance_scale_at,
     guide,
     logits_warpers,
     multinomial_from_noise,
-    packed_for_decoding,
     sampling_device,
     sampling_probs,
-    set_gemm_layout,
 )
 
 # Module names match the official LlamaGen GPT (gpt.py) and FQGAN FAR (far_dual.py / far_triple.py) files:
@@ -107,7 +109,8 @@ class _CausalStepper:
                 len(blocks), batch_size, config.num_attention_heads, max_length, config.head_dim, dtype, device
             )
         else:
-            self.inputs = torch.empty(batch_size, max_length, config.hidden_size, dtype=dtype, device=device)
+            # the re-run reference keeps its inputs in the residual stream's fp32 (see `TransformerBlock`)
+            self.inputs = torch.empty(batch_size, max_length, config.hidden_size, dtype=torch.float32, device=device)
 
     def __call__(self, x: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
         """(B, 1, D) input at `position` (an int, or a (1,) tensor for the fixed-shape cache) -> (B, 1, D) output."""
@@ -146,7 +149,7 @@ def _decode_position(
     if previous is None:
         x = condition
     else:
-        x = model.embed_tokens(previous)
+        x = model.embed_tokens(previous).float()  # the residual stream
         x = torch.cat([x, x]) if use_cfg else x
     h = backbone(x, position)
     tokens, finite = [], []
@@ -160,21 +163,20 @@ def _decode_position(
         finite.append(torch.isfinite(probs).all())  # argmax would turn NaN into a token; torch.multinomial raises
         tokens.append(multinomial_from_noise(probs, noise[j]))
         if j < noise.shape[0] - 1:
-            h = model.token_embeddings[j](tokens[j])[:, None]
+            h = model.token_embeddings[j](tokens[j])[:, None].float()
             h = torch.cat([h, h]) if use_cfg else h
     return torch.stack(tokens, dim=1), torch.stack(finite).all()
 
 
 @functools.cache
-def _compiled_decode_position() -> Callable:
-    """`_decode_position` under torch.compile, built on first request so importing hf_vq never loads the compiler.
+def _compiled_decode_position(device_type: str) -> Callable:
+    """`_decode_position` under torch.compile for a device type (`decoding_compile_kwargs`), built on first
+    request so importing hf_vq never loads the compiler.
 
     The random draws come in as noise, so a whole position (k sub-tokens) is one graph; positions and guidance
-    scales arrive as tensors, so that graph serves every position. The graph's wrapper is C++ rather than Python:
-    a position launches about 200 small kernels and GEMMs, and the Python wrapper's per-launch cost was about 8%
-    of the benchmark FAR's sampling time (it makes the first compilation about 20 s longer).
+    scales arrive as tensors on the device, so that graph serves every position.
     """
-    return torch.compile(_decode_position, options={"cpp_wrapper": True})
+    return torch.compile(_decode_position, **decoding_compile_kwargs(device_type))
 
 
 class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
@@ -213,7 +215,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         """nn.Module.train; entering training mode also restores the row-major weight layout that sampling sets
         (see `set_gemm_layout`), so training, DDP and state-dict consumers see contiguous weights."""
         if mode:
-            set_gemm_layout(self, None)
+            cpu_decoding.set_gemm_layout(self, None)
         return super().train(mode)
 
     def rope_table(self, device: torch.device) -> torch.Tensor:
@@ -252,8 +254,11 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         batch, k, length = input_ids.shape
         rope = self.rope_table(input_ids.device)
 
-        x = torch.cat([self.cls_embedding(class_labels), self.embed_tokens(input_ids[:, :, :-1])], dim=1)
-        x = self.tok_dropout(x)
+        # One embedding call for the backbone's inputs and the AR head's (FSDP shards the tables as one unit).
+        sub_tokens = self.sub_token_embeddings(input_ids)
+        inputs = self.aggregate(sub_tokens[:, :, :-1])
+        x = torch.cat([self.cls_embedding(class_labels), inputs], dim=1)
+        x = self.tok_dropout(x.float())  # the residual stream is fp32 (see `TransformerBlock`)
         all_hidden_states = (x,) if output_hidden_states else None
         for layer in self.layers:
             x = layer(x, rope[:length], causal=True)
@@ -264,8 +269,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             hidden = x.unsqueeze(2)
         else:
             # Mini-sequence per position: [h_i, E1[t1_i], ..., E_{k-1}[t_{k-1,i}]], on RoPE rows 0..k-1.
-            embedded = [table(input_ids[:, j]) for j, table in enumerate(self.token_embeddings[:-1])]
-            hidden = torch.stack([x, *embedded], dim=2).flatten(0, 1)
+            hidden = torch.stack([x, *sub_tokens[:, :-1].float().unbind(1)], dim=2).flatten(0, 1)
             for block in self.ar_head:
                 hidden = block(hidden, rope[:k], causal=True)
             hidden = hidden.view(batch, length, k, -1)
@@ -280,6 +284,8 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         output = FAROutput(loss=loss, logits=logits, hidden_states=all_hidden_states)
         return output.to_tuple() if return_dict is False else output
 
+    # Not `forward`: `apply_forward_hook` runs a model-offload hook's onloading first, as diffusers' VAEs do.
+    @apply_forward_hook
     @torch.no_grad()
     def sample(
         self,
@@ -332,8 +338,8 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         if guidance_scale != 1.0:
             labels = torch.cat([labels, torch.full_like(labels, c.num_classes)])
 
-        set_gemm_layout(self, rows=labels.shape[0])  # kept in eval mode; a training model gets it back on exit
-        with eval_mode(self), packed_for_decoding(self, rows=labels.shape[0]):
+        # On a CPU: the decoding weight layouts (kept in eval mode; `train()` restores them) and packed copies.
+        with eval_mode(self), cpu_decoding.prepared_for_decoding(self, Linear, rows=labels.shape[0]):
             tokens = self._decode(
                 labels, batch, guidance_scale, warpers, generator, cfg_schedule, use_cache, callback, compile
             )
@@ -363,13 +369,13 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         compile: bool,
     ) -> torch.LongTensor:
         c = self.config
-        device, dtype = labels.device, torch.float32  # activations are fp32 whatever the weights are
+        device, dtype = labels.device, self.activation_dtype(labels.device)
         k, length, rows = c.num_codebooks, c.num_image_tokens, labels.shape[0]
         use_cfg = rows != batch
         rope = self.rope_table(device)
         backbone = _CausalStepper(self.layers, rope, rows, length, c, dtype, device, use_cache, compile)
         head = _CausalStepper(self.ar_head, rope, rows, k, c, dtype, device, use_cache, compile) if k > 1 else None
-        decode_position = _compiled_decode_position() if compile else _decode_position
+        decode_position = _compiled_decode_position(device.type) if compile else _decode_position
         # Compiled graphs take positions and scales as tensors, so they neither bake them in nor recompile.
         positions = torch.arange(length, device=device)[:, None] if compile else range(length)
         tokens = torch.empty(batch, k, length, dtype=torch.long, device=device)
@@ -377,11 +383,12 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         finite = torch.ones((), dtype=torch.bool, device=device)
         for i in range(length):
             scale = guidance_scale_at(guidance_scale, cfg_schedule, (i + 1) / length)
-            scale = torch.tensor(scale, dtype=torch.float64)  # fp64 so guidance rounds as with a Python float
+            # fp64 so guidance rounds as with a Python float; on the device, as CUDA graphs need every input there
+            scale = torch.tensor(scale, dtype=torch.float64, device=device)
             noise = exponential_noise(k, (batch, c.vocab_size), generator, device)
             sampling = (positions[i], noise, scale, warpers, use_cfg)
             if i == 0:  # the class condition, run eagerly: the compiled graph then has one kind of input
-                condition = self.cls_embedding(labels)
+                condition = self.cls_embedding(labels).float()
                 drawn, ok = _decode_position(self, backbone, head, None, *sampling, condition=condition)
             else:
                 drawn, ok = decode_position(self, backbone, head, tokens[:, :, i - 1 : i], *sampling)

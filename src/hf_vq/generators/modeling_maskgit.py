@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
@@ -90,7 +91,7 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         c = self.config
         rope = rope_2d_table(c.grid_size, c.head_dim, c.rope_theta, 1).to(input_ids.device)
         x = torch.cat([self.cls_embedding(class_labels), self.embed_tokens(input_ids)], dim=1)
-        x = self.tok_dropout(x)
+        x = self.tok_dropout(x.float())  # the residual stream is fp32 (see `TransformerBlock`)
         all_hidden_states = (x,) if output_hidden_states else None
         for layer in self.layers:
             x = layer(x, rope, causal=False)
@@ -166,6 +167,8 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
         return steps
 
+    # Not `forward`: `apply_forward_hook` runs a model-offload hook's onloading first, as diffusers' VAEs do.
+    @apply_forward_hook
     @torch.no_grad()
     def sample(
         self,

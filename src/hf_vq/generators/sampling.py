@@ -15,9 +15,6 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from .blocks import Linear
-from .half_linear import FEW_ROWS
-
 CFG_SCHEDULES = ("constant", "linear")
 
 
@@ -32,48 +29,16 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def set_gemm_layout(model: nn.Module, rows: int | None) -> None:
-    """On CPU, lay fp32 / fp16 linear weights out for multiplying `rows` activations: input-major below FEW_ROWS
-    (64) rows, the usual row-major layout otherwise or for `rows=None`.
+def decoding_compile_kwargs(device_type: str) -> dict:
+    """`torch.compile` arguments for an AR decoding step on a device type.
 
-    Token-by-token decoding multiplies `rows` (batch, doubled for CFG) activations by every weight. For few rows,
-    the CPU GEMMs are faster when the (out, in) weight is laid out in memory as (in, out): 16 x 512 x 1536 in fp32
-    took 280 us instead of 500 us on the 2-core dev CPU (fp16: 6% faster), and from 64 rows on the usual layout
-    wins; bf16 is slower input-major at any size, so it is left alone, and so are the weights that
-    `packed_for_decoding` packs. Only strides change, never values, so the sampled tokens do not. Weights are
-    re-laid out one at a time and no copy is kept, so memory grows by one weight matrix at most. Generators keep
-    the layout while in eval mode (repeated sampling pays for the copies once: for the 8-layer benchmark FAR they
-    cost as much as 4 of its 64 decoding steps) and restore the row-major layout in `train()`. `save_pretrained`
-    accepts either layout; code that needs contiguous tensors (safetensors' `save_file`, `parameters_to_vector`)
-    can call `set_gemm_layout(model, None)` first.
+    A step launches a few hundred small kernels and GEMMs, so their launch cost matters: on CUDA the step is
+    replayed as a CUDA graph (`mode="reduce-overhead"`; the KV cache it writes has static addresses, see
+    `blocks.FixedShapeKVCache`), and on a CPU inductor's C++ wrapper launches them instead of Python.
     """
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears or any(m.weight.device.type != "cpu" for m in linears):
-        return
-    decoding = rows is not None and rows < FEW_ROWS
-    for m in linears:
-        weight = m.weight.data
-        packed = isinstance(m, Linear) and m.packable
-        input_major = decoding and not packed and weight.dtype in (torch.float32, torch.float16)
-        if input_major and not weight.t().is_contiguous():
-            m.weight.data = weight.t().contiguous().t()
-        elif not input_major and not weight.is_contiguous():
-            m.weight.data = weight.contiguous()
-
-
-@contextmanager
-def packed_for_decoding(model: nn.Module, rows: int) -> Iterator[None]:
-    """Within the body, the model's half-precision `blocks.Linear` weights have packed copies for `half_linear`
-    when decoding multiplies fewer than FEW_ROWS `rows` (a no-op where the kernel is unavailable). The copies are
-    made afresh and dropped on exit, so they always match the weights and cost memory only while sampling."""
-    linears = [m for m in model.modules() if isinstance(m, Linear)] if rows < FEW_ROWS else []
-    try:
-        for m in linears:
-            m.pack_for_decoding()
-        yield
-    finally:
-        for m in linears:
-            m.pack_for_decoding(False)
+    if device_type == "cuda":
+        return {"mode": "reduce-overhead"}
+    return {"options": {"cpp_wrapper": True}}
 
 
 def sampling_device(model: torch.nn.Module, device: torch.device | str | None) -> torch.device:
@@ -100,14 +65,16 @@ def check_class_labels(
         raise ValueError(f"class_labels must be a non-empty 1-D list or tensor of ids, got shape {tuple(labels.shape)}")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise TypeError(f"class_labels must hold integer class ids, got dtype {labels.dtype}")
+    if batch_size is not None and labels.shape[0] != batch_size:
+        raise ValueError(f"class_labels has {labels.shape[0]} entries for a batch of {batch_size}")
+    if torch.compiler.is_compiling():
+        return labels.long()  # a value check would break the graph (fullgraph, torch.export): eager calls make it
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high > num_classes:
         raise ValueError(
             f"class_labels must lie in [0, {num_classes - 1}] (or {num_classes} for unconditional samples), "
             f"got values in [{low}, {high}]"
         )
-    if batch_size is not None and labels.shape[0] != batch_size:
-        raise ValueError(f"class_labels has {labels.shape[0]} entries for a batch of {batch_size}")
     return labels.long()
 
 

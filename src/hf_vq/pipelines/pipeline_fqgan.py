@@ -138,6 +138,27 @@ class FQGANPipeline(DiffusionPipeline):
                 f.write(pipeline_module_source())
         super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
 
+    def enable_sequential_cpu_offload(
+        self, gpu_id: int | None = None, device: torch.device | str | None = None
+    ) -> None:
+        """diffusers' sequential offload; on a CPU execution device the hooks onload to "cpu" rather than "cpu:0"."""
+        super().enable_sequential_cpu_offload(gpu_id=gpu_id, device=device)
+        if self._offload_device.type != "cpu":
+            return
+        # diffusers names the device "cpu:0", and for a device with an index accelerate's hooks rebuild each onloaded
+        # weight as `Parameter(value).to("cpu:0")`, which copies (a CPU tensor's device is plain "cpu") and so
+        # leaves a plain tensor in `_parameters`; offloading it back to "meta" then fails on that tensor.
+        cpu = torch.device("cpu")
+        self._offload_device = cpu
+        for model in self.components.values():
+            if not isinstance(model, torch.nn.Module):
+                continue
+            for module in model.modules():
+                hook = getattr(module, "_hf_hook", None)
+                for h in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
+                    if getattr(h, "execution_device", None) is not None:
+                        h.execution_device = cpu
+
     def get_label_ids(self, labels: int | str | Sequence[int | str]) -> list[int]:
         """Class names (case-insensitive) or ids -> ids, with a clear error listing close matches."""
         is_sequence = isinstance(labels, (list, tuple, torch.Tensor, np.ndarray)) and not isinstance(labels, str)

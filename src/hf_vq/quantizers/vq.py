@@ -33,6 +33,23 @@ def sample_rows(x: torch.Tensor, num: int) -> torch.Tensor:
     return x[torch.randint(0, x.shape[0], (num,), device=x.device)]
 
 
+class Codebook(nn.Embedding):
+    """A learned codebook whose forward returns all its codes, so that the weight is read only in its own forward.
+
+    Offloading and layerwise-casting hooks (diffusers' group offload, accelerate's device maps) onload and cast a
+    layer's weight around its forward alone, so the quantizer looks its codes up through this call.
+    """
+
+    def __init__(self, codebook_size: int, dim: int, l2_norm: bool):
+        super().__init__(codebook_size, dim)
+        self.l2_norm = l2_norm
+
+    def forward(self) -> torch.Tensor:
+        """The (K, D) fp32 codebook, L2-normalised when `l2_norm`."""
+        weight = self.weight.float()
+        return F.normalize(weight, dim=-1) if self.l2_norm else weight
+
+
 class VectorQuantizer(Quantizer):
     """Nearest-neighbour vector quantizer with straight-through gradients (LlamaGen's `VectorQuantizer`).
 
@@ -72,7 +89,7 @@ class VectorQuantizer(Quantizer):
         self.kmeans_init = kmeans_init
         self.kmeans_iters = kmeans_iters
 
-        self.embedding = nn.Embedding(codebook_size, dim)
+        self.embedding = Codebook(codebook_size, dim, l2_norm)
         nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
         if l2_norm:
             with torch.no_grad():
@@ -89,8 +106,7 @@ class VectorQuantizer(Quantizer):
 
     def codebook(self) -> torch.Tensor:
         """The (K, D) fp32 codebook, L2-normalised when `l2_norm`."""
-        weight = self.embedding.weight.float()
-        return F.normalize(weight, dim=-1) if self.l2_norm else weight
+        return self.embedding()
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """Quantize (B, D, H, W) latents to their nearest codes."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from diffusers.utils import BaseOutput
+from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..utils import check_config_types
 
@@ -172,11 +173,14 @@ class ImageTokenizerMixin(abc.ABC):
             g = self.grid_size
             raise ValueError(f"indices must be on the {g}x{g} grid, got {tuple(indices.shape[2:])}")
 
+    # Not `forward`: `apply_forward_hook` runs a model-offload hook's onloading first, as diffusers' VAEs do.
+    @apply_forward_hook
     @torch.no_grad()
     def tokenize(self, pixel_values: torch.Tensor) -> torch.LongTensor:
         """(B, C, H, W) images in [-1, 1] -> (B, k, h, w) indices."""
         return self.encode(pixel_values).indices
 
+    @apply_forward_hook
     @torch.no_grad()
     def detokenize(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, k, h, w) indices -> (B, C, H, W) images, nominally [-1, 1], not clamped."""

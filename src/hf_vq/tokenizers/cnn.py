@@ -98,15 +98,27 @@ class Downsample(nn.Module):
         return self.conv(F.pad(x, (0, 1, 0, 1)))
 
 
+class NearestUpsampleConv(nn.Conv2d):
+    """A 3x3 conv applied after nearest x2 upsampling, both run as one stride-2 transposed conv of the folded kernel.
+
+    The upsampling lives in this conv's own forward so that the weights are read only there: offloading and
+    layerwise-casting hooks (diffusers, accelerate) onload and cast a layer's weights around its forward alone.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, 2H, 2W): nearest x2 upsampling, then this conv."""
+        return F.conv_transpose2d(x, fold_nearest_upsample(self.weight), self.bias, stride=2, padding=1)
+
+
 class Upsample(nn.Module):
     """Nearest x2 then a 3x3 conv, run as one stride-2 transposed conv: 16 instead of 36 multiply-adds per pixel."""
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = NearestUpsampleConv(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv_transpose2d(x, fold_nearest_upsample(self.conv.weight), self.conv.bias, stride=2, padding=1)
+        return self.conv(x)
 
 
 class _Level(nn.Module):

@@ -265,7 +265,7 @@ class FQGANTokenizer(ImageTokenizerMixin, ModelMixin, ConfigMixin):
     def indices_to_latents(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, k, h, w) indices -> (B, k*D, h, w) quantized latents."""
         self.check_indices(indices)
-        return torch.cat(self.quantize.indices_to_codes(indices), dim=1).to(self.post_quant_conv.weight.dtype)
+        return torch.cat(self.quantize.indices_to_codes(indices), dim=1).to(self.dtype)
 
     def forward(
         self,

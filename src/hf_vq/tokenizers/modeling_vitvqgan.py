@@ -159,7 +159,7 @@ class ViTVQGANTokenizer(ImageTokenizerMixin, ModelMixin, ConfigMixin):
     def indices_to_latents(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, 1, h, w) indices -> (B, code_dim, h, w) unit-norm codes."""
         self.check_indices(indices)
-        return self.quantize.indices_to_codes(indices[:, 0]).to(self.to_pixels.weight.dtype)
+        return self.quantize.indices_to_codes(indices[:, 0]).to(self.dtype)
 
     def forward(self, pixel_values: torch.Tensor, return_dict: bool = True) -> TokenizerOutput | tuple:
         """Training forward: the reconstruction and the quantizer's losses (codebook and commitment)."""

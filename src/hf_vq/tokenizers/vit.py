@@ -12,6 +12,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class QKVLinear(nn.Linear):
+    """The fused q/k/v projection; its bias comes from the caller (BEiT's q and v biases, no k bias).
+
+    The weight is read only in this layer's own forward, where offloading and layerwise-casting hooks have put it.
+    """
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x @ weight.T + bias."""
+        return F.linear(x, self.weight, bias)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with BEiT's biases: q and v have one, k has none."""
 
@@ -20,7 +31,7 @@ class Attention(nn.Module):
         if width % num_heads:
             raise ValueError(f"width {width} must be a multiple of num_heads {num_heads}")
         self.num_heads = num_heads
-        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.qkv = QKVLinear(width, 3 * width, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(width))
         self.v_bias = nn.Parameter(torch.zeros(width))
         self.proj = nn.Linear(width, width)
@@ -28,7 +39,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, width = x.shape
         bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
-        q, k, v = F.linear(x, self.qkv.weight, bias).view(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x, bias).view(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, width))
 

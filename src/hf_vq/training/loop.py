@@ -20,18 +20,22 @@ resume, the run summary and the Hub push. A recipe says what is trained and what
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -160,6 +164,9 @@ def train(recipe: TrainingRecipe) -> nn.Module:
     recipe.build()
     accelerator = start_run(args, recipe.name, identity)
     recipe.accelerator = accelerator
+    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        raise ValueError("FSDP training needs fsdp_version: 2 in the Accelerate config (FSDP1 keeps flat local shards "
+                         "that the EMA checkpoint and the gathered previews do not handle)")
     repo_id = None
     if args.push_to_hub and accelerator.is_main_process:
         # now, so that a taken name or a token without write access fails before the training, not after it
@@ -177,6 +184,9 @@ def train(recipe: TrainingRecipe) -> nn.Module:
         for opt in optimizers
     ]
     recipe.before_prepare()
+    # FSDP shards the trained model in place; previews and the final save load its gathered weights into a plain
+    # copy, whose frame is taken now, on the meta device, so that it costs no memory.
+    frame = _meta_copy(modules[0]) if accelerator.is_fsdp2 else None
     prepared = accelerator.prepare(*modules, *optimizers, *schedulers, loader)
     n = len(names)
     modules, optimizers, schedulers, loader = prepared[:n], prepared[n:2 * n], prepared[2 * n:3 * n], prepared[-1]
@@ -187,8 +197,8 @@ def train(recipe: TrainingRecipe) -> nn.Module:
     accelerator.print(f"{recipe.name}: {type(accelerator.unwrap_model(model)).__name__}, {size / 1e6:.2f}M parameters, "
                       f"{len(dataset)} training examples")
     ema = None
-    if args.use_ema:  # after prepare, so every rank starts from rank 0's (broadcast) weights
-        ema = EMAModel(model.parameters(), decay=args.ema_decay)
+    if args.use_ema:  # after prepare, so every rank starts from rank 0's (broadcast) weights, or its shard of them
+        ema = ShardAwareEMA(model.parameters(), decay=args.ema_decay)
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
     recipe.to_device(accelerator.device)
@@ -236,19 +246,22 @@ def train(recipe: TrainingRecipe) -> nn.Module:
         done = global_step >= args.max_train_steps or meter.timed_out()
         if global_step % args.checkpointing_steps == 0 or done:
             save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-        if accelerator.is_main_process and (global_step % args.validation_steps == 0 or done):
+        if global_step % args.validation_steps == 0 or done:
             preview = output_dir / "samples" / f"step-{global_step:07d}.png"
-            _preview(recipe, accelerator.unwrap_model(model), ema, preview)
-            if preview.is_file():
+            _preview(recipe, accelerator, model, frame, ema, preview)
+            if accelerator.is_main_process and preview.is_file():
                 _log_image(accelerator, "preview", preview, global_step)
         if done:
             break
 
     progress.close()
     accelerator.wait_for_everyone()
-    final = accelerator.unwrap_model(model)
-    if ema is not None:
-        ema.copy_to(final.parameters())
+    if frame is not None:  # every rank takes part in the gather and ends with the same full model
+        final = _full_model(model, frame, ema, every_rank=True).to(accelerator.device)
+    else:
+        final = accelerator.unwrap_model(model)
+        if ema is not None:
+            ema.copy_to(final.parameters())
     final.eval()
     if accelerator.is_main_process:
         folder = recipe.save_final(final, output_dir)
@@ -294,17 +307,104 @@ def _log_image(accelerator: Accelerator, name: str, path: Path, step: int) -> No
             tracker.log_images({name: [pixels]}, step=step)
 
 
-@torch.no_grad()
-def _preview(recipe: TrainingRecipe, model: nn.Module, ema: EMAModel | None, path: Path) -> None:
-    """The recipe's preview of the current model (its EMA weights when kept, swapped in and back out in place)."""
-    if ema is not None:
-        ema.store(model.parameters())
-        ema.copy_to(model.parameters())
-    model.eval()
+class ShardAwareEMA(EMAModel):
+    """diffusers' EMAModel that also averages FSDP-sharded (DTensor) parameters, shard by shard.
+
+    The average is elementwise, so each rank keeping the average of its own shards is the sharded average of the full
+    weights, with no communication per step. A checkpoint holds the full tensors (gathered by every rank, written by
+    rank 0), as a run without sharding writes them; loading one puts each tensor back where the average it replaces
+    lived: its device and, under FSDP, this rank's shard of it.
+    """
+
+    def state_dict(self) -> dict:
+        """The EMA state with full (gathered) tensors; collective under FSDP."""
+        state = super().state_dict()
+        state["shadow_params"] = [p.full_tensor() if isinstance(p, DTensor) else p for p in self.shadow_params]
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state of full tensors onto the devices (and shards) of the current averages."""
+        current = self.shadow_params
+        super().load_state_dict(state_dict)
+        self.shadow_params = [_like(loaded, like) for loaded, like in zip(self.shadow_params, current)]
+
+
+def _like(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`tensor`, a full tensor, placed as `like` is: on its device, or sharded as it is (each rank its own shard)."""
+    if isinstance(like, DTensor):
+        # every rank holds the full tensor (read from the checkpoint), so each cuts its shard without communication
+        return distribute_tensor(tensor.to(like.device), like.device_mesh, like.placements, src_data_rank=None)
+    return tensor.to(like.device)
+
+
+def _meta_copy(module: nn.Module) -> nn.Module:
+    """A copy of `module` with its parameters on the meta device (buffers are copied): a frame for `_full_model`."""
+    memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+            for p in module.parameters()}
+    return copy.deepcopy(module, memo)
+
+
+@contextmanager
+def _ema_weights(model: nn.Module, ema: EMAModel | None) -> Iterator[None]:
+    """The model with its EMA weights swapped in (in place), swapped back out on exit; nothing without EMA."""
+    if ema is None:
+        yield
+        return
+    params = list(model.parameters())
+    sharded = any(isinstance(p, DTensor) for p in params)
+    if sharded:  # a shard is a fraction of the model: kept where it is, not sent through the CPU as `ema.store` does
+        stored = [p.detach().clone() for p in params]
+    else:
+        ema.store(params)
+    ema.copy_to(params)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        recipe.save_preview(model, path)
+        yield
     finally:
-        model.train()
-        if ema is not None:
-            ema.restore(model.parameters())
+        if sharded:
+            for param, saved in zip(params, stored):
+                param.data.copy_(saved)
+        else:
+            ema.restore(params)
+
+
+@torch.no_grad()
+def _full_model(model: nn.Module, frame: nn.Module, ema: EMAModel | None, every_rank: bool) -> nn.Module | None:
+    """A plain copy of the FSDP-sharded `model` (its EMA weights when kept); collective, every rank must call it.
+
+    With `every_rank` each rank gets the copy; otherwise only the main process does (on the CPU), the others None.
+    """
+    options = StateDictOptions(full_state_dict=True, cpu_offload=not every_rank)
+    with _ema_weights(model, ema):
+        state = get_model_state_dict(model, options=options)
+    if not state:  # a rank other than 0 when the gather went to rank 0 only
+        return None
+    full = copy.deepcopy(frame)
+    full.load_state_dict(state, assign=True)
+    return full
+
+
+@torch.no_grad()
+def _preview(recipe: TrainingRecipe, accelerator: Accelerator, model: nn.Module, frame: nn.Module | None,
+             ema: EMAModel | None, path: Path) -> None:
+    """The recipe's preview of the current model (its EMA weights when kept), written by the main process.
+
+    Under FSDP every rank takes part in gathering the full weights into a plain copy, which the main process samples
+    from; otherwise the main process swaps the EMA weights into the model in place and back out.
+    """
+    if frame is not None:
+        full = _full_model(model, frame, ema, every_rank=False)
+        if full is not None:
+            full.to(accelerator.device).eval()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            recipe.save_preview(full, path)
+        return
+    if not accelerator.is_main_process:
+        return
+    model = accelerator.unwrap_model(model)
+    with _ema_weights(model, ema):
+        model.eval()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            recipe.save_preview(model, path)
+        finally:
+            model.train()

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The GPU check: the CUDA tests (pytest marker `gpu`) and examples/benchmarks/gpu_check.py, numbers as one JSON.
+#
+#   bash examples/benchmarks/gpu_check.sh prepare [FQGAN_CHECKOUT] [LLAMAGEN_CHECKOUT]   # on a machine with an index
+#   bash examples/benchmarks/gpu_check.sh run OUT_DIR                                   # on the GPU machine
+#
+# A GPU machine with torch and CUDA but no package index lacks diffusers, datasets and evaluate (and may hold other
+# transformers / huggingface_hub versions): `prepare` downloads this environment's versions as Python 3.12 wheels
+# into .whl/, and copies the official samplers' `autoregressive` packages from local checkouts (folders or bare git
+# repositories) into .official/, both git-ignored; `run` installs the wheels into a temporary folder, puts src/ on
+# the path and runs the tests and the benchmark. Carry .whl and .official to the GPU machine with the working tree.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+prepare() {
+    mkdir -p .whl .official
+    for ignored in /.whl/ /.official/; do
+        grep -qx "$ignored" .git/info/exclude 2>/dev/null || echo "$ignored" >> .git/info/exclude
+    done
+    local packages=()
+    for name in diffusers datasets evaluate dill multiprocess transformers huggingface_hub; do
+        packages+=("$name==$(python -c "import importlib.metadata as m; print(m.version('$name'))")")
+    done
+    python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .whl "${packages[@]}"
+    local name source
+    for pair in "FQGAN:${1:-}" "LlamaGen:${2:-}"; do
+        name=${pair%%:*} source=${pair#*:}
+        [ -n "$source" ] || continue
+        rm -rf ".official/$name.tmp" && mkdir -p ".official/$name.tmp"
+        if [ -d "$source/autoregressive" ]; then
+            cp -r "$source/autoregressive" ".official/$name.tmp/"
+        else  # a bare repository
+            git --git-dir="$source" archive HEAD autoregressive | tar -x -C ".official/$name.tmp"
+        fi
+        rm -rf ".official/$name" && mv ".official/$name.tmp" ".official/$name"
+    done
+    du -sh .whl .official
+}
+
+run() {
+    local out=${1:?usage: gpu_check.sh run OUT_DIR}
+    mkdir -p "$out"
+    if compgen -G ".whl/*.whl" > /dev/null; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+        export PYTHONPATH="$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+    else
+        export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    export PYTHONUNBUFFERED=1
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/device.txt"
+    local official=()
+    [ -d .official/FQGAN ] && official+=(--official-fqgan .official/FQGAN)
+    [ -d .official/LlamaGen ] && official+=(--official-llamagen .official/LlamaGen)
+    local status=0
+    timeout 180 python3 -m pytest -m gpu tests/test_cuda.py -p no:cacheprovider 2>&1 | tee "$out/tests.log" || status=1
+    timeout 360 python3 examples/benchmarks/gpu_check.py --out "$out/gpu_check.json" "${official[@]}" 2>&1 \
+        | tee "$out/gpu_check.log" || status=1
+    return $status
+}
+
+case "${1:-}" in
+    prepare) shift; prepare "$@" ;;
+    run) shift; run "$@" ;;
+    *) echo "usage: gpu_check.sh prepare [FQGAN_CHECKOUT] [LLAMAGEN_CHECKOUT] | run OUT_DIR" >&2; exit 2 ;;
+esac

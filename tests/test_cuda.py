@@ -1,0 +1,74 @@
+"""What only a CUDA device shows: half-precision decoding in the weights' dtype, fp32 logits from the half GEMM,
+CUDA-graph compiled decoding, CPU generators driving a CUDA model, offloading onto the GPU. Skipped without CUDA;
+`examples/benchmarks/gpu_check.sh` runs them on a GPU machine."""
+
+import pytest
+import torch
+from test_far import GRID, VOCAB, spy_kv_caches, tiny_model
+
+from hf_vq.generators import cpu_decoding
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.fixture
+def half_far():
+    return tiny_model(2).to("cuda", torch.bfloat16)
+
+
+def test_a_half_model_decodes_in_its_dtype_without_the_cpu_machinery(monkeypatch, half_far):
+    def no_cpu_path(*args, **kwargs):
+        raise AssertionError("CPU-only machinery ran on CUDA")
+
+    monkeypatch.setattr(cpu_decoding, "mixed_precision_linear", no_cpu_path)
+    monkeypatch.setattr(cpu_decoding, "set_gemm_layout", no_cpu_path)
+    caches = spy_kv_caches(monkeypatch)
+    tokens = half_far.sample([0, 1, 2], guidance_scale=2.0, generator=torch.manual_seed(0))
+    assert tokens.device.type == "cuda" and tokens.shape == (3, 2, GRID**2) and int(tokens.max()) < VOCAB
+    assert caches and all(t.dtype == torch.bfloat16 for c in caches for t in c.keys)
+    assert not any("packed_weight" in m._buffers for m in half_far.modules())
+
+
+def test_fp32_logits_from_the_half_gemm_match_the_upcast_product(half_far):
+    ids = torch.randint(0, VOCAB, (3, 2, GRID**2), device="cuda")
+    hidden = torch.randn(3, GRID**2, half_far.config.hidden_size, device="cuda", dtype=torch.bfloat16)
+    head = half_far.output_heads[0]
+    logits = head(hidden)
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, hidden.float() @ head.weight.float().t(), rtol=1e-4, atol=1e-4)
+    assert half_far(ids, torch.tensor([0, 1, 2], device="cuda")).logits.dtype == torch.float32
+
+
+def test_a_cpu_generator_drives_a_cuda_model_and_generator_lists_give_each_image_its_stream(half_far):
+    a = half_far.sample([0, 1], generator=torch.manual_seed(3))
+    b = half_far.sample([0, 1], generator=torch.manual_seed(3))
+    assert torch.equal(a, b)
+    alone = half_far.sample([1], generator=[torch.Generator().manual_seed(7)])
+    paired = half_far.sample([0, 1], generator=[torch.Generator().manual_seed(6), torch.Generator().manual_seed(7)])
+    assert torch.equal(alone[0], paired[1])
+
+
+def test_compiled_decoding_uses_cuda_graphs_and_samples_valid_tokens(half_far):
+    tokens = half_far.sample([0, 1], guidance_scale=2.0, generator=torch.manual_seed(0), compile=True)
+    again = half_far.sample([0, 1], guidance_scale=2.0, generator=torch.manual_seed(0), compile=True)
+    assert tokens.shape == (2, 2, GRID**2) and int(tokens.max()) < VOCAB
+    assert torch.equal(tokens, again)  # a new cache re-records the graph; the draws are the same
+    eager = half_far.sample([0, 1], guidance_scale=2.0, generator=torch.manual_seed(0))
+    assert (eager == tokens).float().mean() > 0.9
+
+
+def test_model_cpu_offload_onto_the_gpu_gives_the_plain_pipelines_images():
+    import numpy as np
+
+    from hf_vq import FQGANPipeline
+    from hf_vq.cli import bundled_model_path
+
+    plain = FQGANPipeline.from_pretrained(bundled_model_path()).to("cuda")
+    expected = plain(["Bag"], num_images_per_label=2, generator=torch.manual_seed(0), output_type="np").images
+    offloaded = FQGANPipeline.from_pretrained(bundled_model_path())
+    offloaded.enable_model_cpu_offload()
+    images = offloaded(["Bag"], num_images_per_label=2, generator=torch.manual_seed(0), output_type="np").images
+    assert np.array_equal(images, expected)

@@ -1,0 +1,117 @@
+"""Offloading and layerwise casting give the plain models' outputs (accelerate and diffusers hooks, on CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers.hooks import apply_group_offloading
+from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
+
+from hf_vq.cli import bundled_model_path
+from hf_vq.generators import FARForClassConditionalGeneration
+from hf_vq.pipelines.pipeline_fqgan import FQGANPipeline
+from hf_vq.tokenizers import FQGANTokenizer, ViTVQGANTokenizer
+
+CPU = torch.device("cpu")
+
+
+def bundled_pipeline() -> FQGANPipeline:
+    """A fresh copy of the bundled Fashion-MNIST pipeline."""
+    return FQGANPipeline.from_pretrained(bundled_model_path())
+
+
+def generate(pipe: FQGANPipeline) -> np.ndarray:
+    """Two seeded images of one class, as an array."""
+    return pipe(["Bag"], num_images_per_label=2, generator=torch.manual_seed(0), output_type="np").images
+
+
+@pytest.fixture(scope="module")
+def plain_images() -> np.ndarray:
+    return generate(bundled_pipeline())
+
+
+def test_sequential_cpu_offload_gives_the_plain_pipelines_images(plain_images):
+    pipe = bundled_pipeline()
+    pipe.enable_sequential_cpu_offload(device="cpu")  # weights wait on "meta" until each module runs
+    assert np.array_equal(generate(pipe), plain_images)
+
+
+def test_leaf_level_group_offload_to_disk_gives_the_plain_pipelines_images(plain_images, tmp_path):
+    pipe = bundled_pipeline()
+    for name in ("transformer", "vqvae"):
+        apply_group_offloading(
+            getattr(pipe, name), onload_device=CPU, offload_type="leaf_level", offload_to_disk_path=str(tmp_path / name)
+        )
+    images = generate(pipe)
+    assert not np.isnan(images).any()
+    assert np.array_equal(images, plain_images)
+
+
+def test_device_mapped_components_with_disk_offload_give_the_plain_pipelines_images(plain_images, tmp_path):
+    plain = bundled_pipeline()
+    # Everything on disk except one small module per model, so both dispatch from "meta" weights.
+    transformer_map = {name: "disk" for name, _ in plain.transformer.named_children()} | {"cls_embedding": "cpu"}
+    vqvae_map = {name: "disk" for name, _ in plain.vqvae.named_children()} | {"post_quant_conv": "cpu"}
+    transformer = FARForClassConditionalGeneration.from_pretrained(
+        bundled_model_path() / "transformer", device_map=transformer_map, offload_folder=str(tmp_path / "transformer")
+    )
+    vqvae = FQGANTokenizer.from_pretrained(
+        bundled_model_path() / "vqvae", device_map=vqvae_map, offload_folder=str(tmp_path / "vqvae")
+    )
+    assert {p.device.type for p in vqvae.parameters()} == {"cpu", "meta"}
+    pipe = FQGANPipeline(vqvae=vqvae, transformer=transformer, id2label=plain.config.id2label)
+    assert np.array_equal(generate(pipe), plain_images)
+
+
+def test_layerwise_casting_of_the_tokenizer_computes_with_the_stored_weights():
+    plain, cast = bundled_pipeline(), bundled_pipeline()
+    with torch.no_grad():  # what bf16 storage keeps of each cast layer's weights, computed in fp32
+        for module in plain.vqvae.modules():
+            if isinstance(module, _GO_LC_SUPPORTED_PYTORCH_LAYERS):
+                for param in module.parameters(recurse=False):
+                    param.copy_(param.to(torch.bfloat16).float())
+    cast.vqvae.enable_layerwise_casting(
+        storage_dtype=torch.bfloat16, compute_dtype=torch.float32, skip_modules_pattern=()
+    )
+    tokens = generate_tokens(plain)
+    assert torch.equal(cast.vqvae.detokenize(tokens), plain.vqvae.detokenize(tokens))
+
+
+def generate_tokens(pipe: FQGANPipeline) -> torch.Tensor:
+    """Two seeded token grids of one class."""
+    return pipe([8, 8], generator=torch.manual_seed(0), output_type="latent").images
+
+
+def test_model_cpu_offload_onloads_the_generator_and_the_tokenizer_before_they_run(plain_images):
+    pipe = bundled_pipeline()
+    pipe.enable_model_cpu_offload(device="cpu")
+    onloaded = []
+    for name in ("transformer", "vqvae"):
+        hook = getattr(pipe, name)._hf_hook
+        pre_forward = hook.pre_forward
+
+        def spy(module: torch.nn.Module, *args, _name: str = name, _pre_forward=pre_forward, **kwargs):
+            onloaded.append(_name)
+            return _pre_forward(module, *args, **kwargs)
+
+        hook.pre_forward = spy
+    images = generate(pipe)
+    # `sample` and `detokenize` are not `forward`: without `apply_forward_hook` neither hook would run, and on an
+    # accelerator the models would still sit on the CPU.
+    assert onloaded[:1] == ["transformer"] and "vqvae" in onloaded
+    assert np.array_equal(images, plain_images)
+
+
+@pytest.mark.parametrize("cls", [FQGANTokenizer, ViTVQGANTokenizer])
+def test_tiny_tokenizers_decode_under_leaf_level_disk_offload(cls, tmp_path):
+    torch.manual_seed(0)
+    plain = cls.from_preset("tiny").eval()
+    offloaded = cls.from_preset("tiny").eval()
+    offloaded.load_state_dict(plain.state_dict())
+    offloaded.enable_group_offload(onload_device=CPU, offload_type="leaf_level", offload_to_disk_path=str(tmp_path))
+    grid = plain.token_grid()
+    indices = torch.randint(0, min(plain.codebook_sizes), (2, plain.num_codebooks, *grid))
+    images = torch.rand(2, plain.in_channels, plain.sample_size, plain.sample_size) * 2 - 1
+    assert torch.equal(offloaded.detokenize(indices), plain.detokenize(indices))
+    assert torch.equal(offloaded.tokenize(images), plain.tokenize(images))
