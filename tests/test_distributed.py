@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from conftest import ROOT
 from test_pipeline import tokenizer
@@ -127,13 +128,13 @@ def test_vqkd_codebooks_stay_identical_across_two_processes(tmp_path, imagefolde
     assert "quantize.codebook" in ranks[0]
 
 
-def test_generator_script_under_fsdp_previews_and_saves_the_full_model(tmp_path, imagefolder):
+@pytest.mark.parametrize("k", [1, 2])  # a LlamaGen GPT, and FAR with its sub-codebook tables sharded as one unit
+def test_generator_script_under_fsdp_previews_and_saves_the_full_model(tmp_path, imagefolder, k):
     from conftest import load_script
 
     from hf_vq import FARConfig, FARForClassConditionalGeneration, FQGANPipeline
 
-    # k = 1 codes: a LlamaGen GPT, the model the FSDP config is for
-    tokenizer(k=1).save_pretrained(tmp_path / "tok")
+    tokenizer(k=k).save_pretrained(tmp_path / "tok")
     load_script("extract_codes").main(["--tokenizer", str(tmp_path / "tok"), "--dataset", str(imagefolder),
                                        "--resolution", "8", "--output_dir", str(tmp_path / "codes")])
     model_config = tmp_path / "gpt.json"  # two blocks: two FSDP units besides the root

@@ -636,8 +636,11 @@ def test_transformers_model_conventions(tmp_path, k):
                        num_hidden_layers=2, num_attention_heads=2, num_head_layers=1)
     model = FARForClassConditionalGeneration(config)
     embeddings = model.get_input_embeddings()
-    assert isinstance(embeddings, torch.nn.Module)
-    assert [m is t for m, t in zip(embeddings if k > 1 else [embeddings], model.token_embeddings)] == [True] * k
+    assert isinstance(embeddings, torch.nn.Embedding) and embeddings is model.token_embeddings[0]
+    replacement = torch.nn.Embedding(16, 32)
+    model.set_input_embeddings(replacement)
+    assert model.get_input_embeddings() is replacement and len(model.token_embeddings) == k
+    model.set_input_embeddings(embeddings)
     # gradient checkpointing: the blocks run again in the backward pass, and the gradients are the same
     tokens, labels = torch.randint(16, (3, k, 4)), torch.tensor([0, 1, 0])
     blocks = [m for m in model.modules() if isinstance(m, TransformerBlock)]

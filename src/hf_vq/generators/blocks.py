@@ -61,6 +61,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps)
+        if self.weight.dtype == torch.float32:  # the common case, without a call per norm
+            return out
         return out.to(cpu_decoding.activation_dtype(self.weight.dtype, x.device))
 
 
@@ -322,8 +324,8 @@ class OutputHead(Linear):
 
     def forward(self, hidden: torch.Tensor) -> torch.FloatTensor:
         weight = self.weight
-        if hidden.dtype == torch.float32:
-            return super().forward(hidden).float()  # fp32 models, and the CPU's fp32 activations over half weights
+        if hidden.dtype == torch.float32:  # fp32 models, and the CPU's fp32 activations over half weights
+            return F.linear(hidden, weight) if weight.dtype == torch.float32 else super().forward(hidden)
         if hidden.dtype == weight.dtype and hidden.device.type == "cuda" and _MM_OUT_DTYPE:
             rows = hidden.reshape(-1, hidden.shape[-1])
             return torch.mm(rows, weight.t(), out_dtype=torch.float32).view(*hidden.shape[:-1], weight.shape[0])
@@ -331,13 +333,6 @@ class OutputHead(Linear):
 
 
 _MM_OUT_DTYPE = hasattr(torch.ops.aten.mm, "dtype")  # torch.mm(..., out_dtype=) (torch >= 2.8)
-
-
-class SubCodebookEmbeddings(nn.ModuleList):
-    """A generator's k sub-codebook embedding tables as one module: (B, k, S) ids -> (B, k, S, D) embeddings."""
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return torch.stack([table(input_ids[:, j]) for j, table in enumerate(self)], dim=1)
 
 
 class TokenGridMixin:
@@ -365,32 +360,20 @@ class TokenGridMixin:
         for name in self._output_names:
             self.add_module(name, OutputHead(c.hidden_size, c.vocab_size))
 
-    def get_input_embeddings(self) -> nn.Module:
-        """The token embedding table (k = 1), or the k sub-codebook tables as one `SubCodebookEmbeddings` module,
-        the same object on every call, which the model's forward runs (so FSDP can shard it as one unit)."""
-        tables = self.token_embeddings
-        if len(tables) == 1:
-            return tables[0]
-        # Kept out of the module tree (in __dict__, not _modules): the tables stay registered under their official
-        # names, so state dicts, devices and dtypes are unchanged.
-        embeddings = self.__dict__.get("_sub_codebook_embeddings")
-        if embeddings is None or list(embeddings) != tables:
-            embeddings = SubCodebookEmbeddings(tables)
-            self.__dict__["_sub_codebook_embeddings"] = embeddings
-        return embeddings
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The token embedding table; for k > 1 the first (visual) sub-codebook's, as the other k - 1 tables are
+        `token_embeddings[1:]`. One registered table, so that FSDP can shard it as a unit of its own."""
+        return self.token_embeddings[0]
 
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        """Replace the token embedding table(s), given as `get_input_embeddings` returns them."""
-        tables = [value] if isinstance(value, nn.Embedding) else list(value)
-        if len(tables) != len(self._embedding_names):
-            raise ValueError(f"expected {len(self._embedding_names)} embedding tables, got {len(tables)}")
-        for name, table in zip(self._embedding_names, tables):
-            setattr(self, name, table)
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        """Replace the table `get_input_embeddings` returns."""
+        if not isinstance(value, nn.Embedding):
+            raise TypeError(f"expected an nn.Embedding, got {type(value).__name__}")
+        setattr(self, self._embedding_names[0], value)
 
     def sub_token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, k, S) ids -> (B, k, S, D) embeddings, one per sub-codebook, through `get_input_embeddings()`."""
-        embeddings = self.get_input_embeddings()
-        return embeddings(input_ids[:, 0])[:, None] if isinstance(embeddings, nn.Embedding) else embeddings(input_ids)
+        """(B, k, S) ids -> (B, k, S, D) embeddings, one per sub-codebook."""
+        return torch.stack([table(input_ids[:, j]) for j, table in enumerate(self.token_embeddings)], dim=1)
 
     def aggregate(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, k, S, D) sub-token embeddings -> (B, S, D): concatenated and projected when k > 1."""
