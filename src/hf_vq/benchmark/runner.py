@@ -88,6 +88,8 @@ class BenchmarkRun:
         self.rows = [r for r in spec.rows if rows is None or r.name in rows]
         self.cache = StageCache(self.work_dir, log)
         self.command = shlex.join(sys.argv)
+        # read now, from the code that runs: the checkout may move on (commits, edits) while a row trains
+        self.git_commit = git_commit()
 
     # ---- checks before any work
     def check(self) -> None:
@@ -396,7 +398,7 @@ class BenchmarkRun:
             "total_minutes": round(sum(stage.seconds for stage in stages.values()) / 60, 2),
             "command": self.command,
             "versions": versions(),
-            "git_commit": git_commit(),
+            "git_commit": self.git_commit,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 
