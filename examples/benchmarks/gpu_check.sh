@@ -6,9 +6,9 @@
 #
 # A GPU machine with torch and CUDA but no package index lacks diffusers, datasets and evaluate (and may hold other
 # transformers / huggingface_hub versions): `prepare` downloads this environment's versions as Python 3.12 wheels
-# into .whl/, and copies the official samplers' `autoregressive` packages from local checkouts (folders or bare git
-# repositories) into .official/, both git-ignored; `run` installs the wheels into a temporary folder, puts src/ on
-# the path and runs the tests and the benchmark. Carry .whl and .official to the GPU machine with the working tree.
+# into .whl/, and copies the official samplers' packages (`autoregressive`, `utils`) from local checkouts (folders
+# or bare repositories) into .official/, both git-ignored; `run` installs the wheels into a temporary folder, puts
+# src/ on the path and runs the tests and the benchmark. Carry .whl and .official to the GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -30,9 +30,9 @@ prepare() {
         [ -n "$source" ] || continue
         rm -rf ".official/$name.tmp" && mkdir -p ".official/$name.tmp"
         if [ -d "$source/autoregressive" ]; then
-            cp -r "$source/autoregressive" ".official/$name.tmp/"
+            cp -r "$source/autoregressive" "$source/utils" ".official/$name.tmp/"
         else  # a bare repository
-            git --git-dir="$source" archive HEAD autoregressive | tar -x -C ".official/$name.tmp"
+            git --git-dir="$source" archive HEAD autoregressive utils | tar -x -C ".official/$name.tmp"
         fi
         rm -rf ".official/$name" && mv ".official/$name.tmp" ".official/$name"
     done
