@@ -254,7 +254,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         batch, k, length = input_ids.shape
         rope = self.rope_table(input_ids.device)
 
-        # One embedding call for the backbone's inputs and the AR head's (FSDP shards the tables as one unit).
+        # One lookup per table serves both the backbone's inputs and the AR head's mini-sequences.
         sub_tokens = self.sub_token_embeddings(input_ids)
         inputs = self.aggregate(sub_tokens[:, :, :-1])
         x = torch.cat([self.cls_embedding(class_labels), inputs], dim=1)
