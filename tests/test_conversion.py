@@ -504,7 +504,7 @@ def tiny_vqkd_state(seed: int = 0, **changes) -> dict[str, torch.Tensor]:
         ("encoder.blocks.3.attn.q_bias", "encoder.blocks.3.attn.q_bias"),
         ("encoder.fc_norm.weight", "encoder.fc_norm.weight"),
         ("encode_task_layer.2.weight", "encode_task_layer.2.weight"),
-        ("quantize.embedding.weight", "quantize.codebook"),
+        ("quantize.embedding.weight", "quantize.embedding.weight"),
     ],
 )
 def test_vqkd_key_renames(official, ours):

@@ -51,6 +51,13 @@ WRAPPER = textwrap.dedent(
 
 def launch(tmp_path, kind: str, *argv: str, fsdp: bool = False) -> list[dict]:
     """Run a training script on 2 CPU processes (DDP, or with `fsdp` the shipped FSDP config); each rank's weights."""
+    result = start(tmp_path, kind, *argv, fsdp=fsdp)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return [torch.load(tmp_path / f"dumps-{kind}" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+def start(tmp_path, kind: str, *argv: str, fsdp: bool = False) -> subprocess.CompletedProcess:
+    """The finished launch of a training script on 2 CPU processes (see `launch`)."""
     script = tmp_path / "wrapper.py"
     script.write_text(WRAPPER.format(examples=str(ROOT / "examples")))
     dumps = tmp_path / f"dumps-{kind}"
@@ -69,9 +76,7 @@ def launch(tmp_path, kind: str, *argv: str, fsdp: bool = False) -> list[dict]:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     cmd += [str(script), kind, str(dumps), *argv]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return [torch.load(dumps / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
 
 
 def assert_same(a: dict, b: dict) -> None:
@@ -125,10 +130,23 @@ def test_vqkd_codebooks_stay_identical_across_two_processes(tmp_path, imagefolde
                    "--dataset", str(imagefolder), "--resolution", "8", "--output_dir", str(tmp_path / "run"),
                    "--train_batch_size", "2", "--max_train_steps", "3", "--report_to", "none")
     assert_same(*ranks)  # the EMA codebook (a buffer) included: counts and sums are all-reduced
-    assert "quantize.codebook" in ranks[0]
+    assert "quantize.embedding.weight" in ranks[0]
 
 
-@pytest.mark.parametrize("k", [1, 2])  # a LlamaGen GPT, and FAR with its sub-codebook tables sharded as one unit
+def test_gan_tokenizer_under_fsdp_is_refused_before_training(tmp_path, imagefolder):
+    config = tmp_path / "tok.json"
+    config.write_text(json.dumps(TINY))
+    out = tmp_path / "tok-run"
+    result = start(tmp_path, "tokenizer", "--tokenizer_config", str(config), "--dataset", str(imagefolder),
+                   "--resolution", "8", "--output_dir", str(out), "--perceptual_weight", "0",
+                   "--train_batch_size", "2", "--max_train_steps", "1", "--report_to", "none", fsdp=True)
+    assert result.returncode != 0
+    assert "train_fqgan trains 2 modules (model, discriminator)" in result.stderr
+    assert "ddp_multi_gpu.yaml" in result.stderr
+    assert not list(out.glob("checkpoint-*"))
+
+
+@pytest.mark.parametrize("k", [1, 2])  # a LlamaGen GPT, and FAR with two sub-codebooks
 def test_generator_script_under_fsdp_previews_and_saves_the_full_model(tmp_path, imagefolder, k):
     from conftest import load_script
 

@@ -11,7 +11,7 @@ from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
 from hf_vq.cli import bundled_model_path
 from hf_vq.generators import FARForClassConditionalGeneration
 from hf_vq.pipelines.pipeline_fqgan import FQGANPipeline
-from hf_vq.tokenizers import FQGANTokenizer, ViTVQGANTokenizer
+from hf_vq.tokenizers import FQGANTokenizer, ViTVQGANTokenizer, VQKDTokenizer
 
 CPU = torch.device("cpu")
 
@@ -103,11 +103,20 @@ def test_model_cpu_offload_onloads_the_generator_and_the_tokenizer_before_they_r
     assert np.array_equal(images, plain_images)
 
 
-@pytest.mark.parametrize("cls", [FQGANTokenizer, ViTVQGANTokenizer])
-def test_tiny_tokenizers_decode_under_leaf_level_disk_offload(cls, tmp_path):
+@pytest.mark.parametrize(
+    "cls,overrides",
+    [
+        (FQGANTokenizer, {}),
+        (FQGANTokenizer, dict(quantizer=dict(kind="vq", codebook_size=32, dim=4, l2_norm=False))),
+        (ViTVQGANTokenizer, {}),
+        (VQKDTokenizer, {}),  # the cosine-EMA codebook is a buffer, not a weight
+    ],
+    ids=["fqgan", "vqgan-unnormalised-codes", "vit-vqgan", "vq-kd"],
+)
+def test_tiny_tokenizers_decode_under_leaf_level_disk_offload(cls, overrides, tmp_path):
     torch.manual_seed(0)
-    plain = cls.from_preset("tiny").eval()
-    offloaded = cls.from_preset("tiny").eval()
+    plain = cls.from_preset("tiny", **overrides).eval()
+    offloaded = cls.from_preset("tiny", **overrides).eval()
     offloaded.load_state_dict(plain.state_dict())
     offloaded.enable_group_offload(onload_device=CPU, offload_type="leaf_level", offload_to_disk_path=str(tmp_path))
     grid = plain.token_grid()

@@ -133,3 +133,23 @@ def test_a_new_recipe_runs_on_the_loop_unchanged(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path / "fit")] == ["checkpoint-50", "checkpoint-60"]
     summary = json.loads((tmp_path / "fit" / "train_summary.json").read_text())
     assert summary["global_step"] == 60 and {"loss", "offset_loss", "lr"} <= set(summary["last_logs"])
+
+
+def test_fsdp_runs_the_loop_cannot_do_right_are_refused():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from hf_vq.training.loop import check_sharding
+
+    def accelerator(kind, fsdp2=True):
+        return SimpleNamespace(distributed_type=kind, is_fsdp2=fsdp2)
+
+    single = SimpleNamespace(name="train_far", trainable=("model",))
+    gan = SimpleNamespace(name="train_fqgan", trainable=("model", "discriminator"))
+    check_sharding(accelerator(DistributedType.FSDP), single)
+    check_sharding(accelerator(DistributedType.MULTI_GPU), gan)  # DDP trains any number of modules
+    with pytest.raises(ValueError, match="fsdp_version: 2"):
+        check_sharding(accelerator(DistributedType.FSDP, fsdp2=False), single)
+    with pytest.raises(ValueError, match=r"train_fqgan trains 2 modules \(model, discriminator\).*DDP"):
+        check_sharding(accelerator(DistributedType.FSDP), gan)

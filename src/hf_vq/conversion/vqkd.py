@@ -5,7 +5,7 @@ The released tokenizers are `vqkd_encoder_base_decoder_1x768x12_clip`, `..._3x76
 mean-pooling layout, so `fc_norm` and no `norm`), `encode_task_layer`, the `NormEMAVectorQuantizer` (8192 x 32
 cosine codes), a 1- or 3-block ViT feature decoder over the codes (1x1 patches) and `decode_task_layer` to the
 teacher's space (512-d CLIP, 768-d DINO). Our modules keep the official names except `patch_embed.proj` ->
-`patch_embed`, `mlp.fc1`/`mlp.fc2` -> `mlp.0`/`mlp.2` and `quantize.embedding.weight` -> `quantize.codebook`.
+`patch_embed` and `mlp.fc1`/`mlp.fc2` -> `mlp.0`/`mlp.2`.
 The teacher (`teacher_model.*`), its input scaling (`scaling_layer.*`), the quantizer's statistics and any
 `loss*` entries are dropped, as the official `as_tokenzer=True` loader drops them.
 
@@ -62,7 +62,7 @@ def official_vqkd_key_to_hf(key: str) -> str | None:
     if dropped_reason(key) is not None:
         return None
     if key == "quantize.embedding.weight":
-        return "quantize.codebook"
+        return key
     if not key.startswith(_OWN_PREFIXES):
         raise KeyError(key)
     for official, ours in _RENAMES.items():
@@ -72,8 +72,6 @@ def official_vqkd_key_to_hf(key: str) -> str | None:
 
 def hf_vqkd_key_to_official(key: str) -> str:
     """The official key of one of our VQ-KD keys (the inverse of `official_vqkd_key_to_hf`)."""
-    if key == "quantize.codebook":
-        return "quantize.embedding.weight"
     for official, ours in _RENAMES.items():
         key = key.replace(ours, official)
     return key
@@ -165,7 +163,7 @@ def convert_vqkd_state_dict(
         model = VQKDTokenizer(**config)
     expected = {k: v.shape for k, v in model.state_dict().items() if k != "quantize.initted"}
     mapped, dropped = map_state_dict(state_dict, official_vqkd_key_to_hf, hf_vqkd_key_to_official, expected, KIND)
-    codebook = mapped["quantize.codebook"]
+    codebook = mapped["quantize.embedding.weight"]
     if codebook.device.type != "meta":
         norms = codebook.float().norm(dim=-1)
         if not torch.allclose(norms, torch.ones_like(norms), atol=1e-3):

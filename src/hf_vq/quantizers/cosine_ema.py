@@ -3,7 +3,9 @@
 Latents and codes are L2-normalised; a latent takes the code of highest cosine similarity. The codebook gets no
 gradient: after each training batch, every code that was chosen moves towards the normalised mean of its
 latents, code <- normalize(decay * code + (1 - decay) * normalize(mean)), with the counts and sums all-reduced
-across processes so that every rank keeps the same codebook. Codes start from k-means of the first batch.
+across processes so that every rank keeps the same codebook. Codes start from k-means of the first batch. The codes
+live in `embedding.weight`, the official key, and are read through `embedding()` only, so that offloading hooks
+(diffusers' group offload, accelerate's device maps), which onload a module around its forward, see every read.
 
 With `dead_code_threshold > 0` (off by default, as in the official quantizer), a code whose EMA of assignments per
 batch falls below the threshold is restarted at a random latent of the current batch (rank 0's, broadcast), the
@@ -16,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 
 from .base import Quantizer, QuantizerOutput
 from .vq import sample_rows
@@ -26,6 +29,20 @@ def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor)
     return tensor
+
+
+class EMACodebook(nn.Module):
+    """Unit-norm codes held as a buffer (learned by EMA, so no optimizer or gradient touches them); `forward`
+    returns them, so that the buffer is read only in this module's own forward."""
+
+    def __init__(self, codebook_size: int, dim: int):
+        super().__init__()
+        self.register_buffer("weight", F.normalize(torch.randn(codebook_size, dim), dim=-1))
+
+    def forward(self) -> torch.Tensor:
+        """A copy of the (K, D) codebook."""
+        # A copy, not the buffer: an offloading hook swaps the buffer's storage out when this forward returns.
+        return self.weight.clone()
 
 
 class CosineEMAQuantizer(Quantizer):
@@ -56,8 +73,7 @@ class CosineEMAQuantizer(Quantizer):
         self.commitment_weight = commitment_weight
         self.kmeans_init = kmeans_init
         self.kmeans_iters = kmeans_iters
-        # Buffers, not parameters: the codebook is learned by EMA only, so no optimizer or gradient touches it.
-        self.register_buffer("codebook", F.normalize(torch.randn(codebook_size, dim), dim=-1))
+        self.embedding = EMACodebook(codebook_size, dim)
         self.register_buffer("initted", torch.tensor(not kmeans_init))
         self.dead_code_threshold = dead_code_threshold
         if dead_code_threshold > 0:  # saved with the model, so a resumed run restarts the same codes
@@ -76,8 +92,9 @@ class CosineEMAQuantizer(Quantizer):
             flat = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, self.dim).float(), dim=-1)
             if self.training and not bool(self.initted):
                 self._kmeans_init(flat.detach())
-            indices = (flat @ self.codebook.t()).argmax(dim=1)
-            quantized = self.codebook[indices]
+            codebook = self.embedding()
+            indices = (flat @ codebook.t()).argmax(dim=1)
+            quantized = codebook[indices]
             losses = {"commit_loss": self.commitment_weight * F.mse_loss(flat, quantized.detach())}
             if self.training:
                 self._ema_update(flat.detach(), indices)
@@ -88,7 +105,12 @@ class CosineEMAQuantizer(Quantizer):
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, H, W) long indices -> (B, D, H, W) unit-norm codes."""
         self.check_indices(indices, ndim=3)
-        return self.codebook[indices].permute(0, 3, 1, 2)
+        return self.embedding()[indices].permute(0, 3, 1, 2)
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """The (K, D) codebook buffer, for the in-place EMA and k-means updates of training."""
+        return self.embedding.weight
 
     @torch.no_grad()
     def _ema_update(self, latents: torch.Tensor, indices: torch.Tensor) -> None:

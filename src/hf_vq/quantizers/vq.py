@@ -46,7 +46,9 @@ class Codebook(nn.Embedding):
 
     def forward(self) -> torch.Tensor:
         """The (K, D) fp32 codebook, L2-normalised when `l2_norm`."""
-        weight = self.weight.float()
+        # Always a copy (`.float()` alone returns the weight itself in fp32): an offloading hook swaps the weight's
+        # storage out when this forward returns.
+        weight = self.weight.to(torch.float32, copy=True)
         return F.normalize(weight, dim=-1) if self.l2_norm else weight
 
 

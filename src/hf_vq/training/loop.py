@@ -164,9 +164,7 @@ def train(recipe: TrainingRecipe) -> nn.Module:
     recipe.build()
     accelerator = start_run(args, recipe.name, identity)
     recipe.accelerator = accelerator
-    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
-        raise ValueError("FSDP training needs fsdp_version: 2 in the Accelerate config (FSDP1 keeps flat local shards "
-                         "that the EMA checkpoint and the gathered previews do not handle)")
+    check_sharding(accelerator, recipe)
     repo_id = None
     if args.push_to_hub and accelerator.is_main_process:
         # now, so that a taken name or a token without write access fails before the training, not after it
@@ -274,6 +272,21 @@ def train(recipe: TrainingRecipe) -> nn.Module:
         accelerator.print(f"saved {folder} after {global_step} steps; {summary}")
     accelerator.end_training()
     return final
+
+
+def check_sharding(accelerator: Accelerator, recipe: TrainingRecipe) -> None:
+    """Refuse, before any training, the FSDP runs the loop cannot do right."""
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return
+    if not accelerator.is_fsdp2:
+        raise ValueError("FSDP training needs fsdp_version: 2 in the Accelerate config (FSDP1 keeps flat local shards "
+                         "that the EMA checkpoint and the gathered previews do not handle)")
+    if len(recipe.trainable) > 1:  # Accelerate's FSDP2 prepares one model per run
+        raise ValueError(
+            f"{recipe.name} trains {len(recipe.trainable)} modules ({', '.join(recipe.trainable)}), and FSDP shards "
+            "one model per run; train it with DDP instead (examples/accelerate/ddp_multi_gpu.yaml): a tokenizer "
+            "and its discriminator fit on one device"
+        )
 
 
 def _resync_learning_rates(schedulers: list) -> None:
