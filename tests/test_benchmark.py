@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -284,3 +285,49 @@ def test_a_stage_killed_mid_training_resumes_from_its_checkpoint(tmp_path, monke
     assert record["attempts"] == 2 and record["result"]["steps"] == 2 and record["seconds"] > 0
     row = json.loads((tmp_path / "results" / "row-vqgan.json").read_text())
     assert row["training"]["tokenizer"]["matched"]
+
+
+@needs_fmnist
+def test_two_processes_train_and_sample_together_and_the_main_process_writes(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    spec = write_spec(tmp_path / "spec", rows=[QUICK["rows"][0]])
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # accelerate's MULTI_CPU launcher expects MPI; on one machine torchrun + ACCELERATE_USE_CPU gives gloo processes
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "hf_vq.cli", "benchmark", str(spec), "--output_dir", str(tmp_path / "results"),
+           "--work_dir", str(tmp_path / "work")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    runs = [subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path) for _ in "12"]
+    for result in runs:
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert result.stdout.count("wrote ") == 2  # the row, then the table: rank 0 alone writes
+    row = json.loads((tmp_path / "results" / "row-vqgan.json").read_text())
+    assert row["num_processes"] == 2
+    assert (tmp_path / "results" / "TABLE.md").is_file()
+    stages = tmp_path / "work" / "stages" / "vqgan"
+    for name in ("tokenizer", "ar", "nar"):
+        (record,) = stages.glob(f"{name}-*/stage.json")
+        identity = json.loads(record.read_text())["identity"]
+        # the spec's global batch of 16, split over the two processes: the row sees the samples the budget says
+        assert identity["num_processes"] == 2 and identity["resolved_flags"]["train_batch_size"] == 8
+        assert row["training"][name]["steps"] == 2 and row["training"][name]["batch_size"] == 16
+    (samples,) = stages.glob("ar_samples-*/samples/samples.npz")
+    assert len(np.load(samples)["arr_0"]) == 140
+    # the second launch found every stage done
+    assert "running in" not in runs[1].stdout and runs[1].stdout.count("done before") >= 9
+
+
+def test_a_multi_process_run_refuses_an_uneven_batch_and_a_device_before_any_work(tmp_path, monkeypatch):
+    spec = load_spec(write_spec(tmp_path / "spec"))
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ValueError, match="batch size 16 does not split evenly over 3 processes"):
+        BenchmarkRun(spec, tmp_path / "results", tmp_path / "work")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="--device cpu: under a launch of 2 processes"):
+        BenchmarkRun(spec, tmp_path / "results", tmp_path / "work", device="cpu")
+    assert not (tmp_path / "results").exists() and not (tmp_path / "work").exists()

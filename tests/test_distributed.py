@@ -37,6 +37,10 @@ WRAPPER = textwrap.dedent(
             self.device = self.device or torch.device("cpu")
 
         PartialState._prepare_backend, PartialState.set_device = prepare_backend, set_device
+    if os.environ.get("OUT_OF_TIME_RANK") == os.environ["RANK"]:  # this process alone runs out of --max_minutes
+        from hf_vq.training.checkpointing import RunMeter
+
+        RunMeter.timed_out = lambda self: self.steps >= 1
     sys.path.insert(0, {examples!r})
     kind, out, *argv = sys.argv[1:]
     import importlib
@@ -49,15 +53,15 @@ WRAPPER = textwrap.dedent(
 )
 
 
-def launch(tmp_path, kind: str, *argv: str, fsdp: bool = False) -> list[dict]:
+def launch(tmp_path, kind: str, *argv: str, fsdp: bool = False, env: dict | None = None) -> list[dict]:
     """Run a training script on 2 CPU processes (DDP, or with `fsdp` the shipped FSDP config); each rank's weights."""
-    result = start(tmp_path, kind, *argv, fsdp=fsdp)
+    result = start(tmp_path, kind, *argv, fsdp=fsdp, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     return [torch.load(tmp_path / f"dumps-{kind}" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
-def start(tmp_path, kind: str, *argv: str, fsdp: bool = False) -> subprocess.CompletedProcess:
-    """The finished launch of a training script on 2 CPU processes (see `launch`)."""
+def start(tmp_path, kind: str, *argv: str, fsdp: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The finished launch of a training script on 2 CPU processes (see `launch`), with `env` added."""
     script = tmp_path / "wrapper.py"
     script.write_text(WRAPPER.format(examples=str(ROOT / "examples")))
     dumps = tmp_path / f"dumps-{kind}"
@@ -67,16 +71,16 @@ def start(tmp_path, kind: str, *argv: str, fsdp: bool = False) -> subprocess.Com
         port = s.getsockname()[1]
     if fsdp:
         # the 8-GPU bf16 config as it ships, overridden to 2 processes in fp32 (as its header says)
-        env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
-        env.update(OMP_NUM_THREADS="1", FSDP_ON_CPU="1")
+        base = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+        base.update(OMP_NUM_THREADS="1", FSDP_ON_CPU="1")
         cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file", str(FSDP_CONFIG),
                "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(port)]
     else:
         # accelerate's MULTI_CPU launcher expects MPI; on one machine torchrun + ACCELERATE_USE_CPU gives gloo DDP.
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+        base = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     cmd += [str(script), kind, str(dumps), *argv]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    return subprocess.run(cmd, env={**base, **(env or {})}, capture_output=True, text=True, timeout=600, cwd=tmp_path)
 
 
 def assert_same(a: dict, b: dict) -> None:
@@ -131,6 +135,19 @@ def test_vqkd_codebooks_stay_identical_across_two_processes(tmp_path, imagefolde
                    "--train_batch_size", "2", "--max_train_steps", "3", "--report_to", "none")
     assert_same(*ranks)  # the EMA codebook (a buffer) included: counts and sums are all-reduced
     assert "quantize.embedding.weight" in ranks[0]
+
+
+def test_a_process_out_of_time_stops_every_process_at_the_same_step(tmp_path, imagefolder):
+    config = tmp_path / "tok.json"
+    config.write_text(json.dumps(TINY))
+    out = tmp_path / "tok-run"
+    # Had only rank 1 stopped, rank 0 would wait for it in the next step's gradient all-reduce until the timeout.
+    ranks = launch(tmp_path, "tokenizer", "--tokenizer_config", str(config), "--dataset", str(imagefolder),
+                   "--resolution", "8", "--output_dir", str(out), "--perceptual_weight", "0", "--train_batch_size",
+                   "2", "--max_train_steps", "4", "--max_minutes", "60", "--disc_start", "100", "--report_to", "none",
+                   env={"OUT_OF_TIME_RANK": "1"})
+    assert_same(*ranks)
+    assert json.loads((out / "train_summary.json").read_text())["global_step"] == 1
 
 
 def test_gan_tokenizer_under_fsdp_is_refused_before_training(tmp_path, imagefolder):

@@ -38,5 +38,7 @@ def benchmark_command(args: argparse.Namespace) -> None:
             print(f"wrote {path}")
         return
     work_dir = Path(args.work_dir) if args.work_dir else Path("runs") / f"benchmark-{spec.name}"
-    BenchmarkRun(spec, output_dir, work_dir, args.device, args.rows).run(noise=not args.skip_noise)
-    print(f"wrote {output_dir / 'TABLE.md'}")
+    run = BenchmarkRun(spec, output_dir, work_dir, args.device, args.rows)
+    run.run(noise=not args.skip_noise)
+    if run.is_main_process:
+        print(f"wrote {output_dir / 'TABLE.md'}")

@@ -7,6 +7,10 @@ sample, evaluate, and write the row's JSON.
 
 Every stage is cached (`stages.py`), so a killed run continues where it stopped. Everything that can be wrong with
 the spec, the data or the result folder is refused before the first stage runs.
+
+Under `accelerate launch` (or `torchrun`) the processes train every network together, the spec's batch size being
+the global batch (split evenly over the processes, so a row sees the same samples whatever the process count), and
+share the sampling; the main process extracts the codes, evaluates, and writes every file.
 """
 
 from __future__ import annotations
@@ -77,16 +81,31 @@ class BenchmarkRun:
         self.spec = spec
         self.output_dir = Path(output_dir)
         self.work_dir = Path(work_dir)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.log = log
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ValueError("hf-vq benchmark runs in one process, on one device; multi-process runs are not supported "
-                             "yet: run it without `accelerate launch`")
+        self.num_processes = int(os.environ.get("WORLD_SIZE", "1"))  # as the launcher set it
         unknown = sorted(set(rows or []) - {r.name for r in spec.rows})
         if unknown:
             raise ValueError(f"--rows {unknown}: the spec's rows are {[r.name for r in spec.rows]}")
         self.rows = [r for r in spec.rows if rows is None or r.name in rows]
-        self.cache = StageCache(self.work_dir, log)
+        if self.num_processes > 1:
+            if device is not None:
+                raise ValueError(f"--device {device}: under a launch of {self.num_processes} processes each process "
+                                 "works on its own device, the one the launcher gave it; drop --device")
+            for stage in ("tokenizer", "ar", "nar"):
+                batch = getattr(spec.budget, stage).batch_size
+                if batch % self.num_processes:
+                    raise ValueError(
+                        f"the {stage} budget's batch size {batch} does not split evenly over {self.num_processes} "
+                        f"processes; launch a number of processes that divides it, so that every row trains on the "
+                        "spec's global batch")
+            from ..evaluation.sampling import process_state
+
+            state = process_state()  # joins the process group now: every process starts together
+            self.device, self.is_main_process = str(state.device), state.is_main_process
+        else:
+            self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            self.is_main_process = True
+        self.log = log if self.is_main_process else (lambda _: None)
+        self.cache = StageCache(self.work_dir, log, is_main_process=self.is_main_process)
         self.command = shlex.join(sys.argv)
         # read now, from the code that runs: the checkout may move on (commits, edits) while a row trains
         self.git_commit = git_commit()
@@ -145,13 +164,18 @@ class BenchmarkRun:
         from .table import write_table
 
         self.check()
-        for folder in (self.output_dir, self.work_dir):
+        for folder in (self.output_dir, self.work_dir) if self.is_main_process else ():
             marker = {"spec": self.spec.name, "spec_file": str(self.spec.path)}
             write_file_atomic(folder / MARKER, lambda p, m=marker: p.write_text(json.dumps(m, indent=2) + "\n"))
         results = [self.run_row(row) for row in self.rows]
         if noise and self.spec.noise_row and any(r.name == self.spec.noise_row for r in self.rows):
             self.run_noise()
-        write_table(self.output_dir)
+        if self.is_main_process:
+            write_table(self.output_dir)
+        if self.num_processes > 1:
+            from ..evaluation.sampling import process_state
+
+            process_state().destroy_process_group()
         return results
 
     def run_row(self, row: Row) -> dict[str, Any]:
@@ -167,6 +191,8 @@ class BenchmarkRun:
             stages.update(self.generate(row, kind, codes, tokenizer_dir, self.spec.seed))
 
         result = self.row_result(row, stages)
+        if not self.is_main_process:
+            return result
         for kind in ("ar", "nar"):
             self.write_grid(Path(stages[f"{kind}_samples"].result["samples"]),
                             self.output_dir / f"row-{row.slug}-{kind}.png")
@@ -183,12 +209,13 @@ class BenchmarkRun:
         from ..training.loop import parse_recipe_args, train
 
         recipe = recipe_class(recipe_path)
-        fixed = ["--train_batch_size", str(batch_size), "--max_train_steps", str(steps),
+        fixed = ["--train_batch_size", str(batch_size // self.num_processes), "--max_train_steps", str(steps),
                  "--seed", str(identity["seed"])]
         # every flag as the recipe resolves it, defaults included, so a changed default is a new stage; the paths are
         # left out: what they hold is in the identity already
         resolved = vars(parse_recipe_args(recipe, argv + fixed + ["--output_dir", "-"]))
-        identity = {**identity, "resolved_flags": {k: v for k, v in resolved.items() if k not in PATH_FLAGS}}
+        identity = {**identity, "num_processes": self.num_processes,
+                    "resolved_flags": {k: v for k, v in resolved.items() if k not in PATH_FLAGS}}
 
         def compute(folder: Path) -> dict[str, Any]:
             run_dir = folder / "run"
@@ -196,14 +223,16 @@ class BenchmarkRun:
             if self.spec.budget.max_minutes:  # the cap holds over every attempt, a killed one's included
                 remaining = self.spec.budget.max_minutes - spent_seconds(folder) / 60
                 full += ["--max_minutes", str(max(remaining, 0.01))]
-            train(recipe(parse_recipe_args(recipe, full)))
+            train(recipe(parse_recipe_args(recipe, full)), keep_process_group=True)
+            if not self.is_main_process:  # the main process writes the summary, and the stage's record from it
+                return {}
             summary = json.loads((run_dir / "train_summary.json").read_text())
             return {"output": str(run_dir / saved_as), "steps": summary["global_step"], "planned_steps": steps,
                     "matched": summary["global_step"] >= steps, "batch_size": batch_size,
                     "samples_per_second": summary["samples_per_second"], "peak_memory_mib": summary["peak_memory_mib"],
                     "last_logs": summary["last_logs"]}
 
-        return self.cache.run(name, identity, compute)
+        return self.cache.run(name, identity, compute, every_process=True)
 
     def _data_flags(self) -> list[str]:
         return ["--dataset", self.spec.dataset, "--split", self.spec.train_split,
@@ -300,7 +329,7 @@ class BenchmarkRun:
             return {"samples": str(path), "num_samples": num_classes * per_class}
 
         identity = {"pipeline": trained.key, "sampling": sampling, "num_samples": self.spec.num_samples, "seed": seed}
-        return self.cache.run(name, identity, compute)
+        return self.cache.run(name, identity, compute, every_process=True)  # each process draws its share
 
     def reference(self, channels: int):
         """The feature set of the test split, computed once per channel count and feature network."""
@@ -387,6 +416,7 @@ class BenchmarkRun:
                         "test_split": self.spec.test_split, "resolution": self.spec.resolution},
             "budget": self.spec.budget.to_dict(),
             "seed": self.spec.seed,
+            "num_processes": self.num_processes,
             "feature_network": self.network.describe(),
             "tokenizer": tokenizer,
             "ar": stages["ar_eval"].result,
@@ -420,7 +450,8 @@ class BenchmarkRun:
             noise[kind] = {metric: {"values": vals, "std": float(np.std(vals, ddof=1))}
                            for metric, vals in per_seed.items()}
         path = self.output_dir / "noise.json"
-        write_file_atomic(path, lambda p: p.write_text(json.dumps(noise, indent=2) + "\n"))
+        if self.is_main_process:
+            write_file_atomic(path, lambda p: p.write_text(json.dumps(noise, indent=2) + "\n"))
 
     def write_grid(self, samples_path: Path, out: Path) -> None:
         """The first GRID_PER_CLASS samples of every class, one row per class."""

@@ -72,15 +72,26 @@ class Stage:
 
 
 class StageCache:
-    """The stages of one benchmark work folder."""
+    """The stages of one benchmark work folder.
 
-    def __init__(self, root: str | Path, log: Callable[[str], None] = print):
+    Run by several processes (`accelerate launch`, `torchrun`), every process goes through the same stages: a
+    training stage is computed by all of them together, any other stage by the main process alone, and only the
+    main process writes a stage's records. The others wait for its record, polling the folder rather than waiting
+    in a collective, which would time out during a long sampling stage; the launcher stops them if it fails.
+    """
+
+    def __init__(self, root: str | Path, log: Callable[[str], None] = print, is_main_process: bool = True,
+                 poll_seconds: float = 1.0):
         self.root = Path(root)
-        self.log = log
+        self.is_main_process = is_main_process
+        self.log = log if is_main_process else (lambda _: None)
+        self.poll_seconds = poll_seconds
         self.computed: list[str] = []  # names of the stages this process ran (not read from the cache)
 
-    def run(self, name: str, identity: dict[str, Any], compute: Callable[[Path], dict[str, Any]]) -> Stage:
-        """The stage's record if it finished before, else `compute(folder)` (resumable work inside `folder`)."""
+    def run(self, name: str, identity: dict[str, Any], compute: Callable[[Path], dict[str, Any]],
+            every_process: bool = False) -> Stage:
+        """The stage's record if it finished before, else `compute(folder)` (resumable work inside `folder`), run
+        by every process with `every_process`, else by the main process only."""
         key = identity_hash(identity)
         folder = self.root / "stages" / f"{name}-{key}"
         record = folder / RECORD
@@ -89,6 +100,13 @@ class StageCache:
             self.log(f"{name}: done before ({folder.name})")
             return Stage(name, key, folder, saved["result"], saved["seconds"], cached=True)
         folder.mkdir(parents=True, exist_ok=True)
+        if not self.is_main_process:
+            if every_process:
+                compute(folder)
+            while not record.is_file():  # written atomically, so it is complete once it exists
+                time.sleep(self.poll_seconds)
+            saved = json.loads(record.read_text())
+            return Stage(name, key, folder, saved["result"], saved["seconds"], cached=not every_process)
         self.log(f"{name}: running in {folder}")
         earlier = spent_seconds(folder)
         attempts = _attempts(folder) + [time.time()]

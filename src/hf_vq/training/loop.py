@@ -143,8 +143,12 @@ def run(recipe_cls: type[TrainingRecipe], argv: list[str] | None = None) -> nn.M
     return train(recipe_cls(parse_recipe_args(recipe_cls, argv)))
 
 
-def train(recipe: TrainingRecipe) -> nn.Module:
-    """Train `recipe` to `--max_train_steps` (or `--max_minutes`); returns the final model on every rank."""
+def train(recipe: TrainingRecipe, keep_process_group: bool = False) -> nn.Module:
+    """Train `recipe` to `--max_train_steps` (or `--max_minutes`); returns the final model on every rank.
+
+    With `keep_process_group` the processes' group outlives the run, for a caller that trains again in the same
+    processes (`hf-vq benchmark`); by default it ends with the run, as `Accelerator.end_training` ends it.
+    """
     args = recipe.args
     output_dir = Path(args.output_dir)
 
@@ -152,6 +156,10 @@ def train(recipe: TrainingRecipe) -> nn.Module:
     check_run_arguments(args)
     identity = recipe.run_identity()
     resume = prepare_run_dir(output_dir, identity, args.resume_from_checkpoint, args.push_to_hub)
+    if torch.distributed.is_initialized():
+        # A process that trained before (hf-vq benchmark runs several trainings) joins no new group below, so the
+        # main process would start writing this run's folder while another still checks it is empty.
+        torch.distributed.barrier()
     recipe.setup()
     dataset, collate_fn = recipe.train_dataset()
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # as the launcher set it; the Accelerator comes later
@@ -241,7 +249,7 @@ def train(recipe: TrainingRecipe) -> nn.Module:
             values["lr"] = schedulers[0].get_last_lr()[0]
             progress.set_postfix(loss=f"{values['loss']:.4f}")
             accelerator.log(meter.log(values), step=global_step)
-        done = global_step >= args.max_train_steps or meter.timed_out()
+        done = global_step >= args.max_train_steps or _out_of_time(accelerator, meter)
         if global_step % args.checkpointing_steps == 0 or done:
             save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
         if global_step % args.validation_steps == 0 or done:
@@ -270,7 +278,11 @@ def train(recipe: TrainingRecipe) -> nn.Module:
             push_folder(folder, repo_id, message=f"Upload {folder.name} ({recipe.name})", before_upload=card,
                         create=False)
         accelerator.print(f"saved {folder} after {global_step} steps; {summary}")
-    accelerator.end_training()
+    if keep_process_group:
+        for tracker in accelerator.trackers:
+            tracker.finish()
+    else:
+        accelerator.end_training()
     return final
 
 
@@ -287,6 +299,14 @@ def check_sharding(accelerator: Accelerator, recipe: TrainingRecipe) -> None:
             "one model per run; train it with DDP instead (examples/accelerate/ddp_multi_gpu.yaml): a tokenizer "
             "and its discriminator fit on one device"
         )
+
+
+def _out_of_time(accelerator: Accelerator, meter: RunMeter) -> bool:
+    """Whether any process has used up --max_minutes: one answer on every process, so that all stop at one step."""
+    if meter.max_minutes is None:
+        return False
+    late = torch.tensor([float(meter.timed_out())], device=accelerator.device)
+    return bool(accelerator.reduce(late, reduction="sum") > 0)
 
 
 def _resync_learning_rates(schedulers: list) -> None:
