@@ -293,7 +293,8 @@ def test_two_processes_train_and_sample_together_and_the_main_process_writes(tmp
     import subprocess
     import sys
 
-    spec = write_spec(tmp_path / "spec", rows=[QUICK["rows"][0]])
+    budget = {**QUICK["budget"], "max_minutes": 60}  # a cap: the main process's deadline goes to every process
+    spec = write_spec(tmp_path / "spec", rows=[QUICK["rows"][0]], budget=budget)
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -307,7 +308,7 @@ def test_two_processes_train_and_sample_together_and_the_main_process_writes(tmp
         assert result.returncode == 0, result.stderr[-4000:]
         assert result.stdout.count("wrote ") == 2  # the row, then the table: rank 0 alone writes
     row = json.loads((tmp_path / "results" / "row-vqgan.json").read_text())
-    assert row["num_processes"] == 2
+    assert row["num_processes"] == 2 and row["matched"]
     assert (tmp_path / "results" / "TABLE.md").is_file()
     stages = tmp_path / "work" / "stages" / "vqgan"
     for name in ("tokenizer", "ar", "nar"):

@@ -99,9 +99,10 @@ class BenchmarkRun:
                         "spec's global batch")
             from ..evaluation.sampling import process_state
 
-            state = process_state()  # joins the process group now: every process starts together
-            self.device, self.is_main_process = str(state.device), state.is_main_process
+            self.state = process_state()  # joins the process group now: every process starts together
+            self.device, self.is_main_process = str(self.state.device), self.state.is_main_process
         else:
+            self.state = None
             self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
             self.is_main_process = True
         self.log = log if self.is_main_process else (lambda _: None)
@@ -164,6 +165,8 @@ class BenchmarkRun:
         from .table import write_table
 
         self.check()
+        if self.state is not None:  # every process has checked the folders before the main process writes to them
+            self.state.wait_for_everyone()
         for folder in (self.output_dir, self.work_dir) if self.is_main_process else ():
             marker = {"spec": self.spec.name, "spec_file": str(self.spec.path)}
             write_file_atomic(folder / MARKER, lambda p, m=marker: p.write_text(json.dumps(m, indent=2) + "\n"))
@@ -172,10 +175,8 @@ class BenchmarkRun:
             self.run_noise()
         if self.is_main_process:
             write_table(self.output_dir)
-        if self.num_processes > 1:
-            from ..evaluation.sampling import process_state
-
-            process_state().destroy_process_group()
+        if self.state is not None:
+            self.state.destroy_process_group()
         return results
 
     def run_row(self, row: Row) -> dict[str, Any]:
@@ -222,6 +223,10 @@ class BenchmarkRun:
             full = argv + fixed + ["--output_dir", str(run_dir), "--resume_from_checkpoint", "latest"]
             if self.spec.budget.max_minutes:  # the cap holds over every attempt, a killed one's included
                 remaining = self.spec.budget.max_minutes - spent_seconds(folder) / 60
+                if self.num_processes > 1:  # the main process's reading: it keeps the folder's attempts
+                    from accelerate.utils import broadcast_object_list
+
+                    remaining = broadcast_object_list([remaining], from_process=0)[0]
                 full += ["--max_minutes", str(max(remaining, 0.01))]
             train(recipe(parse_recipe_args(recipe, full)), keep_process_group=True)
             if not self.is_main_process:  # the main process writes the summary, and the stage's record from it

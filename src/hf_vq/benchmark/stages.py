@@ -30,12 +30,21 @@ def _attempts(folder: Path) -> list[float]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
+def _mtime(path: Path) -> float | None:
+    """A file's modification time; None for a folder, or for a file gone since it was listed (another process's
+    temp file, renamed into place)."""
+    try:
+        return path.stat().st_mtime if path.is_file() else None
+    except FileNotFoundError:
+        return None
+
+
 def spent_seconds(folder: Path) -> float:
     """Seconds the earlier, killed attempts at a stage worked: each from its start to the last file it wrote."""
     starts = _attempts(folder)
     if not starts:
         return 0.0
-    written = sorted(p.stat().st_mtime for p in folder.rglob("*") if p.is_file() and p.name != ATTEMPTS)
+    written = sorted(t for p in folder.rglob("*") if p.name != ATTEMPTS and (t := _mtime(p)) is not None)
     total = 0.0
     for start, end in zip(starts, starts[1:] + [float("inf")]):
         last = [t for t in written if start <= t < end]
