@@ -431,3 +431,23 @@ def test_cosine_ema_codebook_starts_from_kmeans_of_the_first_batch_and_gets_no_g
     frozen = q.codebook.clone()
     q.eval()(z.detach())
     assert torch.equal(q.codebook, frozen)  # eval never moves the codebook
+
+
+def test_cosine_ema_codebooks_saved_under_the_old_key_load(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from hf_vq.tokenizers import VQKDTokenizer
+
+    torch.manual_seed(0)
+    model = VQKDTokenizer.from_preset("tiny")
+    model.save_pretrained(tmp_path)
+    weights = tmp_path / "diffusion_pytorch_model.safetensors"
+    old = load_file(weights)
+    old["quantize.codebook"] = old.pop("quantize.embedding.weight")  # as folders saved before the official key
+    save_file(old, weights)
+    codebook = model.quantize.embedding.weight
+    # a buffer missing from the file would load silently as a fresh random one
+    assert torch.equal(VQKDTokenizer.from_pretrained(tmp_path).quantize.embedding.weight, codebook)
+    fresh = VQKDTokenizer.from_preset("tiny")
+    fresh.load_state_dict(old)  # strict: the old key is renamed, not left unexpected
+    assert torch.equal(fresh.quantize.embedding.weight, codebook)

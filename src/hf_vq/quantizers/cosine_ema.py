@@ -107,6 +107,17 @@ class CosineEMAQuantizer(Quantizer):
         self.check_indices(indices, ndim=3)
         return self.embedding()[indices].permute(0, 3, 1, 2)
 
+    @staticmethod
+    def rename_legacy_keys(state_dict: dict[str, torch.Tensor], prefix: str) -> None:
+        """Rename in place the keys of this quantizer (at `prefix`) that folders saved by older versions use."""
+        old = prefix + "codebook"  # before the codebook took the official key
+        if old in state_dict:
+            state_dict[prefix + "embedding.weight"] = state_dict.pop(old)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        self.rename_legacy_keys(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     def codebook(self) -> torch.Tensor:
         """The (K, D) codebook buffer, for the in-place EMA and k-means updates of training."""

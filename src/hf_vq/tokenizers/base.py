@@ -72,6 +72,14 @@ class ImageTokenizerMixin(abc.ABC):
 
     presets: dict[str, dict[str, Any]] = {}
 
+    def _fix_state_dict_keys_on_load(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """diffusers' hook for renamed weights in `from_pretrained`: each module that defines `rename_legacy_keys`
+        renames its own (a missing buffer would otherwise load silently as a freshly initialised one)."""
+        super()._fix_state_dict_keys_on_load(state_dict)
+        for name, module in self.named_modules():
+            if hasattr(module, "rename_legacy_keys"):
+                module.rename_legacy_keys(state_dict, f"{name}." if name else "")
+
     # ------------------------------------------------------------------ what each member implements
     @abc.abstractmethod
     def encode(self, pixel_values: torch.Tensor, return_dict: bool = True) -> TokenizerEncoderOutput | tuple:
