@@ -138,18 +138,13 @@ def test_a_new_recipe_runs_on_the_loop_unchanged(tmp_path):
 def test_fsdp_runs_the_loop_cannot_do_right_are_refused():
     from types import SimpleNamespace
 
-    from accelerate.utils import DistributedType
-
     from hf_vq.training.loop import check_sharding
-
-    def accelerator(kind, fsdp2=True):
-        return SimpleNamespace(distributed_type=kind, is_fsdp2=fsdp2)
 
     single = SimpleNamespace(name="train_far", trainable=("model",))
     gan = SimpleNamespace(name="train_fqgan", trainable=("model", "discriminator"))
-    check_sharding(accelerator(DistributedType.FSDP), single)
-    check_sharding(accelerator(DistributedType.MULTI_GPU), gan)  # DDP trains any number of modules
+    check_sharding(single, fsdp=True, fsdp2=True)
+    check_sharding(gan, fsdp=False, fsdp2=False)  # DDP trains any number of modules
     with pytest.raises(ValueError, match="fsdp_version: 2"):
-        check_sharding(accelerator(DistributedType.FSDP, fsdp2=False), single)
+        check_sharding(single, fsdp=True, fsdp2=False)
     with pytest.raises(ValueError, match=r"train_fqgan trains 2 modules \(model, discriminator\).*DDP"):
-        check_sharding(accelerator(DistributedType.FSDP), gan)
+        check_sharding(gan, fsdp=True, fsdp2=True)

@@ -10,7 +10,7 @@ the spec, the data or the result folder is refused before the first stage runs.
 
 Under `accelerate launch` (or `torchrun`) the processes train every network together, the spec's batch size being
 the global batch (split evenly over the processes, so a row sees the same samples whatever the process count), and
-share the sampling; the main process extracts the codes, evaluates, and writes every file.
+share the sampling; the main process extracts the codes, evaluates, and writes every stage record, row and table.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 from .. import __version__
 from ..utils import atomic_directory, file_sha256, write_file_atomic
 from .spec import GENERATOR_RECIPES, TOKENIZER_KINDS, BenchmarkSpec, Row, flags_to_argv, recipe_class
-from .stages import Stage, StageCache, spent_seconds
+from .stages import Stage, StageCache, code_version, spent_seconds
 
 if TYPE_CHECKING:
     from ..evaluation.features import FeatureNetwork
@@ -97,10 +97,18 @@ class BenchmarkRun:
                         f"the {stage} budget's batch size {batch} does not split evenly over {self.num_processes} "
                         f"processes; launch a number of processes that divides it, so that every row trains on the "
                         "spec's global batch")
+            from accelerate.utils import broadcast_object_list
+
             from ..evaluation.sampling import process_state
 
             self.state = process_state()  # joins the process group now: every process starts together
             self.device, self.is_main_process = str(self.state.device), self.state.is_main_process
+            # Stage folders are named by a hash of the sources: processes that read other sources would never meet.
+            main_version = broadcast_object_list([code_version()], from_process=0)[0]
+            if code_version() != main_version:
+                raise RuntimeError(f"this process runs hf_vq sources {code_version()}, the main process "
+                                   f"{main_version}: every process must run the same checkout; relaunch once edits "
+                                   "are done")
         else:
             self.state = None
             self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -170,13 +178,15 @@ class BenchmarkRun:
         for folder in (self.output_dir, self.work_dir) if self.is_main_process else ():
             marker = {"spec": self.spec.name, "spec_file": str(self.spec.path)}
             write_file_atomic(folder / MARKER, lambda p, m=marker: p.write_text(json.dumps(m, indent=2) + "\n"))
-        results = [self.run_row(row) for row in self.rows]
-        if noise and self.spec.noise_row and any(r.name == self.spec.noise_row for r in self.rows):
-            self.run_noise()
-        if self.is_main_process:
-            write_table(self.output_dir)
-        if self.state is not None:
-            self.state.destroy_process_group()
+        try:
+            results = [self.run_row(row) for row in self.rows]
+            if noise and self.spec.noise_row and any(r.name == self.spec.noise_row for r in self.rows):
+                self.run_noise()
+            if self.is_main_process:
+                write_table(self.output_dir)
+        finally:
+            if self.state is not None:
+                self.state.destroy_process_group()
         return results
 
     def run_row(self, row: Row) -> dict[str, Any]:
@@ -222,8 +232,10 @@ class BenchmarkRun:
             run_dir = folder / "run"
             full = argv + fixed + ["--output_dir", str(run_dir), "--resume_from_checkpoint", "latest"]
             if self.spec.budget.max_minutes:  # the cap holds over every attempt, a killed one's included
-                remaining = self.spec.budget.max_minutes - spent_seconds(folder) / 60
-                if self.num_processes > 1:  # the main process's reading: it keeps the folder's attempts
+                remaining = None
+                if self.is_main_process:  # the main process keeps the folder's attempts
+                    remaining = self.spec.budget.max_minutes - spent_seconds(folder) / 60
+                if self.num_processes > 1:
                     from accelerate.utils import broadcast_object_list
 
                     remaining = broadcast_object_list([remaining], from_process=0)[0]

@@ -83,10 +83,12 @@ class Stage:
 class StageCache:
     """The stages of one benchmark work folder.
 
-    Run by several processes (`accelerate launch`, `torchrun`), every process goes through the same stages: a
-    training stage is computed by all of them together, any other stage by the main process alone, and only the
-    main process writes a stage's records. The others wait for its record, polling the folder rather than waiting
-    in a collective, which would time out during a long sampling stage; the launcher stops them if it fails.
+    Run by several processes (`accelerate launch`, `torchrun`; on one machine, or with a work folder every process
+    sees), every process goes through the same stages: training and sampling stages (`every_process`) are computed
+    by all of them together, any other stage by the main process alone, and only the main process writes a stage's
+    records. The others wait for its record, polling the folder rather than waiting in a collective, which would
+    time out during a long evaluation; the launcher stops them if the main process fails. `Stage.cached` and
+    `computed` describe the main process's view: another process reports a stage it waited for as cached.
     """
 
     def __init__(self, root: str | Path, log: Callable[[str], None] = print, is_main_process: bool = True,
@@ -95,7 +97,7 @@ class StageCache:
         self.is_main_process = is_main_process
         self.log = log if is_main_process else (lambda _: None)
         self.poll_seconds = poll_seconds
-        self.computed: list[str] = []  # names of the stages this process ran (not read from the cache)
+        self.computed: list[str] = []  # names of the stages the main process ran (not read from the cache)
 
     def run(self, name: str, identity: dict[str, Any], compute: Callable[[Path], dict[str, Any]],
             every_process: bool = False) -> Stage:

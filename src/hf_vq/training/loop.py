@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, parse_flag_from_env, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch import nn
@@ -154,6 +154,8 @@ def train(recipe: TrainingRecipe, keep_process_group: bool = False) -> nn.Module
 
     # ---- everything that can fail on bad input fails here (and in the recipe's __init__), before any training
     check_run_arguments(args)
+    # as `accelerate launch` asks for it; checked again below on the Accelerator (which a config may also set up)
+    check_sharding(recipe, parse_flag_from_env("ACCELERATE_USE_FSDP"), os.environ.get("FSDP_VERSION") == "2")
     identity = recipe.run_identity()
     resume = prepare_run_dir(output_dir, identity, args.resume_from_checkpoint, args.push_to_hub)
     if torch.distributed.is_initialized():
@@ -172,7 +174,7 @@ def train(recipe: TrainingRecipe, keep_process_group: bool = False) -> nn.Module
     recipe.build()
     accelerator = start_run(args, recipe.name, identity)
     recipe.accelerator = accelerator
-    check_sharding(accelerator, recipe)
+    check_sharding(recipe, accelerator.distributed_type == DistributedType.FSDP, accelerator.is_fsdp2)
     repo_id = None
     if args.push_to_hub and accelerator.is_main_process:
         # now, so that a taken name or a token without write access fails before the training, not after it
@@ -249,7 +251,7 @@ def train(recipe: TrainingRecipe, keep_process_group: bool = False) -> nn.Module
             values["lr"] = schedulers[0].get_last_lr()[0]
             progress.set_postfix(loss=f"{values['loss']:.4f}")
             accelerator.log(meter.log(values), step=global_step)
-        done = global_step >= args.max_train_steps or _out_of_time(accelerator, meter)
+        done = global_step >= args.max_train_steps or _out_of_time(accelerator, meter, global_step, args.logging_steps)
         if global_step % args.checkpointing_steps == 0 or done:
             save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
         if global_step % args.validation_steps == 0 or done:
@@ -286,11 +288,11 @@ def train(recipe: TrainingRecipe, keep_process_group: bool = False) -> nn.Module
     return final
 
 
-def check_sharding(accelerator: Accelerator, recipe: TrainingRecipe) -> None:
-    """Refuse, before any training, the FSDP runs the loop cannot do right."""
-    if accelerator.distributed_type != DistributedType.FSDP:
+def check_sharding(recipe: TrainingRecipe, fsdp: bool, fsdp2: bool) -> None:
+    """Refuse the FSDP runs the loop cannot do right (`fsdp`: the run shards; `fsdp2`: with FSDP2)."""
+    if not fsdp:
         return
-    if not accelerator.is_fsdp2:
+    if not fsdp2:
         raise ValueError("FSDP training needs fsdp_version: 2 in the Accelerate config (FSDP1 keeps flat local shards "
                          "that the EMA checkpoint and the gathered previews do not handle)")
     if len(recipe.trainable) > 1:  # Accelerate's FSDP2 prepares one model per run
@@ -301,9 +303,16 @@ def check_sharding(accelerator: Accelerator, recipe: TrainingRecipe) -> None:
         )
 
 
-def _out_of_time(accelerator: Accelerator, meter: RunMeter) -> bool:
-    """Whether any process has used up --max_minutes: one answer on every process, so that all stop at one step."""
+def _out_of_time(accelerator: Accelerator, meter: RunMeter, step: int, every: int) -> bool:
+    """Whether any process has used up --max_minutes: one answer on every process, so that all stop at one step.
+
+    Several processes agree through a collective (and a device sync), so they ask only every `every` steps.
+    """
     if meter.max_minutes is None:
+        return False
+    if accelerator.num_processes == 1:
+        return meter.timed_out()
+    if step % every:
         return False
     late = torch.tensor([float(meter.timed_out())], device=accelerator.device)
     return bool(accelerator.reduce(late, reduction="sum") > 0)
