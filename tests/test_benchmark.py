@@ -309,6 +309,7 @@ def test_two_processes_train_and_sample_together_and_the_main_process_writes(tmp
         assert result.stdout.count("wrote ") == 2  # the row, then the table: rank 0 alone writes
     row = json.loads((tmp_path / "results" / "row-vqgan.json").read_text())
     assert row["num_processes"] == 2 and row["matched"]
+    assert row["command"].startswith("accelerate launch --num_processes 2 -m hf_vq.cli benchmark ")
     assert (tmp_path / "results" / "TABLE.md").is_file()
     stages = tmp_path / "work" / "stages" / "vqgan"
     for name in ("tokenizer", "ar", "nar"):
@@ -326,9 +327,21 @@ def test_two_processes_train_and_sample_together_and_the_main_process_writes(tmp
 def test_a_multi_process_run_refuses_an_uneven_batch_and_a_device_before_any_work(tmp_path, monkeypatch):
     spec = load_spec(write_spec(tmp_path / "spec"))
     monkeypatch.setenv("WORLD_SIZE", "3")
-    with pytest.raises(ValueError, match="batch size 16 does not split evenly over 3 processes"):
+    with pytest.raises(ValueError, match="batch size 16 does not split evenly over 3 processes.*launch 1, 2, 4, 8 or "
+                                         "16 processes"):
         BenchmarkRun(spec, tmp_path / "results", tmp_path / "work")
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="--device cpu: under a launch of 2 processes"):
         BenchmarkRun(spec, tmp_path / "results", tmp_path / "work", device="cpu")
     assert not (tmp_path / "results").exists() and not (tmp_path / "work").exists()
+
+
+def test_the_recorded_command_is_the_one_a_user_types_again():
+    from hf_vq.benchmark.runner import command_line
+
+    assert command_line(["/usr/bin/hf-vq", "benchmark", "s.json"], 1) == "hf-vq benchmark s.json"
+    assert command_line(["/src/hf_vq/cli.py", "benchmark", "s.json", "--rows", "FSQ"], 1) == \
+        "hf-vq benchmark s.json --rows FSQ"
+    assert command_line(["/src/hf_vq/cli.py", "benchmark", "s.json"], 4) == \
+        "accelerate launch --num_processes 4 -m hf_vq.cli benchmark s.json"
+    assert command_line(["pytest", "-q"], 1) == "pytest -q"

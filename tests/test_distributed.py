@@ -53,14 +53,16 @@ WRAPPER = textwrap.dedent(
 )
 
 
-def launch(tmp_path, kind: str, *argv: str, fsdp: bool = False, env: dict | None = None) -> list[dict]:
-    """Run a training script on 2 CPU processes (DDP, or with `fsdp` the shipped FSDP config); each rank's weights."""
+def launch(tmp_path, kind: str, *argv: str, fsdp: bool | list[str] = False, env: dict | None = None) -> list[dict]:
+    """Run a training script on 2 CPU processes (DDP, or with `fsdp` the shipped FSDP config, `accelerate launch`
+    flags in a list overriding it); each rank's weights."""
     result = start(tmp_path, kind, *argv, fsdp=fsdp, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     return [torch.load(tmp_path / f"dumps-{kind}" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
-def start(tmp_path, kind: str, *argv: str, fsdp: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
+def start(tmp_path, kind: str, *argv: str, fsdp: bool | list[str] = False,
+          env: dict | None = None) -> subprocess.CompletedProcess:
     """The finished launch of a training script on 2 CPU processes (see `launch`), with `env` added."""
     script = tmp_path / "wrapper.py"
     script.write_text(WRAPPER.format(examples=str(ROOT / "examples")))
@@ -75,6 +77,7 @@ def start(tmp_path, kind: str, *argv: str, fsdp: bool = False, env: dict | None 
         base.update(OMP_NUM_THREADS="1", FSDP_ON_CPU="1")
         cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file", str(FSDP_CONFIG),
                "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(port)]
+        cmd += fsdp if isinstance(fsdp, list) else []
     else:
         # accelerate's MULTI_CPU launcher expects MPI; on one machine torchrun + ACCELERATE_USE_CPU gives gloo DDP.
         base = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
@@ -135,6 +138,31 @@ def test_vqkd_codebooks_stay_identical_across_two_processes(tmp_path, imagefolde
                    "--train_batch_size", "2", "--max_train_steps", "3", "--report_to", "none")
     assert_same(*ranks)  # the EMA codebook (a buffer) included: counts and sums are all-reduced
     assert "quantize.embedding.weight" in ranks[0]
+
+
+def test_vqkd_stage_one_trains_under_fsdp_with_its_block_class_and_buffers(tmp_path, imagefolder):
+    from transformers import ViTConfig, ViTModel
+
+    from hf_vq import VQKDTokenizer
+
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                       image_size=8, patch_size=2, num_channels=1)).save_pretrained(tmp_path / "teacher")
+    config = tmp_path / "vqkd.json"
+    config.write_text(json.dumps(VQKDTokenizer.presets["tiny-no-pixel-decoder"]))
+    out = tmp_path / "run"
+    # the shipped config wraps the generators' blocks and loads by broadcasting parameters only: a ViT tokenizer
+    # with an EMA codebook (buffers) overrides both, as the README says
+    ranks = launch(tmp_path, "vqkd", "--tokenizer_config", str(config), "--teacher", str(tmp_path / "teacher"),
+                   "--dataset", str(imagefolder), "--resolution", "8", "--output_dir", str(out),
+                   "--train_batch_size", "2", "--max_train_steps", "3", "--use_ema", "--report_to", "none",
+                   "--checkpointing_steps", "3",
+                   fsdp=["--fsdp_transformer_layer_cls_to_wrap", "Block", "--fsdp_cpu_ram_efficient_loading", "false"])
+    assert (out / "checkpoint-3" / "pytorch_model_fsdp_0").is_dir()  # sharded: FSDP ran
+    assert_same(*ranks)
+    saved = VQKDTokenizer.from_pretrained(out / "tokenizer").state_dict()
+    assert_same(saved, ranks[0])
+    assert bool(saved["quantize.initted"])  # k-means of the first batch set the codebook, the same on both ranks
 
 
 def test_a_process_out_of_time_stops_every_process_at_the_same_step(tmp_path, imagefolder):

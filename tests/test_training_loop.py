@@ -147,4 +147,18 @@ def test_fsdp_runs_the_loop_cannot_do_right_are_refused():
     with pytest.raises(ValueError, match="fsdp_version: 2"):
         check_sharding(single, fsdp=True, fsdp2=False)
     with pytest.raises(ValueError, match=r"train_fqgan trains 2 modules \(model, discriminator\).*DDP"):
-        check_sharding(gan, fsdp=True, fsdp2=True)
+        check_sharding(gan, fsdp=True, fsdp2=False)  # the advice that holds under either version comes first
+    check_sharding(single, fsdp=True, fsdp2=True, ram_efficient_loading=True)
+    check_sharding(single, fsdp=True, fsdp2=True, ram_efficient_loading=False, buffers=["quantize.initted"])
+    with pytest.raises(ValueError, match=r"buffers \(quantize.embedding.weight, quantize.initted\).*"
+                                         "--fsdp_cpu_ram_efficient_loading false"):
+        check_sharding(single, fsdp=True, fsdp2=True, ram_efficient_loading=True,
+                       buffers=["quantize.embedding.weight", "quantize.initted"])
+
+
+def test_saved_buffers_are_the_persistent_ones():
+    from hf_vq import VQKDTokenizer
+    from hf_vq.training.loop import saved_buffers
+
+    assert sorted(saved_buffers(VQKDTokenizer.from_preset("tiny"))) == ["quantize.embedding.weight", "quantize.initted"]
+    assert saved_buffers(nn.Linear(2, 2)) == []

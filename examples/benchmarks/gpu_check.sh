@@ -7,8 +7,9 @@
 # A GPU machine with torch and CUDA but no package index lacks diffusers, datasets and evaluate (and may hold other
 # transformers / huggingface_hub versions): `prepare` downloads this environment's versions as Python 3.12 wheels
 # into .whl/, and copies the official samplers' packages (`autoregressive`, `utils`) from local checkouts (folders
-# or bare repositories) into .official/, both git-ignored; `run` installs the wheels into a temporary folder, puts
-# src/ on the path and runs the tests and the benchmark. Carry .whl and .official to the GPU machine.
+# or bare repositories) into .official/, both git-ignored, then runs the whole check on tiny models on the CPU; `run`
+# installs the wheels into a temporary folder, puts src/ on the path and runs the tests and the benchmark. Carry
+# .whl and .official to the GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -37,6 +38,16 @@ prepare() {
         rm -rf ".official/$name" && mv ".official/$name.tmp" ".official/$name"
     done
     du -sh .whl .official
+    # every step of the check on tiny models on this machine's CPU, the official samplers included, so that a
+    # broken script or checkout shows here and not on the GPU's time
+    local official=()
+    [ -d .official/FQGAN ] && official+=(--official-fqgan .official/FQGAN)
+    [ -d .official/LlamaGen ] && official+=(--official-llamagen .official/LlamaGen)
+    OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" python \
+        examples/benchmarks/gpu_check.py --tiny --device cpu --runs 1 --train-steps 6 "${official[@]}" \
+        --out .official/dry-run.json > .official/dry-run.log 2>&1 || { tail -20 .official/dry-run.log; exit 1; }
+    grep -q '"error"' .official/dry-run.json && { echo "an official sampler failed: see .official/dry-run.json"; exit 1; }
+    echo "dry run on CPU passed (.official/dry-run.json)"
 }
 
 run() {

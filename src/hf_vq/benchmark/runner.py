@@ -73,6 +73,17 @@ def git_commit() -> str | None:
     return commit and commit + ("-dirty" if git("status", "--porcelain", "--", "src") else "")
 
 
+def command_line(argv: list[str], num_processes: int) -> str:
+    """The command that ran, as a user would type it again: `hf-vq ...` however the CLI was started (the console
+    script, or `-m hf_vq.cli` under a launcher, whose argv[0] is the module's file), with its launcher when several
+    processes ran it."""
+    if Path(argv[0]).name not in ("hf-vq", "cli.py"):  # called from Python, not the command line
+        return shlex.join(argv)
+    if num_processes == 1:
+        return shlex.join(["hf-vq", *argv[1:]])
+    return shlex.join(["accelerate", "launch", "--num_processes", str(num_processes), "-m", "hf_vq.cli", *argv[1:]])
+
+
 class BenchmarkRun:
     """One spec, a work folder (cached stages) and a result folder (row JSONs, grids, the table)."""
 
@@ -90,13 +101,16 @@ class BenchmarkRun:
             if device is not None:
                 raise ValueError(f"--device {device}: under a launch of {self.num_processes} processes each process "
                                  "works on its own device, the one the launcher gave it; drop --device")
-            for stage in ("tokenizer", "ar", "nar"):
-                batch = getattr(spec.budget, stage).batch_size
+            batches = {stage: getattr(spec.budget, stage).batch_size for stage in ("tokenizer", "ar", "nar")}
+            for stage, batch in batches.items():
                 if batch % self.num_processes:
+                    counts = [n for n in range(1, min(batches.values()) + 1)
+                              if all(b % n == 0 for b in batches.values())]
+                    advice = (f"launch {', '.join(map(str, counts[:-1]))} or {counts[-1]} processes"
+                              if len(counts) > 1 else "run it in one process")
                     raise ValueError(
                         f"the {stage} budget's batch size {batch} does not split evenly over {self.num_processes} "
-                        f"processes; launch a number of processes that divides it, so that every row trains on the "
-                        "spec's global batch")
+                        f"processes, and every row must train on the spec's global batch; {advice}")
             from accelerate.utils import broadcast_object_list
 
             from ..evaluation.sampling import process_state
@@ -115,7 +129,7 @@ class BenchmarkRun:
             self.is_main_process = True
         self.log = log if self.is_main_process else (lambda _: None)
         self.cache = StageCache(self.work_dir, log, is_main_process=self.is_main_process)
-        self.command = shlex.join(sys.argv)
+        self.command = command_line(sys.argv, self.num_processes)
         # read now, from the code that runs: the checkout may move on (commits, edits) while a row trains
         self.git_commit = git_commit()
 

@@ -111,7 +111,8 @@ def render_table(rows: list[dict[str, Any]], noise: dict[str, Any] | None) -> st
         cells = [_fmt(row["minutes"].get(s), 1) for s in stage_names]
         lines.append(f"| {row['row']} | " + " | ".join(cells) + f" | {_fmt(row['total_minutes'], 1)} |")
     total = sum(row["total_minutes"] for row in rows)
-    lines += ["", f"Total: {total:.1f} min for {len(rows)} rows. Plot: [{PLOT}]({PLOT}).", ""]
+    noun = "row" if len(rows) == 1 else "rows"
+    lines += ["", f"Total: {total:.1f} min for {len(rows)} {noun}. Plot: [{PLOT}]({PLOT}).", ""]
     unmatched = [row["row"] for row in rows if not row.get("matched", True)]
     if unmatched:
         lines += [f"Unmatched (a training stage hit the minutes cap before its budget): {', '.join(unmatched)}.", ""]

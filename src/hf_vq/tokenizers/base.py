@@ -61,7 +61,9 @@ class TokenizerOutput(BaseOutput):
     usage: list[torch.Tensor | None] | None = None
 
 
-class ImageTokenizerMixin(abc.ABC):
+# ABCMeta rather than abc.ABC: ABC's empty __slots__ makes FSDP2's `fully_shard`, which swaps in a subclass of the
+# model's class, fail with "object layout differs".
+class ImageTokenizerMixin(metaclass=abc.ABCMeta):
     """The contract of an image tokenizer; mix into a diffusers `ModelMixin` + `ConfigMixin` class.
 
     Images are float (B, C, H, W) in [-1, 1]; tokens are long (B, k, h, w), sub-codebooks in generator order.

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -174,7 +174,10 @@ def train(recipe: TrainingRecipe, keep_process_group: bool = False) -> nn.Module
     recipe.build()
     accelerator = start_run(args, recipe.name, identity)
     recipe.accelerator = accelerator
-    check_sharding(recipe, accelerator.distributed_type == DistributedType.FSDP, accelerator.is_fsdp2)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        check_sharding(recipe, True, accelerator.is_fsdp2,
+                       ram_efficient_loading=accelerator.state.fsdp_plugin.cpu_ram_efficient_loading,
+                       buffers=saved_buffers(getattr(recipe, recipe.trainable[0])))
     repo_id = None
     if args.push_to_hub and accelerator.is_main_process:
         # now, so that a taken name or a token without write access fails before the training, not after it
@@ -288,19 +291,33 @@ def train(recipe: TrainingRecipe, keep_process_group: bool = False) -> nn.Module
     return final
 
 
-def check_sharding(recipe: TrainingRecipe, fsdp: bool, fsdp2: bool) -> None:
-    """Refuse the FSDP runs the loop cannot do right (`fsdp`: the run shards; `fsdp2`: with FSDP2)."""
+def check_sharding(recipe: TrainingRecipe, fsdp: bool, fsdp2: bool, ram_efficient_loading: bool = False,
+                   buffers: Sequence[str] = ()) -> None:
+    """Refuse the FSDP runs the loop cannot do right (`fsdp`: the run shards; `fsdp2`: with FSDP2;
+    `ram_efficient_loading`: Accelerate's fsdp_cpu_ram_efficient_loading; `buffers`: the model's saved buffers)."""
     if not fsdp:
         return
-    if not fsdp2:
-        raise ValueError("FSDP training needs fsdp_version: 2 in the Accelerate config (FSDP1 keeps flat local shards "
-                         "that the EMA checkpoint and the gathered previews do not handle)")
     if len(recipe.trainable) > 1:  # Accelerate's FSDP2 prepares one model per run
         raise ValueError(
             f"{recipe.name} trains {len(recipe.trainable)} modules ({', '.join(recipe.trainable)}), and FSDP shards "
             "one model per run; train it with DDP instead (examples/accelerate/ddp_multi_gpu.yaml): a tokenizer "
             "and its discriminator fit on one device"
         )
+    if not fsdp2:
+        raise ValueError("FSDP training needs fsdp_version: 2 in the Accelerate config (FSDP1 keeps flat local shards "
+                         "that the EMA checkpoint and the gathered previews do not handle)")
+    if ram_efficient_loading and buffers:
+        raise ValueError(
+            f"{recipe.name}'s model keeps state in buffers ({', '.join(buffers[:3])}), which Accelerate's "
+            "fsdp_cpu_ram_efficient_loading does not send to the other processes (it broadcasts sharded parameters "
+            "only); launch with --fsdp_cpu_ram_efficient_loading false"
+        )
+
+
+def saved_buffers(module: nn.Module) -> list[str]:
+    """Names of the buffers in `module`'s state dict (the persistent ones)."""
+    parameters = {name for name, _ in module.named_parameters()}
+    return [name for name in module.state_dict() if name not in parameters]
 
 
 def _out_of_time(accelerator: Accelerator, meter: RunMeter, step: int, every: int) -> bool:
