@@ -123,7 +123,8 @@ def test_tokenizer_and_generator_scripts_on_two_processes(tmp_path, imagefolder)
     assert (tmp_path / "far-run" / "pipeline" / "model_index.json").exists()
 
 
-def test_vqkd_codebooks_stay_identical_across_two_processes(tmp_path, imagefolder):
+def vqkd_flags(tmp_path, imagefolder) -> list[str]:
+    """Stage-1 VQ-KD flags for a tiny tokenizer config and a tiny random ViT teacher, written in `tmp_path`."""
     from transformers import ViTConfig, ViTModel
 
     from hf_vq import VQKDTokenizer
@@ -133,29 +134,23 @@ def test_vqkd_codebooks_stay_identical_across_two_processes(tmp_path, imagefolde
                        image_size=8, patch_size=2, num_channels=1)).save_pretrained(tmp_path / "teacher")
     config = tmp_path / "vqkd.json"
     config.write_text(json.dumps(VQKDTokenizer.presets["tiny-no-pixel-decoder"]))
-    ranks = launch(tmp_path, "vqkd", "--tokenizer_config", str(config), "--teacher", str(tmp_path / "teacher"),
-                   "--dataset", str(imagefolder), "--resolution", "8", "--output_dir", str(tmp_path / "run"),
-                   "--train_batch_size", "2", "--max_train_steps", "3", "--report_to", "none")
+    return ["--tokenizer_config", str(config), "--teacher", str(tmp_path / "teacher"), "--dataset", str(imagefolder),
+            "--resolution", "8", "--train_batch_size", "2", "--max_train_steps", "3", "--report_to", "none"]
+
+
+def test_vqkd_codebooks_stay_identical_across_two_processes(tmp_path, imagefolder):
+    ranks = launch(tmp_path, "vqkd", *vqkd_flags(tmp_path, imagefolder), "--output_dir", str(tmp_path / "run"))
     assert_same(*ranks)  # the EMA codebook (a buffer) included: counts and sums are all-reduced
     assert "quantize.embedding.weight" in ranks[0]
 
 
 def test_vqkd_stage_one_trains_under_fsdp_with_its_block_class_and_buffers(tmp_path, imagefolder):
-    from transformers import ViTConfig, ViTModel
-
     from hf_vq import VQKDTokenizer
 
-    torch.manual_seed(0)
-    ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                       image_size=8, patch_size=2, num_channels=1)).save_pretrained(tmp_path / "teacher")
-    config = tmp_path / "vqkd.json"
-    config.write_text(json.dumps(VQKDTokenizer.presets["tiny-no-pixel-decoder"]))
     out = tmp_path / "run"
     # the shipped config wraps the generators' blocks and loads by broadcasting parameters only: a ViT tokenizer
     # with an EMA codebook (buffers) overrides both, as the README says
-    ranks = launch(tmp_path, "vqkd", "--tokenizer_config", str(config), "--teacher", str(tmp_path / "teacher"),
-                   "--dataset", str(imagefolder), "--resolution", "8", "--output_dir", str(out),
-                   "--train_batch_size", "2", "--max_train_steps", "3", "--use_ema", "--report_to", "none",
+    ranks = launch(tmp_path, "vqkd", *vqkd_flags(tmp_path, imagefolder), "--output_dir", str(out), "--use_ema",
                    "--checkpointing_steps", "3",
                    fsdp=["--fsdp_transformer_layer_cls_to_wrap", "Block", "--fsdp_cpu_ram_efficient_loading", "false"])
     assert (out / "checkpoint-3" / "pytorch_model_fsdp_0").is_dir()  # sharded: FSDP ran
