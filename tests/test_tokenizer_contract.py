@@ -164,3 +164,44 @@ def test_code_extraction(model, tmp_path, imagefolder):
     table = load_from_disk(str(tmp_path / "codes"))
     h, w = model.token_grid()
     assert table.features["codes"].shape == (model.num_codebooks, h * w) and len(table) == 16
+
+
+def test_every_class_can_be_sharded_by_fsdp2():
+    """`fully_shard` swaps in a subclass of the model's class, which Python refuses when the class layouts differ (as
+    abc.ABC's empty __slots__ made them); run in a fresh process, which owns its one-process group."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import os, torch, torch.distributed as dist
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
+        from hf_vq.tokenizers import TOKENIZER_CLASSES
+
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["PORT"], RANK="0", WORLD_SIZE="1")
+        dist.init_process_group("gloo")
+        mesh = init_device_mesh("cpu", (1,))
+        for cls in TOKENIZER_CLASSES:
+            torch.manual_seed(0)
+            model = cls.from_preset("tiny").eval()
+            x = torch.rand(2, model.in_channels, model.sample_size, model.sample_size) * 2 - 1
+            expected = model.encode(x).indices
+            fully_shard(model, mesh=mesh)
+            register_fsdp_forward_method(model, "encode")  # FSDP gathers the weights around forward only
+            assert isinstance(model, FSDPModule) and isinstance(model, cls)
+            assert torch.equal(model.encode(x).indices, expected), cls.__name__
+        dist.destroy_process_group()
+        print("sharded", len(TOKENIZER_CLASSES))
+        """
+    )
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**__import__("os").environ, "PORT": str(port), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"sharded {len(TOKENIZER_CLASSES)}" in result.stdout
