@@ -169,6 +169,8 @@ def test_code_extraction(model, tmp_path, imagefolder):
 def test_every_class_can_be_sharded_by_fsdp2():
     """`fully_shard` swaps in a subclass of the model's class, which Python refuses when the class layouts differ (as
     abc.ABC's empty __slots__ made them); run in a fresh process, which owns its one-process group."""
+    import os
+    import socket
     import subprocess
     import sys
     import textwrap
@@ -196,12 +198,10 @@ def test_every_class_can_be_sharded_by_fsdp2():
         print("sharded", len(TOKENIZER_CLASSES))
         """
     )
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**__import__("os").environ, "PORT": str(port), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PORT": str(port), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"sharded {len(TOKENIZER_CLASSES)}" in result.stdout
