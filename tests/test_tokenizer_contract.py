@@ -127,6 +127,18 @@ def test_bad_input_is_refused_before_work(model):
         model.indices_to_latents(torch.full((1, model.num_codebooks, h, w), model.codebook_sizes[0]))
 
 
+def test_tokenize_and_detokenize_compile_as_one_graph(model):
+    # the eager calls check token values; a compiled graph reads none (it could not raise), so nothing splits it
+    x = images(model, batch=2)
+    indices = model.tokenize(x)
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(model.tokenize, fullgraph=True, backend="eager")(x), indices)
+    if not model.can_decode:  # a VQ-KD tokenizer before its pixel decoder is trained
+        return
+    decoded = torch.compile(model.detokenize, fullgraph=True, backend="eager")(indices)
+    assert torch.equal(decoded, model.detokenize(indices))
+
+
 def tiny_far(model) -> FARForClassConditionalGeneration:
     torch.manual_seed(0)
     grid = model.grid_size
