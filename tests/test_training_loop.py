@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from hf_vq import FQGANTokenizer, ViTVQGANTokenizer
+from hf_vq import FARForClassConditionalGeneration, FQGANTokenizer, ViTVQGANTokenizer
 from hf_vq.training import TrainingRecipe, run
 from hf_vq.training.checkpointing import list_checkpoints
 from hf_vq.training.recipes import ARGeneratorRecipe, NARGeneratorRecipe, TokenizerGANRecipe, ViTVQGANRecipe
@@ -84,6 +84,24 @@ def test_every_recipe_resumes_to_the_same_weights(workspace, tmp_path, recipe):
     assert (tmp_path / "stopped" / "samples" / "step-0000004.png").exists()
     summary = json.loads((tmp_path / "stopped" / "train_summary.json").read_text())
     assert summary["global_step"] == 10 and "loss" in summary["last_logs"]
+
+
+@pytest.mark.parametrize("recipe", [TokenizerGANRecipe, ARGeneratorRecipe], ids=lambda r: r.__name__)
+def test_models_compiled_by_accelerate_train_and_save_as_the_plain_models(workspace, tmp_path, recipe, monkeypatch):
+    # `accelerate launch --dynamo_backend ...` sets this: `prepare` wraps each model in torch.compile
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "EAGER")
+    args = recipe_args(recipe, workspace) + COMMON + ["--max_train_steps", "2"]
+    model = run(recipe, args + ["--output_dir", str(tmp_path / "compiled")])
+    assert type(model) is (FQGANTokenizer if recipe is TokenizerGANRecipe else FARForClassConditionalGeneration)
+    assert (tmp_path / "compiled" / "samples" / "step-0000002.png").exists()
+    checkpoint = load_file(tmp_path / "compiled" / "checkpoint-2" / "model.safetensors")
+    assert not any(key.startswith("_orig_mod.") for key in checkpoint)  # resumable with or without compiling
+    monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND")
+    plain = run(recipe, args + ["--output_dir", str(tmp_path / "plain")])
+    expected, got = final_weights(tmp_path / "plain"), final_weights(tmp_path / "compiled")
+    for key in expected:  # the eager backend computes exactly what the plain model does
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
+    assert type(plain) is type(model)
 
 
 class LineFit(TrainingRecipe):

@@ -204,8 +204,8 @@ def train(recipe: TrainingRecipe, keep_process_group: bool = False) -> nn.Module
     for name, module in zip(names, modules):
         setattr(recipe, name, module)
     model = modules[0]
-    size = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
-    accelerator.print(f"{recipe.name}: {type(accelerator.unwrap_model(model)).__name__}, {size / 1e6:.2f}M parameters, "
+    size = sum(p.numel() for p in unwrapped(accelerator, model).parameters())
+    accelerator.print(f"{recipe.name}: {type(unwrapped(accelerator, model)).__name__}, {size / 1e6:.2f}M parameters, "
                       f"{len(dataset)} training examples")
     ema = None
     if args.use_ema:  # after prepare, so every rank starts from rank 0's (broadcast) weights, or its shard of them
@@ -270,7 +270,7 @@ def train(recipe: TrainingRecipe, keep_process_group: bool = False) -> nn.Module
     if frame is not None:  # every rank takes part in the gather and ends with the same full model
         final = _full_model(model, frame, ema, every_rank=True).to(accelerator.device)
     else:
-        final = accelerator.unwrap_model(model)
+        final = unwrapped(accelerator, model)
         if ema is not None:
             ema.copy_to(final.parameters())
     final.eval()
@@ -289,6 +289,12 @@ def train(recipe: TrainingRecipe, keep_process_group: bool = False) -> nn.Module
     else:
         accelerator.end_training()
     return final
+
+
+def unwrapped(accelerator: Accelerator, module: nn.Module) -> nn.Module:
+    """The plain module under Accelerate's wrappers, torch.compile's included (`accelerate launch --dynamo_backend`
+    compiles the prepared models): what previews sample from and the final save writes."""
+    return accelerator.unwrap_model(module, keep_torch_compile=False)
 
 
 def check_sharding(recipe: TrainingRecipe, fsdp: bool, fsdp2: bool, ram_efficient_loading: bool = False,
@@ -459,7 +465,7 @@ def _preview(recipe: TrainingRecipe, accelerator: Accelerator, model: nn.Module,
         return
     if not accelerator.is_main_process:
         return
-    model = accelerator.unwrap_model(model)
+    model = unwrapped(accelerator, model)
     with _ema_weights(model, ema):
         model.eval()
         try:

@@ -25,7 +25,7 @@ from ...quantizers import Quantizer
 from ...tokenizers import AutoImageTokenizer, FrozenTeacher, ImageTokenizerMixin, TokenizerOutput, tokenizer_class
 from ...utils import save_pretrained_atomic
 from ..data import ImageTransform, collate, load_image_dataset, with_image_transform
-from ..loop import Phase, TrainingRecipe
+from ..loop import Phase, TrainingRecipe, unwrapped
 from ..losses import LPIPS_DOWNLOAD_HINT, PatchGANDiscriminator, PerceptualLoss, hinge_d_loss, hinge_g_loss
 from ..pretrained import add_model_source_arguments, pretrained_source, read_model_config
 
@@ -222,7 +222,7 @@ class TokenizerGANRecipe(TrainingRecipe):
         loss, logs = self.reconstruction_objective(x, out)
         if use_gan:
             # Detached discriminator weights: the generator's loss must not train the discriminator.
-            disc = self.accelerator.unwrap_model(self.discriminator)
+            disc = unwrapped(self.accelerator, self.discriminator)
             params = {n: p.detach() for n, p in disc.named_parameters()}
             logits_fake = functional_call(disc, (params, dict(disc.named_buffers())), (out.sample,))
             logs["generator_adv_loss"] = self.generator_adversarial_loss(logits_fake)

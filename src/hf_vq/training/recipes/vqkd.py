@@ -25,7 +25,7 @@ from ...tokenizers import FrozenTeacher, TokenizerOutput, VQKDTokenizer
 from ...tokenizers.teachers import BUNDLED_PREFIX, BUNDLED_TEACHERS
 from ...utils import save_pretrained_atomic
 from ..data import collate
-from ..loop import Phase, TrainingRecipe
+from ..loop import Phase, TrainingRecipe, unwrapped
 from ..losses import LPIPS_DOWNLOAD_HINT, PatchGANDiscriminator, PerceptualLoss
 from ..pretrained import add_model_source_arguments, describe_source, pretrained_source, read_model_config
 from .tokenizer_gan import (
@@ -121,7 +121,7 @@ class VQKDRecipe(TrainingRecipe):
 
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> Iterator[Phase]:
         x = random_flips(batch["pixel_values"]) if self.args.random_flip else batch["pixel_values"]
-        targets = self.teacher.patch_features(x, self.accelerator.unwrap_model(self.model).grid_size)
+        targets = self.teacher.patch_features(x, unwrapped(self.accelerator, self.model).grid_size)
         out = self.model(x, teacher_features=targets)
         loss = sum(out.losses.values())
         logs = {name: value.detach() for name, value in out.losses.items()}
