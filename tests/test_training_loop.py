@@ -104,6 +104,17 @@ def test_models_compiled_by_accelerate_train_and_save_as_the_plain_models(worksp
     assert type(plain) is type(model)
 
 
+@pytest.mark.parametrize("recipe", [ARGeneratorRecipe, NARGeneratorRecipe], ids=lambda r: r.__name__)
+def test_gradient_checkpointing_trains_the_same_weights(workspace, tmp_path, recipe):
+    args = recipe_args(recipe, workspace) + COMMON + ["--max_train_steps", "2"]
+    model = run(recipe, args + ["--output_dir", str(tmp_path / "checkpointed"), "--gradient_checkpointing"])
+    run(recipe, args + ["--output_dir", str(tmp_path / "plain")])
+    assert model.is_gradient_checkpointing
+    expected, got = final_weights(tmp_path / "plain"), final_weights(tmp_path / "checkpointed")
+    for key in expected:  # the recomputation replays dropout's draws: the same numbers, less memory
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
+
+
 class LineFit(TrainingRecipe):
     """A recipe written in a test: fit y = 3x - 1 with two trained modules, to show the loop needs no change."""
 
