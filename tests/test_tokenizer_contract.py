@@ -85,6 +85,35 @@ def test_training_forward_has_named_losses_and_gradients(model):
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
+def test_gradient_checkpointing_gives_the_same_losses_and_gradients(model):
+    assert model._supports_gradient_checkpointing  # every class: tokenizers at 256 px train near the memory limit
+
+    def loss_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        out = model(images(model))
+        total = sum(out.losses.values()) + (0 if out.sample is None else out.sample.pow(2).mean())
+        total.backward()
+        return total.detach(), [p.grad for p in model.parameters() if p.grad is not None]
+
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # an EMA codebook moves in a training forward
+    expected, expected_grads = loss_and_grads()
+    model.load_state_dict(state)
+    model.enable_gradient_checkpointing()
+    calls = []
+    for module in model.modules():
+        if getattr(module, "gradient_checkpointing", False):
+            run = module._gradient_checkpointing_func
+            module._gradient_checkpointing_func = lambda *a, _run=run, **kw: calls.append(1) or _run(*a, **kw)
+    got, grads = loss_and_grads()
+    assert model.is_gradient_checkpointing and calls  # blocks went through the recomputing path
+    torch.testing.assert_close(got, expected)
+    assert len(grads) == len(expected_grads)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e)
+
+
 def test_save_load_round_trip_and_family_loader(model, tmp_path):
     model.save_pretrained(tmp_path / "tok")
     x = images(model)

@@ -259,8 +259,6 @@ def test_recipe_refuses_bad_setups_before_work(tmp_path, imagefolder, caplog):
         train_vitvqgan.main(["--tokenizer_config", str(tiny_config(tmp_path)), *base, "--resolution", "16"])
     with pytest.raises(ValueError, match="--disc_layers is the PatchGAN's"):
         train_vitvqgan.main(["--tokenizer_config", str(tiny_config(tmp_path)), *base, "--disc_layers", "2"])
-    with pytest.raises(ValueError, match="no gradient checkpointing"):
-        train_vitvqgan.main(["--tokenizer_config", str(tiny_config(tmp_path)), *base, "--gradient_checkpointing"])
     with pytest.raises(SystemExit, match="needs LPIPS weights"):
         train_vitvqgan.main(["--tokenizer_config", str(tiny_config(tmp_path)), *base, "--perceptual_weight", "0.1"])
     assert not (tmp_path / "run").exists()

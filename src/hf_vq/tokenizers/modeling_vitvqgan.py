@@ -65,6 +65,8 @@ class ViTVQGANTokenizer(ImageTokenizerMixin, ModelMixin, ConfigMixin):
     embeddings the model takes only `sample_size` images; with "sincos" ones any size divisible by `patch_size`.
     """
 
+    _supports_gradient_checkpointing = True
+
     presets = VITVQGAN_PRESETS
 
     @register_to_config

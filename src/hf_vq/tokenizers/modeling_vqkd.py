@@ -54,6 +54,8 @@ class VQKDTokenizer(ImageTokenizerMixin, ModelMixin, ConfigMixin):
     `patch_size`); the module is `image_decoder`, after the 1x1 `post_quant_conv`.
     """
 
+    _supports_gradient_checkpointing = True
+
     presets = VQKD_PRESETS
 
     @register_to_config

@@ -107,6 +107,7 @@ class VisionTransformer(nn.Module):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.blocks = nn.ModuleList(Block(width, num_heads, mlp_ratio, mlp_dim) for _ in range(num_layers))
         self.fc_norm = nn.LayerNorm(width, eps=1e-6)
+        self.gradient_checkpointing = False  # set by the model's `enable_gradient_checkpointing()` (diffusers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
@@ -119,7 +120,10 @@ class VisionTransformer(nn.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed
         for block in self.blocks:
-            x = block(x)
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = self._gradient_checkpointing_func(block, x)
+            else:
+                x = block(x)
         return self.fc_norm(x if self.cls_token is None else x[:, 1:])
 
 

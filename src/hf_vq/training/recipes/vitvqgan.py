@@ -83,8 +83,6 @@ class ViTVQGANRecipe(TokenizerGANRecipe):
         if args.disc_layers is not None:
             raise ValueError("--disc_layers is the PatchGAN's; the StyleGAN2 discriminator's depth follows "
                              "--resolution (use --disc_channels and --disc_max_channels for its width)")
-        if args.gradient_checkpointing:
-            raise ValueError("ViTVQGANTokenizer has no gradient checkpointing; lower --train_batch_size instead")
         if args.r1_interval < 0:
             raise ValueError(f"--r1_interval must be >= 0, got {args.r1_interval}")
         has_lpips = bool(args.vgg16_path and args.lpips_path)
