@@ -40,6 +40,20 @@ def test_generate_with_a_half_precision_generator(pipe_dir, tmp_path, monkeypatc
     assert Image.open(out).size == (2 * 8, 8)
 
 
+def test_generate_takes_the_gpu_when_there_is_one_and_draws_on_the_cpu(pipe_dir, tmp_path, monkeypatch):
+    moved, generators = [], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(FQGANPipeline, "to", lambda self, device: moved.append(device) or self)
+    call = FQGANPipeline.__call__
+    monkeypatch.setattr(FQGANPipeline, "__call__",
+                        lambda self, *a, generator=None, **kw: generators.append(generator) or call(self, *a, **kw))
+    main(["generate", "--model", str(pipe_dir), "--labels", "0", "-n", "1", "--out", str(tmp_path / "g.png")])
+    assert moved == ["cuda"] and generators[0].device.type == "cpu"  # the same seed, the same draws, any device
+    main(["generate", "--model", str(pipe_dir), "--labels", "0", "-n", "1", "--out", str(tmp_path / "g.png"),
+          "--device", "cpu"])
+    assert moved[-1] == "cpu"
+
+
 def test_generate_bad_input(pipe_dir, tmp_path):
     with pytest.raises(SystemExit, match="Did you mean"):
         main(["generate", "--model", str(pipe_dir), "--labels", "Trousers", "--out", str(tmp_path / "g.png")])

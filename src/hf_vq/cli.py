@@ -48,12 +48,14 @@ def generate(args: argparse.Namespace) -> None:
     # part of the time, stays fp32.
     dtype = getattr(torch, GENERATOR_DTYPES[args.dtype])
     transformer = AutoModel.from_pretrained(model, subfolder="transformer", dtype=dtype)
-    pipe = FQGANPipeline.from_pretrained(model, transformer=transformer).to(args.device)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = FQGANPipeline.from_pretrained(model, transformer=transformer).to(device)
     labels = [int(x) if x.isdigit() else x for x in args.labels]
     pipe.get_label_ids(labels)  # fail on a bad label before any sampling
     images = pipe(labels, num_images_per_label=args.n, guidance_scale=args.guidance_scale,
                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                  num_inference_steps=args.steps, generator=torch.Generator(args.device).manual_seed(args.seed),
+                  # drawn on the CPU and moved (diffusers' convention): a seed gives the same draws on every device
+                  num_inference_steps=args.steps, generator=torch.Generator().manual_seed(args.seed),
                   compile=args.compile).images
     grid = make_image_grid(images, rows=len(labels), cols=args.n)
     _save_image(grid, args.out)
@@ -171,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generator weights (on CPU the activations stay fp32); fp16 and bf16 AR generators sample "
                    "1.4-1.8x as fast on AVX-512 CPUs and keep >= 99%% of fp32's top-1 tokens")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     g.set_defaults(func=generate)
 
     r = sub.add_parser("reconstruct", help="tokenize and decode an image", formatter_class=defaults)
