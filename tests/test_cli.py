@@ -113,3 +113,20 @@ def test_reconstruct_takes_a_pipeline_folder(pipe_dir, tmp_path, capsys):
     main(["reconstruct", "--tokenizer", str(pipe_dir), "--image", str(tmp_path / "in.png"), "--out",
           str(tmp_path / "out.png")])
     assert "tokens (1, 2, 4, 4)" in capsys.readouterr().out
+
+
+def test_evaluation_commands_take_the_gpu_when_there_is_one_and_each_process_its_own(monkeypatch):
+    from types import SimpleNamespace
+
+    from hf_vq.evaluation.command import _set_device
+    from hf_vq.utils import default_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_device() == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_device() == "cuda"
+    for flag, state, expected in [(None, None, "cuda"), ("cpu", None, "cpu"),
+                                  ("cpu", SimpleNamespace(num_processes=2, device=torch.device("cuda", 1)), "cuda:1")]:
+        args = SimpleNamespace(device=flag)
+        _set_device(args, state)
+        assert args.device == expected

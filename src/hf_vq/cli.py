@@ -34,7 +34,7 @@ def generate(args: argparse.Namespace) -> None:
     from transformers import AutoModel
 
     from .pipelines import FQGANPipeline
-    from .utils import check_output_file
+    from .utils import check_output_file, default_device
 
     if args.n < 1:
         raise SystemExit(f"-n must be >= 1, got {args.n}")
@@ -48,7 +48,7 @@ def generate(args: argparse.Namespace) -> None:
     # part of the time, stays fp32.
     dtype = getattr(torch, GENERATOR_DTYPES[args.dtype])
     transformer = AutoModel.from_pretrained(model, subfolder="transformer", dtype=dtype)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     pipe = FQGANPipeline.from_pretrained(model, transformer=transformer).to(device)
     labels = [int(x) if x.isdigit() else x for x in args.labels]
     pipe.get_label_ids(labels)  # fail on a bad label before any sampling

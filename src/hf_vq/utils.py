@@ -38,6 +38,13 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def default_device() -> str:
+    """"cuda" when a CUDA device is available, else "cpu": every command's default --device."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def is_hub_id(name: str | os.PathLike) -> bool:
     """Whether `name` has the form of a Hub repo id ("org/name" or "name"); anything else can only be a folder."""
     return bool(_HUB_ID.match(str(name)))

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..utils import atomic_directory, file_sha256, write_file_atomic
+from ..utils import atomic_directory, default_device, file_sha256, write_file_atomic
 from .spec import GENERATOR_RECIPES, TOKENIZER_KINDS, BenchmarkSpec, Row, flags_to_argv, recipe_class
 from .stages import Stage, StageCache, code_version, spent_seconds
 
@@ -125,7 +125,7 @@ class BenchmarkRun:
                                    "are done")
         else:
             self.state = None
-            self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            self.device = device or default_device()
             self.is_main_process = True
         self.log = log if self.is_main_process else (lambda _: None)
         self.cache = StageCache(self.work_dir, log, is_main_process=self.is_main_process)

@@ -27,7 +27,8 @@ def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> 
         p.add_argument("--feature_weights", default=None,
                        help="FID Inception .pth, or a classifier folder for --features fmnist (default: bundled)")
         p.add_argument("--batch_size", type=int, default=100)
-        p.add_argument("--device", default="cpu")
+        p.add_argument("--device", default=None,
+                       help="default: cuda when available, else cpu (under a multi-process launch: each process's)")
         p.add_argument("--output", default=None, help="write the JSON result here (.json)")
 
     t = kinds.add_parser("tokenizer", help="PSNR, SSIM, LPIPS, codebook statistics, rFID / rfd_fmnist",
@@ -101,6 +102,16 @@ def _reference(args: argparse.Namespace, network, size: int, channels: int, cach
     return reference
 
 
+def _set_device(args: argparse.Namespace, state=None) -> None:
+    """Resolve --device: each process's own under a multi-process launch, else the flag, else cuda when available."""
+    from ..utils import default_device
+
+    if state is not None and state.num_processes > 1:
+        args.device = str(state.device)
+    else:
+        args.device = args.device or default_device()
+
+
 def _network(args: argparse.Namespace):
     from .features import load_feature_network
 
@@ -135,6 +146,7 @@ def evaluate_tokenizer_command(args: argparse.Namespace) -> dict:
     from .reports import PROTOCOL, evaluate_tokenizer
 
     _check_output(args.output)
+    _set_device(args)
     is_pipeline = (Path(args.model) / "model_index.json").is_file()
     tokenizer = AutoImageTokenizer.from_pretrained(args.model, subfolder="vqvae" if is_pipeline else None)
     tokenizer = tokenizer.to(args.device).eval()
@@ -174,12 +186,13 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
     from .sampling import generate_samples, load_samples, pipeline_sample_fn, process_state
 
     _check_output(args.output)
+    state = process_state()
+    _set_device(args, state)
     network = _network(args)
     if network is None:
         raise ValueError("evaluate pipeline needs a feature network: --features fmnist or inception")
-    state = process_state()
     model = args.model or str(bundled_model_path())
-    pipe = FQGANPipeline.from_pretrained(model).to(args.device if state.num_processes == 1 else state.device)
+    pipe = FQGANPipeline.from_pretrained(model).to(args.device)
     pipe.set_progress_bar_config(disable=True)
     knobs = {k: v for k, v in (("guidance_scale", args.guidance_scale),
                                ("num_inference_steps", args.num_inference_steps)) if v is not None}
@@ -234,6 +247,7 @@ def evaluate_samples_command(args: argparse.Namespace) -> dict:
     from .sampling import MANIFEST_NAME, load_samples
 
     _check_output(args.output)
+    _set_device(args)
     network = _network(args)
     if network is None:
         raise ValueError("evaluate samples needs a feature network: --features fmnist or inception")

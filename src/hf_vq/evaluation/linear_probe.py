@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight_decays", type=float, nargs="+", default=list(DEFAULT_WEIGHT_DECAYS))
     p.add_argument("--max_iterations", type=int, default=DEFAULT_MAX_ITERATIONS, help="L-BFGS iterations at most")
     p.add_argument("--batch_size", type=int, default=256)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     p.add_argument("--output", default=None, help="write the JSON result here (.json)")
@@ -399,8 +399,10 @@ def run_probe(args: argparse.Namespace) -> dict:
     """The probe the parsed options describe, as a JSON-ready dict (written to --output when given)."""
     from .. import __version__
     from ..training.data import check_labelled
-    from ..utils import check_output_file, write_file_atomic
+    from ..utils import check_output_file, default_device, write_file_atomic
     from .feature_sets import dataset_images
+
+    args.device = args.device or default_device()
 
     started = time.perf_counter()
     if args.num_threads is not None:
