@@ -309,7 +309,7 @@ def test_two_processes_train_and_sample_together_and_the_main_process_writes(tmp
         assert result.stdout.count("wrote ") == 2  # the row, then the table: rank 0 alone writes
     row = json.loads((tmp_path / "results" / "row-vqgan.json").read_text())
     assert row["num_processes"] == 2 and row["matched"]
-    assert row["command"].startswith("accelerate launch --num_processes 2 -m hf_vq.cli benchmark ")
+    assert row["command"].startswith("accelerate launch --cpu --num_processes 2 -m hf_vq.cli benchmark ")
     assert (tmp_path / "results" / "TABLE.md").is_file()
     stages = tmp_path / "work" / "stages" / "vqgan"
     for name in ("tokenizer", "ar", "nar"):
@@ -336,8 +336,10 @@ def test_a_multi_process_run_refuses_an_uneven_batch_and_a_device_before_any_wor
     assert not (tmp_path / "results").exists() and not (tmp_path / "work").exists()
 
 
-def test_the_recorded_command_is_the_one_a_user_types_again():
+def test_the_recorded_command_is_the_one_a_user_types_again(monkeypatch):
     from hf_vq.benchmark.runner import command_line
+
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
 
     assert command_line(["/usr/bin/hf-vq", "benchmark", "s.json"], 1) == "hf-vq benchmark s.json"
     assert command_line(["/src/hf_vq/cli.py", "benchmark", "s.json", "--rows", "FSQ"], 1) == \

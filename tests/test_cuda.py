@@ -51,6 +51,18 @@ def test_a_cpu_generator_drives_a_cuda_model_and_generator_lists_give_each_image
     assert torch.equal(alone[0], paired[1])
 
 
+def test_a_cpu_generator_drives_a_cuda_maskgit_and_generator_lists_give_each_image_its_stream():
+    from test_maskgit import tiny_model as tiny_maskgit
+
+    model = tiny_maskgit(2).to("cuda", torch.bfloat16)
+    a = model.sample([0, 1], num_inference_steps=4, generator=torch.manual_seed(3))
+    assert torch.equal(a, model.sample([0, 1], num_inference_steps=4, generator=torch.manual_seed(3)))
+    alone = model.sample([1], num_inference_steps=4, generator=[torch.Generator().manual_seed(7)])
+    paired = model.sample([0, 1], num_inference_steps=4,
+                          generator=[torch.Generator().manual_seed(6), torch.Generator().manual_seed(7)])
+    assert torch.equal(alone[0], paired[1])
+
+
 def test_compiled_decoding_uses_cuda_graphs_and_samples_valid_tokens(half_far):
     tokens = half_far.sample([0, 1], guidance_scale=2.0, generator=torch.manual_seed(0), compile=True)
     again = half_far.sample([0, 1], guidance_scale=2.0, generator=torch.manual_seed(0), compile=True)

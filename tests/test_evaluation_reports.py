@@ -172,6 +172,7 @@ def test_cli_evaluate_tokenizer_writes_json(tmp_path):
               "--output", str(out)])
     result = json.loads(out.read_text())
     assert result["num_images"] == 40 and result["image_size"] == [8, 8] and "rfd_fmnist" not in result
+    assert result["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # the default: features vary by device
     with pytest.raises(SystemExit, match="only takes 8 px"):
         cli.main(["evaluate", "tokenizer", str(tmp_path / "tok"), "--resolution", "16"])
     with pytest.raises(SystemExit, match="--output must end in .json"):
@@ -212,6 +213,7 @@ def test_cli_evaluate_pipeline_samples_scores_and_resumes(tmp_path):
               "--output", str(tmp_path / "file.json")])
     scored = json.loads((tmp_path / "file.json").read_text())
     assert scored["fd_fmnist"] == result["fd_fmnist"] and scored["precision"] == result["precision"]
+    assert scored["device"] == result["device"]
 
 
 def test_cli_evaluate_samples_scores_real_images_for_the_floor(tmp_path, monkeypatch):

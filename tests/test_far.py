@@ -655,7 +655,7 @@ def test_transformers_model_conventions(tmp_path, k):
 
     model.train()
     plain = grads()
-    model.gradient_checkpointing_enable()
+    getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     calls = []
     for block in blocks:  # count the checkpointed calls: each block goes through torch's checkpoint
         block._gradient_checkpointing_func = (lambda f: lambda *a, **kw: calls.append(1) or f(*a, **kw))(

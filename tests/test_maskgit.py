@@ -9,7 +9,7 @@ from transformers import AutoModel
 
 from hf_vq.generators import MaskGITConfig, MaskGITForClassConditionalGeneration
 from hf_vq.generators.blocks import rope_2d_table
-from hf_vq.generators.sampling import masking_schedule
+from hf_vq.generators.sampling import masking_schedule, multinomial_from_uniform
 
 VOCAB, CLASSES, GRID = 16, 4, 4
 N = GRID**2
@@ -109,6 +109,23 @@ def test_same_seed_same_tokens():
     b = model.sample([0, 1], generator=torch.Generator().manual_seed(4))
     c = model.sample([0, 1], generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_a_list_of_generators_gives_each_sample_its_own_stream():
+    model = tiny_model(2)
+    alone = model.sample([1], num_inference_steps=4, generator=[torch.Generator().manual_seed(7)])
+    paired = model.sample([0, 1], num_inference_steps=4,
+                          generator=[torch.Generator().manual_seed(6), torch.Generator().manual_seed(7)])
+    assert torch.equal(alone[0], paired[1])
+
+
+def test_inverse_cdf_draws_follow_the_probabilities_and_skip_impossible_tokens():
+    probs = torch.tensor([[0.0, 0.1, 0.0, 0.6, 0.3, 0.0]])
+    edges = torch.tensor([0.0, 0.1 - 1e-6, 0.1 + 1e-6, 0.7 + 1e-6, 1 - 1e-7])  # U in [0, 1)
+    assert multinomial_from_uniform(probs.expand(5, -1), edges).tolist() == [1, 1, 3, 4, 4]
+    uniform = torch.rand(200_000, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(multinomial_from_uniform(probs.expand(len(uniform), -1), uniform), minlength=6)
+    torch.testing.assert_close(counts / len(uniform), probs[0], atol=5e-3, rtol=0)
 
 
 def test_revealed_positions_follow_the_schedule_and_are_never_masked_again():

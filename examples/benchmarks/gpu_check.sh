@@ -44,7 +44,7 @@ prepare() {
     [ -d .official/FQGAN ] && official+=(--official-fqgan .official/FQGAN)
     [ -d .official/LlamaGen ] && official+=(--official-llamagen .official/LlamaGen)
     OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" python \
-        examples/benchmarks/gpu_check.py --tiny --device cpu --runs 1 --train-steps 6 "${official[@]}" \
+        examples/benchmarks/gpu_check.py --tiny --device cpu --runs 1 --train-steps 6 ${official[@]+"${official[@]}"} \
         --out .official/dry-run.json > .official/dry-run.log 2>&1 || { tail -20 .official/dry-run.log; exit 1; }
     grep -q '"error"' .official/dry-run.json && { echo "an official sampler failed: see .official/dry-run.json"; exit 1; }
     echo "dry run on CPU passed (.official/dry-run.json)"
@@ -66,7 +66,7 @@ run() {
     [ -d .official/LlamaGen ] && official+=(--official-llamagen .official/LlamaGen)
     local status=0
     timeout 180 python3 -m pytest -m gpu tests/test_cuda.py -p no:cacheprovider 2>&1 | tee "$out/tests.log" || status=1
-    timeout 360 python3 examples/benchmarks/gpu_check.py --out "$out/gpu_check.json" "${official[@]}" 2>&1 \
+    timeout 360 python3 examples/benchmarks/gpu_check.py --out "$out/gpu_check.json" ${official[@]+"${official[@]}"} 2>&1 \
         | tee "$out/gpu_check.log" || status=1
     return $status
 }

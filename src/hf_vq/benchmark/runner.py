@@ -81,7 +81,10 @@ def command_line(argv: list[str], num_processes: int) -> str:
         return shlex.join(argv)
     if num_processes == 1:
         return shlex.join(["hf-vq", *argv[1:]])
-    return shlex.join(["accelerate", "launch", "--num_processes", str(num_processes), "-m", "hf_vq.cli", *argv[1:]])
+    launcher = ["accelerate", "launch", "--num_processes", str(num_processes), "-m", "hf_vq.cli"]
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):  # CPU processes (gloo)
+        launcher[2:2] = ["--cpu"]
+    return shlex.join([*launcher, *argv[1:]])
 
 
 class BenchmarkRun:

@@ -127,11 +127,14 @@ def _check_output(output: str | None) -> None:
         check_output_file(output, (".json",), "--output")
 
 
-def _finish(result: dict, output: str | None) -> dict:
+def _finish(result: dict, args: argparse.Namespace) -> dict:
+    """The result with the version and the device that computed it (features differ slightly between devices),
+    printed and written to --output."""
     from .. import __version__
     from ..utils import write_file_atomic
 
-    result = {"hf_vq_version": __version__, **result}
+    output = args.output
+    result = {"hf_vq_version": __version__, **result, "device": args.device}
     text = json.dumps(result, indent=2)
     if output:
         write_file_atomic(output, lambda p: p.write_text(text + "\n"))
@@ -172,7 +175,7 @@ def evaluate_tokenizer_command(args: argparse.Namespace) -> dict:
     if lpips_model is not None:
         protocol["lpips"] = PROTOCOL["lpips"]
     return _finish({"tokenizer": str(args.model), "dataset": args.dataset, "split": args.split, **result,
-                    "protocol": protocol}, args.output)
+                    "protocol": protocol}, args)
 
 
 def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
@@ -236,7 +239,7 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
     protocol = {k: PROTOCOL[k] for k in ("frechet", "score", "precision_recall")}
     return _finish({"pipeline": model, "samples": str(path), "dataset": args.dataset, "reference": reference.source,
                     "seed": args.seed,
-                    "per_class": args.per_class, **knobs, **result, "protocol": protocol}, args.output)
+                    "per_class": args.per_class, **knobs, **result, "protocol": protocol}, args)
 
 
 
@@ -268,5 +271,4 @@ def evaluate_samples_command(args: argparse.Namespace) -> dict:
     samples = feature_set_of_images(network, images, labels, args.samples, args.batch_size, progress=True)
     result = evaluate_generation(samples, reference, network.id2label)
     protocol = {k: PROTOCOL[k] for k in ("frechet", "score", "precision_recall")}
-    return _finish({"samples": args.samples, "reference": reference.source, **result, "protocol": protocol},
-                   args.output)
+    return _finish({"samples": args.samples, "reference": reference.source, **result, "protocol": protocol}, args)

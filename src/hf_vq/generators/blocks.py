@@ -237,8 +237,8 @@ class TransformerBlock(GradientCheckpointingLayer):
     The residual stream is fp32 whatever the weights' dtype, while the GEMMs, attention and KV cache run in the
     dtype the norms hand them (half precision off the CPU): on the trained Fashion-MNIST FAR in bf16, a bf16
     residual stream flips more top-1 tokens than the 1% that an fp32 one keeps under, and the stream is one
-    (rows, D) tensor per step, a negligible share of the memory traffic. `gradient_checkpointing_enable()` on the
-    model recomputes the block in the backward pass (transformers' layer contract)."""
+    (rows, D) tensor per step, a negligible share of the memory traffic. `activation_checkpointing_enable()` on
+    the model recomputes the block in the backward pass (transformers' layer contract)."""
 
     def __init__(
         self,

@@ -21,12 +21,12 @@ from .sampling import (
     check_generators,
     check_sampling_args,
     eval_mode,
-    exponential_noise,
     guidance_scale_at,
     guide,
     logits_warpers,
     masking_schedule,
-    multinomial_from_noise,
+    multinomial_from_uniform,
+    noise_device,
     sampling_device,
     uniform_noise,
     warp,
@@ -221,9 +221,11 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
                 if use_cfg:
                     logits = guide(logits, guidance_scale_at(guidance_scale, cfg_schedule, 1 - num_masked / n))
                 logits = warp(logits.flatten(0, 2), warpers)
-                if isinstance(generator, (list, tuple)):  # one generator per sample: its k*n draws from it
-                    noise = exponential_noise(1, (batch, k * n * logits.shape[-1]), generator, device)
-                    sampled = multinomial_from_noise(logits.softmax(-1), noise.view(logits.shape))[:, None]
+                if isinstance(generator, (list, tuple)) or noise_device(generator, device) != logits.device:
+                    # one generator per sample, or one on another device (a CPU seed for a CUDA model): one number
+                    # per token, drawn where the generator is and moved
+                    uniform = uniform_noise((batch, k * n), generator, device).flatten()
+                    sampled = multinomial_from_uniform(logits.softmax(-1), uniform)[:, None]
                 else:
                     sampled = torch.multinomial(logits.softmax(-1), 1, generator=generator)
                 log_probs = logits.log_softmax(-1).gather(-1, sampled).view(batch, k, n).sum(1)

@@ -209,6 +209,18 @@ def multinomial_from_noise(probs: torch.Tensor, noise: torch.Tensor) -> torch.Te
     return (probs / noise).argmax(dim=-1)
 
 
+def multinomial_from_uniform(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One draw per row of (rows, vocab) probabilities given one U[0, 1) number per row, by inverse CDF -> (rows,)
+    long: the first token whose cumulative probability exceeds the draw (never a token of probability 0).
+
+    One number per token instead of `multinomial_from_noise`'s vocab-wide noise: what a generator on another device
+    (or one per sample) can draw for every position of a MaskGIT step and move cheaply.
+    """
+    cdf = probs.float().cumsum(dim=-1)
+    target = uniform.to(cdf)[:, None] * cdf[:, -1:]
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
+
+
 def masking_schedule(num_tokens: int, num_steps: int) -> list[int]:
     """MaskGIT's number of still-masked positions after each step (cosine schedule).
 

@@ -67,7 +67,7 @@ class Quantizer(nn.Module):
             raise ValueError(f"indices must have {ndim} dimensions, got shape {tuple(indices.shape)}")
         if indices.dtype.is_floating_point or indices.dtype == torch.bool:
             raise TypeError(f"indices must be an integer tensor, got {indices.dtype}")
-        # Values are checked in eager calls only: reading them would split a compiled graph, which cannot raise anyway.
+        # Values are checked in eager calls only: reading them syncs with the device and splits a compiled graph.
         if torch.compiler.is_compiling() or not indices.numel():
             return
         if int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size:

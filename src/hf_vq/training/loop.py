@@ -322,7 +322,7 @@ def check_sharding(recipe: TrainingRecipe, fsdp: bool, fsdp2: bool, ram_efficien
 
 def saved_buffers(module: nn.Module) -> list[str]:
     """Names of the buffers in `module`'s state dict (the persistent ones)."""
-    parameters = {name for name, _ in module.named_parameters()}
+    parameters = {name for name, _ in module.named_parameters(remove_duplicate=False)}  # tied ones under each name
     return [name for name in module.state_dict() if name not in parameters]
 
 

@@ -111,7 +111,8 @@ class GeneratorRecipe(TrainingRecipe):
         else:
             self.model = self.model_class.from_pretrained(source[0], subfolder=source[1] or "", config=self.config)
         if self.args.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
+            # transformers renamed it activation checkpointing (the old name warns, and goes in v6)
+            getattr(self.model, "activation_checkpointing_enable", self.model.gradient_checkpointing_enable)()
 
     def make_optimizer(self, name: str, module: nn.Module) -> torch.optim.Optimizer:
         args = self.args
