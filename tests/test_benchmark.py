@@ -309,7 +309,7 @@ def test_two_processes_train_and_sample_together_and_the_main_process_writes(tmp
         assert result.stdout.count("wrote ") == 2  # the row, then the table: rank 0 alone writes
     row = json.loads((tmp_path / "results" / "row-vqgan.json").read_text())
     assert row["num_processes"] == 2 and row["matched"]
-    assert row["command"].startswith("accelerate launch --cpu --num_processes 2 -m hf_vq.cli benchmark ")
+    assert row["command"].startswith("ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m hf_vq.cli benchmark ")
     assert (tmp_path / "results" / "TABLE.md").is_file()
     stages = tmp_path / "work" / "stages" / "vqgan"
     for name in ("tokenizer", "ar", "nar"):
@@ -347,3 +347,6 @@ def test_the_recorded_command_is_the_one_a_user_types_again(monkeypatch):
     assert command_line(["/src/hf_vq/cli.py", "benchmark", "s.json"], 4) == \
         "accelerate launch --num_processes 4 -m hf_vq.cli benchmark s.json"
     assert command_line(["pytest", "-q"], 1) == "pytest -q"
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # CPU processes, as the README launches them
+    assert command_line(["/src/hf_vq/cli.py", "benchmark", "s.json"], 2) == \
+        "ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m hf_vq.cli benchmark s.json"

@@ -81,10 +81,12 @@ def command_line(argv: list[str], num_processes: int) -> str:
         return shlex.join(argv)
     if num_processes == 1:
         return shlex.join(["hf-vq", *argv[1:]])
-    launcher = ["accelerate", "launch", "--num_processes", str(num_processes), "-m", "hf_vq.cli"]
-    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):  # CPU processes (gloo)
-        launcher[2:2] = ["--cpu"]
-    return shlex.join([*launcher, *argv[1:]])
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        # CPU processes on one machine (gloo): accelerate's own multi-CPU launcher wants MPI
+        launcher = ["ACCELERATE_USE_CPU=true", "torchrun", "--nproc_per_node", str(num_processes)]
+    else:
+        launcher = ["accelerate", "launch", "--num_processes", str(num_processes)]
+    return shlex.join([*launcher, "-m", "hf_vq.cli", *argv[1:]])
 
 
 class BenchmarkRun:
