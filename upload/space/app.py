@@ -19,7 +19,7 @@ MIN_SIDE = 112  # small images (the bundled model's are 28x28) are enlarged, pix
 
 
 def load_pipeline(model: str | None = None, device: str = DEVICE) -> FQGANPipeline:
-    """The pipeline on `device`; on CUDA its generator is loaded in fp16 (output heads stay fp32, see README)."""
+    """The pipeline on `device`; on CUDA its generator is loaded in fp16 (its logits stay fp32, see README)."""
     model = model or os.environ.get("HF_VQ_MODEL") or str(bundled_model_path())
     dtype = torch.float16 if device == "cuda" else torch.float32
     transformer = AutoModel.from_pretrained(model, subfolder="transformer", dtype=dtype)
@@ -34,7 +34,7 @@ def build_demo(pipe: FQGANPipeline) -> gr.Blocks:
     model = "the Fashion-MNIST model bundled with hf_vq" if model == str(bundled_model_path()) else f"`{model}`"
 
     def generate(label: str, n: int, guidance_scale: float, temperature: float, top_k: int, seed: int):
-        generator = torch.Generator(pipe.device).manual_seed(int(seed))
+        generator = torch.Generator().manual_seed(int(seed))  # drawn on the CPU: a seed's images on any device
         images = pipe([label], num_images_per_label=int(n), guidance_scale=guidance_scale,
                       temperature=temperature, top_k=int(top_k), generator=generator).images
         zoom = max(1, MIN_SIDE // images[0].width)
