@@ -182,6 +182,18 @@ def test_cli_evaluate_tokenizer_writes_json(tmp_path):
                   "--lpips_weights", str(tmp_path / "none2.pth")])
 
 
+def test_cli_evaluate_pipeline_refuses_compile_for_a_nar_generator_before_sampling(tmp_path):
+    from test_pipeline import LABELS, maskgit, tokenizer
+
+    from hf_vq import FQGANPipeline, cli
+
+    FQGANPipeline(vqvae=tokenizer(), transformer=maskgit(), id2label=LABELS).save_pretrained(tmp_path / "pipe")
+    with pytest.raises(SystemExit, match="--compile is for AR generators"):
+        cli.main(["evaluate", "pipeline", str(tmp_path / "pipe"), "--samples_dir", str(tmp_path / "samples"),
+                  "--compile", "--ppl_split", "none"])
+    assert not (tmp_path / "samples").exists()
+
+
 def test_cli_evaluate_pipeline_samples_scores_and_resumes(tmp_path):
     from test_pipeline import LABELS, far, tokenizer
 
@@ -208,6 +220,13 @@ def test_cli_evaluate_pipeline_samples_scores_and_resumes(tmp_path):
         {k: result[k] for k in ("fd_fmnist", "precision", "recall")}
     with pytest.raises(SystemExit, match="seed: 0 on disk, 1 now"):
         cli.main([*argv, "--seed", "1"])
+    with pytest.raises(SystemExit, match="settings"):  # samples drawn by an fp32 generator are not resumed in bf16
+        cli.main([*argv, "--dtype", "bf16"])
+    cli.main([*argv[:4], str(tmp_path / "bf16"), *argv[5:], "--dtype", "bf16", "--output", str(tmp_path / "bf16.json")])
+    half = json.loads((tmp_path / "bf16.json").read_text())
+    assert half["dtype"] == "bf16" and "dtype" not in result and half["num_samples"] == 150
+    manifest = json.loads((tmp_path / "bf16" / "samples.json").read_text())
+    assert manifest["settings"]["dtype"] == "bf16"
     # the same sample file scored on its own gives the pipeline command's numbers
     cli.main(["evaluate", "samples", str(tmp_path / "samples" / "samples.npz"), "--reference_max_images", "200",
               "--output", str(tmp_path / "file.json")])

@@ -6,9 +6,29 @@ import argparse
 import sys
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .pipelines import FQGANPipeline
 
 BUNDLED_MODEL = "fmnist-fqgan-dual-far"
 GENERATOR_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def load_pipeline(model: str | Path, dtype: str = "fp32") -> FQGANPipeline:
+    """The pipeline at `model` (folder or Hub id) with its generator's weights in `dtype` (a GENERATOR_DTYPES key).
+
+    Only the generator changes precision (its logits stay fp32, see `blocks.OutputHead`); the tokenizer, a small
+    part of the time, stays fp32.
+    """
+    import torch
+    from transformers import AutoModel
+
+    from .pipelines import FQGANPipeline
+
+    dtype = getattr(torch, GENERATOR_DTYPES[dtype])
+    transformer = AutoModel.from_pretrained(model, subfolder="transformer", dtype=dtype)
+    return FQGANPipeline.from_pretrained(model, transformer=transformer)
 
 
 def bundled_model_path() -> Path:
@@ -31,9 +51,7 @@ def generate(args: argparse.Namespace) -> None:
     """Sample a grid: one row per label, `-n` images per row."""
     import torch
     from diffusers.utils import make_image_grid
-    from transformers import AutoModel
 
-    from .pipelines import FQGANPipeline
     from .utils import check_output_file, default_device
 
     if args.n < 1:
@@ -44,12 +62,7 @@ def generate(args: argparse.Namespace) -> None:
     model = args.model or bundled_model_path()
     if args.model is None and not Path(model).is_dir():
         raise SystemExit(f"the bundled model is missing from this install ({model}); pass --model")
-    # Only the generator changes precision (its logits stay fp32, see `blocks.OutputHead`); the tokenizer, a small
-    # part of the time, stays fp32.
-    dtype = getattr(torch, GENERATOR_DTYPES[args.dtype])
-    transformer = AutoModel.from_pretrained(model, subfolder="transformer", dtype=dtype)
-    device = args.device or default_device()
-    pipe = FQGANPipeline.from_pretrained(model, transformer=transformer).to(device)
+    pipe = load_pipeline(model, args.dtype).to(args.device or default_device())
     labels = [int(x) if x.isdigit() else x for x in args.labels]
     pipe.get_label_ids(labels)  # fail on a bad label before any sampling
     images = pipe(labels, num_images_per_label=args.n, guidance_scale=args.guidance_scale,

@@ -54,6 +54,10 @@ def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> 
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--guidance_scale", type=float, default=None, help="default: the pipeline's")
     g.add_argument("--num_inference_steps", type=int, default=None, help="NAR generators only")
+    g.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="the generator's weights (its logits stay fp32); recorded with the samples")
+    g.add_argument("--compile", action="store_true",
+                   help="AR generators: each decoding step as one compiled graph (CUDA graphs on a GPU)")
     g.add_argument("--max_batches", type=int, default=None, help="stop after this many batches per process")
     add_reference_arguments(g)
     g.add_argument("--ppl_split", default="test", help="held-out split for the AR validation perplexity ('none': skip)")
@@ -181,8 +185,7 @@ def evaluate_tokenizer_command(args: argparse.Namespace) -> dict:
 def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
     """`hf-vq evaluate pipeline` (under `accelerate launch`, sampling is sharded over the processes)."""
 
-    from ..cli import bundled_model_path
-    from ..pipelines import FQGANPipeline
+    from ..cli import bundled_model_path, load_pipeline
     from .feature_sets import dataset_images, feature_set_of_images
     from .perplexity import validation_perplexity
     from .reports import PROTOCOL, evaluate_generation
@@ -195,12 +198,17 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
     if network is None:
         raise ValueError("evaluate pipeline needs a feature network: --features fmnist or inception")
     model = args.model or str(bundled_model_path())
-    pipe = FQGANPipeline.from_pretrained(model).to(args.device)
+    pipe = load_pipeline(model, args.dtype).to(args.device)
     pipe.set_progress_bar_config(disable=True)
+    if args.compile and not getattr(pipe.transformer, "is_autoregressive", False):
+        raise ValueError("--compile is for AR generators (FAR/GPT); this pipeline's generator samples eagerly")
+    # Left out at their defaults, so that sample folders started before these flags existed still resume.
     knobs = {k: v for k, v in (("guidance_scale", args.guidance_scale),
-                               ("num_inference_steps", args.num_inference_steps)) if v is not None}
+                               ("num_inference_steps", args.num_inference_steps),
+                               ("compile", args.compile or None)) if v is not None}
+    recorded = {**knobs, "dtype": args.dtype} if args.dtype != "fp32" else knobs
     num_classes = pipe.transformer.config.num_classes
-    settings = {"pipeline": model, **knobs}
+    settings = {"pipeline": model, **recorded}
     ppl_data = None  # loaded and checked before sampling, so a bad held-out set fails before the long part
     if args.ppl_split != "none" and getattr(pipe.transformer, "is_autoregressive", False):
         size = pipe.transformer.config.grid_size * pipe.vqvae.downsample_factor
@@ -239,7 +247,7 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
     protocol = {k: PROTOCOL[k] for k in ("frechet", "score", "precision_recall")}
     return _finish({"pipeline": model, "samples": str(path), "dataset": args.dataset, "reference": reference.source,
                     "seed": args.seed,
-                    "per_class": args.per_class, **knobs, **result, "protocol": protocol}, args)
+                    "per_class": args.per_class, **recorded, **result, "protocol": protocol}, args)
 
 
 
