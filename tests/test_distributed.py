@@ -55,15 +55,7 @@ WRAPPER = textwrap.dedent(
 
 def launch(tmp_path, kind: str, *argv: str, fsdp: bool | list[str] = False, env: dict | None = None) -> list[dict]:
     """Run a training script on 2 CPU processes (DDP, or with `fsdp` the shipped FSDP config, `accelerate launch`
-    flags in a list overriding it); each rank's weights."""
-    result = start(tmp_path, kind, *argv, fsdp=fsdp, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return [torch.load(tmp_path / f"dumps-{kind}" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-
-
-def start(tmp_path, kind: str, *argv: str, fsdp: bool | list[str] = False,
-          env: dict | None = None) -> subprocess.CompletedProcess:
-    """The finished launch of a training script on 2 CPU processes (see `launch`), with `env` added."""
+    flags in a list overriding it), with `env` added; each rank's weights."""
     script = tmp_path / "wrapper.py"
     script.write_text(WRAPPER.format(examples=str(ROOT / "examples")))
     dumps = tmp_path / f"dumps-{kind}"
@@ -83,7 +75,10 @@ def start(tmp_path, kind: str, *argv: str, fsdp: bool | list[str] = False,
         base = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     cmd += [str(script), kind, str(dumps), *argv]
-    return subprocess.run(cmd, env={**base, **(env or {})}, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    result = subprocess.run(cmd, env={**base, **(env or {})}, capture_output=True, text=True, timeout=600,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return [torch.load(dumps / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
 def assert_same(a: dict, b: dict) -> None:
@@ -173,16 +168,19 @@ def test_a_process_out_of_time_stops_every_process_at_the_same_step(tmp_path, im
     assert json.loads((out / "train_summary.json").read_text())["global_step"] == 1
 
 
-def test_gan_tokenizer_under_fsdp_is_refused_before_training(tmp_path, imagefolder):
+def test_gan_tokenizer_under_fsdp_is_refused_before_training(tmp_path, imagefolder, monkeypatch):
+    from conftest import load_script
+
+    # what `accelerate launch` with the shipped FSDP config sets in each process's environment
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
     config = tmp_path / "tok.json"
     config.write_text(json.dumps(TINY))
     out = tmp_path / "tok-run"
-    result = start(tmp_path, "tokenizer", "--tokenizer_config", str(config), "--dataset", str(imagefolder),
-                   "--resolution", "8", "--output_dir", str(out), "--perceptual_weight", "0",
-                   "--train_batch_size", "2", "--max_train_steps", "1", "--report_to", "none", fsdp=True)
-    assert result.returncode != 0
-    assert "train_fqgan trains 2 modules (model, discriminator)" in result.stderr
-    assert "ddp_multi_gpu.yaml" in result.stderr
+    with pytest.raises(ValueError, match=r"train_fqgan trains 2 modules \(model, discriminator\).*ddp_multi_gpu"):
+        load_script("train_fqgan").main(["--tokenizer_config", str(config), "--dataset", str(imagefolder),
+                                         "--resolution", "8", "--output_dir", str(out), "--perceptual_weight", "0",
+                                         "--train_batch_size", "2", "--max_train_steps", "1", "--report_to", "none"])
     assert not out.exists()  # refused before the run folder is made
 
 
