@@ -13,6 +13,7 @@ from hf_vq.generators import FARConfig, FARForClassConditionalGeneration, cpu_de
 from hf_vq.generators.blocks import FixedShapeKVCache, Linear, StaticKVCache, rope_2d_table, single_query_attention
 from hf_vq.generators.cpu_decoding import set_gemm_layout
 from hf_vq.generators.sampling import exponential_noise, guide, multinomial_from_noise
+from hf_vq.training.loop import enable_gradient_checkpointing
 
 VOCAB, CLASSES, GRID = 16, 4, 3
 
@@ -655,7 +656,7 @@ def test_transformers_model_conventions(tmp_path, k):
 
     model.train()
     plain = grads()
-    getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    enable_gradient_checkpointing(model)
     calls = []
     for block in blocks:  # count the checkpointed calls: each block goes through torch's checkpoint
         block._gradient_checkpointing_func = (lambda f: lambda *a, **kw: calls.append(1) or f(*a, **kw))(

@@ -162,6 +162,10 @@ def test_a_new_recipe_runs_on_the_loop_unchanged(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path / "fit")] == ["checkpoint-50", "checkpoint-60"]
     summary = json.loads((tmp_path / "fit" / "train_summary.json").read_text())
     assert summary["global_step"] == 60 and {"loss", "offset_loss", "lr"} <= set(summary["last_logs"])
+    # the loop's shared --gradient_checkpointing needs a model that can recompute: refused before any run folder
+    with pytest.raises(ValueError, match="a Linear has no gradient checkpointing"):
+        run(LineFit, ["--output_dir", str(tmp_path / "refused"), "--gradient_checkpointing", "--report_to", "none"])
+    assert not (tmp_path / "refused").exists()
 
 
 def test_fsdp_runs_the_loop_cannot_do_right_are_refused():

@@ -228,6 +228,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, checkpointing_steps: int 
     p.add_argument("--lr_scheduler", default="constant", help="any diffusers.optimization scheduler name")
     p.add_argument("--lr_warmup_steps", type=int, default=0)
     p.add_argument("--max_grad_norm", type=float, default=1.0)
+    p.add_argument("--gradient_checkpointing", action="store_true",
+                   help="recompute the kept model's block activations in the backward pass: less memory (GPT-XL and "
+                        "larger, tokenizers at 256 px), the same weights")
     p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
     p.add_argument("--use_ema", action="store_true")
     p.add_argument("--ema_decay", type=float, default=0.999)

@@ -172,6 +172,8 @@ def train(recipe: TrainingRecipe, keep_process_group: bool = False) -> nn.Module
         )
     set_seed(args.seed)
     recipe.build()
+    if args.gradient_checkpointing:
+        enable_gradient_checkpointing(getattr(recipe, recipe.trainable[0]))
     accelerator = start_run(args, recipe.name, identity)
     recipe.accelerator = accelerator
     if accelerator.distributed_type == DistributedType.FSDP:
@@ -289,6 +291,16 @@ def train(recipe: TrainingRecipe, keep_process_group: bool = False) -> nn.Module
     else:
         accelerator.end_training()
     return final
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Turn on the model's own activation recomputation: transformers' `activation_checkpointing_enable` (formerly
+    `gradient_checkpointing_enable`, which now warns) or diffusers' `enable_gradient_checkpointing`."""
+    for switch in ("activation_checkpointing_enable", "enable_gradient_checkpointing", "gradient_checkpointing_enable"):
+        if hasattr(model, switch):
+            getattr(model, switch)()
+            return
+    raise ValueError(f"--gradient_checkpointing: a {type(model).__name__} has no gradient checkpointing")
 
 
 def unwrapped(accelerator: Accelerator, module: nn.Module) -> nn.Module:

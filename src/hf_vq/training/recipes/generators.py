@@ -58,9 +58,6 @@ class GeneratorRecipe(TrainingRecipe):
         p.add_argument("--adam_beta1", type=float, default=0.9)
         p.add_argument("--adam_beta2", type=float, default=0.95)
         p.add_argument("--guidance_scale", type=float, default=2.0, help="for the sample grids")
-        p.add_argument("--gradient_checkpointing", action="store_true",
-                       help="recompute each block's activations in the backward pass instead of keeping them: less "
-                            "memory for GPT-XL and larger, the same weights")
 
     def __init__(self, args: argparse.Namespace):
         super().__init__(args)
@@ -110,9 +107,6 @@ class GeneratorRecipe(TrainingRecipe):
             self.model = self.model_class(self.config)
         else:
             self.model = self.model_class.from_pretrained(source[0], subfolder=source[1] or "", config=self.config)
-        if self.args.gradient_checkpointing:
-            # transformers renamed it activation checkpointing (the old name warns, and goes in v6)
-            getattr(self.model, "activation_checkpointing_enable", self.model.gradient_checkpointing_enable)()
 
     def make_optimizer(self, name: str, module: nn.Module) -> torch.optim.Optimizer:
         args = self.args

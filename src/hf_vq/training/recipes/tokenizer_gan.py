@@ -129,7 +129,6 @@ def add_gan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adam_beta1", type=float, default=0.9)
     p.add_argument("--adam_beta2", type=float, default=0.95)
     p.add_argument("--weight_decay", type=float, default=0.0)
-    p.add_argument("--gradient_checkpointing", action="store_true")
     p.add_argument("--reconstruction_loss", choices=["l2", "l1"], default="l2")
     p.add_argument("--reconstruction_weight", type=float, default=1.0)
     p.add_argument("--perceptual_weight", type=float, default=1.0)
@@ -190,8 +189,6 @@ class TokenizerGANRecipe(TrainingRecipe):
             self.model: ImageTokenizerMixin = AutoImageTokenizer.from_pretrained(source[0], subfolder=source[1])
         else:
             self.model = AutoImageTokenizer.from_config(self.model_config, DEFAULT_TOKENIZER_CLASS)
-        if args.gradient_checkpointing:
-            self.model.enable_gradient_checkpointing()
         self.preview = preview_images(self.dataset)
         self.discriminator = PatchGANDiscriminator(self.model.in_channels, args.disc_channels, args.disc_layers)
 

@@ -61,8 +61,6 @@ class VQKDRecipe(TrainingRecipe):
         parser.add_argument("--adam_beta1", type=float, default=0.9)
         parser.add_argument("--adam_beta2", type=float, default=0.99)
         parser.add_argument("--weight_decay", type=float, default=1e-4)
-        parser.add_argument("--gradient_checkpointing", action="store_true",
-                            help="recompute each ViT block's activations in the backward pass: less memory")
 
     def __init__(self, args: argparse.Namespace):
         super().__init__(args)
@@ -101,8 +99,6 @@ class VQKDRecipe(TrainingRecipe):
             self.model = VQKDTokenizer.from_pretrained(source[0], subfolder=source[1])
         else:
             self.model = VQKDTokenizer.from_config(self.model_config)
-        if self.args.gradient_checkpointing:
-            self.model.enable_gradient_checkpointing()
         self.preview = preview_images(self.dataset)
 
     def make_optimizer(self, name: str, module: nn.Module) -> torch.optim.Optimizer:
