@@ -116,14 +116,12 @@ class BenchmarkRun:
                     raise ValueError(
                         f"the {stage} budget's batch size {batch} does not split evenly over {self.num_processes} "
                         f"processes, and every row must train on the spec's global batch; {advice}")
-            from accelerate.utils import broadcast_object_list
-
             from ..evaluation.sampling import process_state
 
             self.state = process_state()  # joins the process group now: every process starts together
             self.device, self.is_main_process = str(self.state.device), self.state.is_main_process
             # Stage folders are named by a hash of the sources: processes that read other sources would never meet.
-            main_version = broadcast_object_list([code_version()], from_process=0)[0]
+            main_version = self._from_main(code_version())
             if code_version() != main_version:
                 raise RuntimeError(f"this process runs hf_vq sources {code_version()}, the main process "
                                    f"{main_version}: every process must run the same checkout; relaunch once edits "
@@ -137,6 +135,14 @@ class BenchmarkRun:
         self.command = command_line(sys.argv, self.num_processes)
         # read now, from the code that runs: the checkout may move on (commits, edits) while a row trains
         self.git_commit = git_commit()
+
+    def _from_main(self, value: Any) -> Any:
+        """The main process's `value`, on every process (collective when several run)."""
+        if self.state is None:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
 
     # ---- checks before any work
     def check(self) -> None:
@@ -251,13 +257,9 @@ class BenchmarkRun:
             run_dir = folder / "run"
             full = argv + fixed + ["--output_dir", str(run_dir), "--resume_from_checkpoint", "latest"]
             if self.spec.budget.max_minutes:  # the cap holds over every attempt, a killed one's included
-                remaining = None
-                if self.is_main_process:  # the main process keeps the folder's attempts
-                    remaining = self.spec.budget.max_minutes - spent_seconds(folder) / 60
-                if self.num_processes > 1:
-                    from accelerate.utils import broadcast_object_list
-
-                    remaining = broadcast_object_list([remaining], from_process=0)[0]
+                # the main process keeps the folder's attempts
+                spent = self._from_main(spent_seconds(folder) if self.is_main_process else None)
+                remaining = self.spec.budget.max_minutes - spent / 60
                 full += ["--max_minutes", str(max(remaining, 0.01))]
             train(recipe(parse_recipe_args(recipe, full)), keep_process_group=True)
             if not self.is_main_process:  # the main process writes the summary, and the stage's record from it

@@ -16,6 +16,8 @@ DEFAULT_FEATURES = {"fashion-mnist": "fmnist"}  # other datasets: the FID Incept
 
 def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> None:
     """Register `evaluate tokenizer` and `evaluate pipeline` on the `hf-vq` parser."""
+    from ..cli import GENERATOR_DTYPES
+
     e = sub.add_parser("evaluate", help="metrics of a tokenizer or a pipeline, as JSON", formatter_class=formatter)
     kinds = e.add_subparsers(dest="target", required=True)
 
@@ -54,7 +56,7 @@ def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> 
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--guidance_scale", type=float, default=None, help="default: the pipeline's")
     g.add_argument("--num_inference_steps", type=int, default=None, help="NAR generators only")
-    g.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
+    g.add_argument("--dtype", choices=list(GENERATOR_DTYPES), default="fp32",
                    help="the generator's weights (its logits stay fp32); recorded with the samples")
     g.add_argument("--compile", action="store_true",
                    help="AR generators: each decoding step as one compiled graph (CUDA graphs on a GPU)")

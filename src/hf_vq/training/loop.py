@@ -206,8 +206,9 @@ def train(recipe: TrainingRecipe, keep_process_group: bool = False) -> nn.Module
     for name, module in zip(names, modules):
         setattr(recipe, name, module)
     model = modules[0]
-    size = sum(p.numel() for p in unwrapped(accelerator, model).parameters())
-    accelerator.print(f"{recipe.name}: {type(unwrapped(accelerator, model)).__name__}, {size / 1e6:.2f}M parameters, "
+    plain = unwrapped(accelerator, model)
+    size = sum(p.numel() for p in plain.parameters())
+    accelerator.print(f"{recipe.name}: {type(plain).__name__}, {size / 1e6:.2f}M parameters, "
                       f"{len(dataset)} training examples")
     ema = None
     if args.use_ema:  # after prepare, so every rank starts from rank 0's (broadcast) weights, or its shard of them
