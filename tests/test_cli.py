@@ -130,3 +130,14 @@ def test_evaluation_commands_take_the_gpu_when_there_is_one_and_each_process_its
         args = SimpleNamespace(device=flag)
         _set_device(args, state)
         assert args.device == expected
+
+
+def test_evaluate_pipeline_refuses_a_device_under_a_multi_process_launch_before_any_work(tmp_path, monkeypatch):
+    """One policy with the benchmark: each launched process works on its launcher's device."""
+    import hf_vq.evaluation.sampling as sampling
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(sampling, "process_state", lambda: pytest.fail("joined the process group before refusing"))
+    with pytest.raises(SystemExit, match="--device cpu: under a launch of 2 processes"):
+        main(["evaluate", "pipeline", "--samples_dir", str(tmp_path / "s"), "--device", "cpu"])
+    assert not (tmp_path / "s").exists()

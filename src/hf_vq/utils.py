@@ -45,6 +45,18 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def launched_processes() -> int:
+    """How many processes the launcher (`accelerate launch`, `torchrun`) started; 1 outside a launch."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_device_flag(device: str | None) -> None:
+    """Refuse a --device under a multi-process launch, where each process works on the device its launcher gave it."""
+    if device is not None and launched_processes() > 1:
+        raise ValueError(f"--device {device}: under a launch of {launched_processes()} processes each process works "
+                         "on its own device, the one the launcher gave it; drop --device")
+
+
 def is_hub_id(name: str | os.PathLike) -> bool:
     """Whether `name` has the form of a Hub repo id ("org/name" or "name"); anything else can only be a folder."""
     return bool(_HUB_ID.match(str(name)))

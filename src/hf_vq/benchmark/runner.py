@@ -30,7 +30,14 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..utils import atomic_directory, default_device, file_sha256, write_file_atomic
+from ..utils import (
+    atomic_directory,
+    check_device_flag,
+    default_device,
+    file_sha256,
+    launched_processes,
+    write_file_atomic,
+)
 from .spec import GENERATOR_RECIPES, TOKENIZER_KINDS, BenchmarkSpec, Row, flags_to_argv, recipe_class
 from .stages import Stage, StageCache, code_version, spent_seconds
 
@@ -97,15 +104,13 @@ class BenchmarkRun:
         self.spec = spec
         self.output_dir = Path(output_dir)
         self.work_dir = Path(work_dir)
-        self.num_processes = int(os.environ.get("WORLD_SIZE", "1"))  # as the launcher set it
+        check_device_flag(device)
+        self.num_processes = launched_processes()
         unknown = sorted(set(rows or []) - {r.name for r in spec.rows})
         if unknown:
             raise ValueError(f"--rows {unknown}: the spec's rows are {[r.name for r in spec.rows]}")
         self.rows = [r for r in spec.rows if rows is None or r.name in rows]
         if self.num_processes > 1:
-            if device is not None:
-                raise ValueError(f"--device {device}: under a launch of {self.num_processes} processes each process "
-                                 "works on its own device, the one the launcher gave it; drop --device")
             batches = {stage: getattr(spec.budget, stage).batch_size for stage in ("tokenizer", "ar", "nar")}
             for stage, batch in batches.items():
                 if batch % self.num_processes:

@@ -30,7 +30,8 @@ def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> 
                        help="FID Inception .pth, or a classifier folder for --features fmnist (default: bundled)")
         p.add_argument("--batch_size", type=int, default=100)
         p.add_argument("--device", default=None,
-                       help="default: cuda when available, else cpu (under a multi-process launch: each process's)")
+                       help="default: cuda when available, else cpu (under a multi-process launch each process "
+                            "uses its launcher's device, and --device is refused)")
         p.add_argument("--output", default=None, help="write the JSON result here (.json)")
 
     t = kinds.add_parser("tokenizer", help="PSNR, SSIM, LPIPS, codebook statistics, rFID / rfd_fmnist",
@@ -109,7 +110,8 @@ def _reference(args: argparse.Namespace, network, size: int, channels: int, cach
 
 
 def _set_device(args: argparse.Namespace, state=None) -> None:
-    """Resolve --device: each process's own under a multi-process launch, else the flag, else cuda when available."""
+    """Resolve --device: each process's own under a multi-process launch (where a --device was refused), else the
+    flag, else cuda when available."""
     from ..utils import default_device
 
     if state is not None and state.num_processes > 1:
@@ -188,12 +190,14 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
     """`hf-vq evaluate pipeline` (under `accelerate launch`, sampling is sharded over the processes)."""
 
     from ..cli import bundled_model_path, load_pipeline
+    from ..utils import check_device_flag
     from .feature_sets import dataset_images, feature_set_of_images
     from .perplexity import validation_perplexity
     from .reports import PROTOCOL, evaluate_generation
     from .sampling import generate_samples, load_samples, pipeline_sample_fn, process_state
 
     _check_output(args.output)
+    check_device_flag(args.device)
     state = process_state()
     _set_device(args, state)
     network = _network(args)
