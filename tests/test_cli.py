@@ -141,3 +141,11 @@ def test_evaluate_pipeline_refuses_a_device_under_a_multi_process_launch_before_
     with pytest.raises(SystemExit, match="--device cpu: under a launch of 2 processes"):
         main(["evaluate", "pipeline", "--samples_dir", str(tmp_path / "s"), "--device", "cpu"])
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("argv, name", [(["generate", "--labels", "0"], "generate"),
+                                        (["evaluate", "tokenizer", "some/model"], "evaluate tokenizer")])
+def test_single_process_commands_refuse_a_multi_process_launch(argv, name, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit, match=f"hf-vq {name}: runs in one process, but 2 were launched"):
+        main(argv)

@@ -8,6 +8,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .utils import launched_processes
+
 if TYPE_CHECKING:
     from .pipelines import FQGANPipeline
 
@@ -232,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `hf-vq`."""
     args = build_parser().parse_args(argv)
+    command = " ".join(filter(None, (args.command, getattr(args, "target", None))))
+    if launched_processes() > 1 and not getattr(args, "multi_process", False):
+        # Every process would do the whole job and write the same outputs.
+        raise SystemExit(f"hf-vq {command}: runs in one process, but {launched_processes()} were launched; run it "
+                         "without accelerate launch / torchrun (only `evaluate pipeline` and `benchmark` share work "
+                         "over processes)")
     try:
         args.func(args)
     except (ValueError, OSError, TypeError) as err:  # OSError: missing files, Hub and network failures

@@ -20,7 +20,7 @@ def add_benchmark_arguments(sub: argparse._SubParsersAction, formatter: type) ->
     b.add_argument("--skip_noise", action="store_true", help="leave the noise reruns (spec key `noise`) for later")
     b.add_argument("--table_only", action="store_true", help="only regenerate TABLE.md and plot.svg from the JSONs")
     b.add_argument("--device", default=None, help="sampling and evaluation device (default: cuda when available)")
-    b.set_defaults(func=benchmark_command)
+    b.set_defaults(func=benchmark_command, multi_process=True)
 
 
 def benchmark_command(args: argparse.Namespace) -> None:

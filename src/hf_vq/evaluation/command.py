@@ -65,7 +65,7 @@ def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> 
     add_reference_arguments(g)
     g.add_argument("--ppl_split", default="test", help="held-out split for the AR validation perplexity ('none': skip)")
     g.add_argument("--ppl_max_images", type=int, default=None)
-    g.set_defaults(func=evaluate_pipeline_command)
+    g.set_defaults(func=evaluate_pipeline_command, multi_process=True)
 
     s = kinds.add_parser("samples", help="score an ADM .npz of samples (or a dataset split: the real-data floor)",
                          formatter_class=formatter)
