@@ -5,8 +5,8 @@ import json
 import torch
 from PIL import Image
 
-from hf_vq import FQGANPipeline, FQGANTokenizer
-from hf_vq.cli import bundled_model_path, main
+from hf_vq import FQGANPipeline, FQGANTokenizer, bundled_model_path
+from hf_vq.cli import main
 
 
 def test_bundled_pipeline_is_complete_and_small():

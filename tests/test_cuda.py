@@ -75,8 +75,7 @@ def test_compiled_decoding_uses_cuda_graphs_and_samples_valid_tokens(half_far):
 def test_model_cpu_offload_onto_the_gpu_gives_the_plain_pipelines_images():
     import numpy as np
 
-    from hf_vq import FQGANPipeline
-    from hf_vq.cli import bundled_model_path
+    from hf_vq import FQGANPipeline, bundled_model_path
 
     plain = FQGANPipeline.from_pretrained(bundled_model_path()).to("cuda")
     expected = plain(["Bag"], num_images_per_label=2, generator=torch.manual_seed(0), output_type="np").images

@@ -562,7 +562,7 @@ def test_off_the_cpu_a_half_model_runs_in_its_dtype_with_plain_gemms(monkeypatch
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_rule_keeps_99_percent_of_the_trained_models_top1_tokens(monkeypatch, dtype):
     """The GPU rule (half GEMMs and KV cache, fp32 residual stream and logits) against the fp32 bundled FAR."""
-    from hf_vq.cli import bundled_model_path
+    from hf_vq import bundled_model_path
 
     path = bundled_model_path()
     fp32 = AutoModel.from_pretrained(path, subfolder="transformer")

@@ -9,8 +9,8 @@ import pytest
 from huggingface_hub import ModelCard
 from test_pipeline import LABELS, far, tokenizer
 
-from hf_vq import FQGANPipeline
-from hf_vq.cli import bundled_model_path, main
+from hf_vq import FQGANPipeline, bundled_model_path
+from hf_vq.cli import main
 from hf_vq.model_card import (
     CARD_MARKER,
     FASHION_MNIST,

@@ -8,7 +8,7 @@ import torch
 from diffusers.hooks import apply_group_offloading
 from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
 
-from hf_vq.cli import bundled_model_path
+from hf_vq import bundled_model_path
 from hf_vq.generators import FARForClassConditionalGeneration
 from hf_vq.pipelines.pipeline_fqgan import FQGANPipeline
 from hf_vq.tokenizers import FQGANTokenizer, ViTVQGANTokenizer, VQKDTokenizer

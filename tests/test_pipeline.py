@@ -220,7 +220,7 @@ def test_the_diffusers_loader_tables_hf_vq_registers_in_keep_their_shape():
 
 
 def test_model_cpu_offload_gives_the_plain_pipelines_images():
-    from hf_vq.cli import bundled_model_path
+    from hf_vq import bundled_model_path
 
     plain = FQGANPipeline.from_pretrained(bundled_model_path())
     expected = plain(["Bag"], num_images_per_label=2, generator=torch.manual_seed(0), output_type="np").images

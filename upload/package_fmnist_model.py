@@ -12,8 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from hf_vq import FQGANPipeline
-from hf_vq.cli import bundled_model_path
+from hf_vq import FQGANPipeline, bundled_model_path
 from hf_vq.cli import main as cli_main
 from hf_vq.model_card import FASHION_MNIST, pipeline_model_card, write_model_card
 from hf_vq.utils import atomic_directory

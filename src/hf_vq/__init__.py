@@ -9,7 +9,7 @@ from .generators import (
     MaskGITConfig,
     MaskGITForClassConditionalGeneration,
 )
-from .pipelines import FQGANPipeline, assemble_pipeline
+from .pipelines import FQGANPipeline, assemble_pipeline, bundled_model_path, load_pipeline
 from .quantizers import FSQ, LFQ, FactorizedQuantizer, VectorQuantizer
 from .tokenizers import (
     AutoImageTokenizer,
@@ -37,5 +37,7 @@ __all__ = [
     "VectorQuantizer",
     "ViTVQGANTokenizer",
     "assemble_pipeline",
+    "bundled_model_path",
     "convert_checkpoint",
+    "load_pipeline",
 ]

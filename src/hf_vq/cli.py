@@ -4,39 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from .pipelines.loading import GENERATOR_DTYPES, bundled_model_path, load_pipeline
 from .utils import launched_processes
-
-if TYPE_CHECKING:
-    from .pipelines import FQGANPipeline
-
-BUNDLED_MODEL = "fmnist-fqgan-dual-far"
-GENERATOR_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
-def load_pipeline(model: str | Path, dtype: str = "fp32") -> FQGANPipeline:
-    """The pipeline at `model` (folder or Hub id) with its generator's weights in `dtype` (a GENERATOR_DTYPES key).
-
-    Only the generator changes precision (its logits stay fp32, see `blocks.OutputHead`); the tokenizer, a small
-    part of the time, stays fp32.
-    """
-    import torch
-    from transformers import AutoModel
-
-    from .pipelines import FQGANPipeline
-
-    dtype = getattr(torch, GENERATOR_DTYPES[dtype])
-    transformer = AutoModel.from_pretrained(model, subfolder="transformer", dtype=dtype)
-    return FQGANPipeline.from_pretrained(model, transformer=transformer)
-
-
-def bundled_model_path() -> Path:
-    """The Fashion-MNIST pipeline (FQGAN-Dual tokenizer + FAR) that ships inside the package."""
-    return Path(str(files("hf_vq") / "assets" / BUNDLED_MODEL))
-
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 

@@ -11,8 +11,7 @@ import torch
 from PIL import Image
 from transformers import AutoModel
 
-from hf_vq import FQGANPipeline
-from hf_vq.cli import bundled_model_path
+from hf_vq import FQGANPipeline, bundled_model_path
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MIN_SIDE = 112  # small images (the bundled model's are 28x28) are enlarged, pixel for pixel, for the gallery

@@ -16,7 +16,7 @@ DEFAULT_FEATURES = {"fashion-mnist": "fmnist"}  # other datasets: the FID Incept
 
 def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> None:
     """Register `evaluate tokenizer` and `evaluate pipeline` on the `hf-vq` parser."""
-    from ..cli import GENERATOR_DTYPES
+    from ..pipelines.loading import GENERATOR_DTYPES
 
     e = sub.add_parser("evaluate", help="metrics of a tokenizer or a pipeline, as JSON", formatter_class=formatter)
     kinds = e.add_subparsers(dest="target", required=True)
@@ -189,7 +189,7 @@ def evaluate_tokenizer_command(args: argparse.Namespace) -> dict:
 def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
     """`hf-vq evaluate pipeline` (under `accelerate launch`, sampling is sharded over the processes)."""
 
-    from ..cli import bundled_model_path, load_pipeline
+    from ..pipelines import bundled_model_path, load_pipeline
     from ..utils import check_device_flag
     from .feature_sets import dataset_images, feature_set_of_images
     from .perplexity import validation_perplexity

@@ -340,7 +340,7 @@ def _parse_blocks(values: list[str]) -> str | list[int]:
 
 def _load(model: str | None, target: str | None) -> tuple[str, str, nn.Module, nn.Module | None]:
     """(model path, target, tokenizer, generator or None) of a pipeline or tokenizer folder (or Hub repo)."""
-    from ..cli import bundled_model_path
+    from ..pipelines import bundled_model_path
     from ..tokenizers import AutoImageTokenizer
     from ..utils import is_hub_id
 

@@ -4,6 +4,7 @@ from diffusers.pipelines import pipeline_loading_utils
 
 from ..generators import GENERATOR_CLASSES
 from ..tokenizers import TOKENIZER_CLASSES
+from .loading import bundled_model_path, load_pipeline
 from .pipeline_fqgan import FQGANPipeline, assemble_pipeline, check_components, check_tokenizer_fits, load_id2label
 
 # diffusers only loads components from libraries it knows; register hf_vq's classes (and their load/save methods)
@@ -14,4 +15,5 @@ _HF_VQ_CLASSES = {cls.__name__: ["save_pretrained", "from_pretrained"] for cls i
 pipeline_loading_utils.LOADABLE_CLASSES["hf_vq"] = _HF_VQ_CLASSES
 pipeline_loading_utils.ALL_IMPORTABLE_CLASSES.update(_HF_VQ_CLASSES)
 
-__all__ = ["FQGANPipeline", "assemble_pipeline", "check_components", "check_tokenizer_fits", "load_id2label"]
+__all__ = ["FQGANPipeline", "assemble_pipeline", "bundled_model_path", "check_components", "check_tokenizer_fits",
+           "load_id2label", "load_pipeline"]

@@ -1,0 +1,30 @@
+"""Loading a pipeline the way the commands do: the bundled model, and a generator in half precision."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+from transformers import AutoModel
+
+from .pipeline_fqgan import FQGANPipeline
+
+BUNDLED_MODEL = "fmnist-fqgan-dual-far"
+GENERATOR_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def bundled_model_path() -> Path:
+    """The Fashion-MNIST pipeline (FQGAN-Dual tokenizer + FAR) that ships inside the package."""
+    return Path(str(files("hf_vq") / "assets" / BUNDLED_MODEL))
+
+
+def load_pipeline(model: str | Path, dtype: str = "fp32") -> FQGANPipeline:
+    """The pipeline at `model` (folder or Hub id) with its generator's weights in `dtype` (a GENERATOR_DTYPES key).
+
+    Only the generator changes precision (its logits stay fp32, see `blocks.OutputHead`); the tokenizer, a small
+    part of the time, stays fp32.
+    """
+    dtype = getattr(torch, GENERATOR_DTYPES[dtype])
+    transformer = AutoModel.from_pretrained(model, subfolder="transformer", dtype=dtype)
+    return FQGANPipeline.from_pretrained(model, transformer=transformer)
