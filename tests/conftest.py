@@ -1,5 +1,9 @@
 import importlib.util
+import os
+import socket
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +24,32 @@ def load_script(name: str):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def free_port() -> int:
+    """A free local TCP port, for a process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_in_own_process_group(script: str, backend: str = "gloo") -> str:
+    """Run `script` in a fresh Python process that has joined a one-process group of `backend` (a process owns its
+    group, so the suite's own process never joins one); its stdout. Fails the test on an error."""
+    preamble = textwrap.dedent(
+        f"""
+        import os, torch, torch.distributed as dist
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="{free_port()}", RANK="0", WORLD_SIZE="1")
+        if "nccl" in {backend!r}:
+            torch.cuda.set_device(0)
+        dist.init_process_group({backend!r})
+        """
+    )
+    code = preamble + textwrap.dedent(script) + "\ndist.destroy_process_group()\n"
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
 
 
 @pytest.fixture

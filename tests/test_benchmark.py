@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 from PIL import Image
 
 from hf_vq.benchmark import BenchmarkRun, load_spec, render_table, write_table
@@ -289,15 +290,12 @@ def test_a_stage_killed_mid_training_resumes_from_its_checkpoint(tmp_path, monke
 
 @needs_fmnist
 def test_two_processes_train_and_sample_together_and_the_main_process_writes(tmp_path):
-    import socket
     import subprocess
     import sys
 
     budget = {**QUICK["budget"], "max_minutes": 60}  # a cap: the main process's deadline goes to every process
     spec = write_spec(tmp_path / "spec", rows=[QUICK["rows"][0]], budget=budget)
-    with socket.socket() as s:  # a free port for the rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     # accelerate's MULTI_CPU launcher expects MPI; on one machine torchrun + ACCELERATE_USE_CPU gives gloo processes
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "hf_vq.cli", "benchmark", str(spec), "--output_dir", str(tmp_path / "results"),

@@ -4,6 +4,7 @@ CUDA-graph compiled decoding, CPU generators driving a CUDA model, offloading on
 
 import pytest
 import torch
+from conftest import run_in_own_process_group
 from test_far import GRID, VOCAB, spy_kv_caches, tiny_model
 
 from hf_vq.generators import cpu_decoding
@@ -40,6 +41,15 @@ def test_fp32_logits_from_the_half_gemm_match_the_upcast_product(half_far):
     assert logits.dtype == torch.float32
     torch.testing.assert_close(logits, hidden.float() @ head.weight.float().t(), rtol=1e-4, atol=1e-4)
     assert half_far(ids, torch.tensor([0, 1, 2], device="cuda")).logits.dtype == torch.float32
+
+
+def test_a_half_model_trains_through_its_fp32_logits(half_far):
+    ids = torch.randint(0, VOCAB, (3, 2, GRID**2), device="cuda")
+    loss = half_far.train()(ids, torch.tensor([0, 1, 2], device="cuda"), labels=ids).loss
+    loss.backward()
+    heads = half_far.output_heads
+    assert all(h.weight.grad is not None and h.weight.grad.dtype == torch.bfloat16 for h in heads)
+    assert all(torch.isfinite(p.grad).all() for p in half_far.parameters() if p.grad is not None)
 
 
 def test_a_cpu_generator_drives_a_cuda_model_and_generator_lists_give_each_image_its_stream(half_far):
@@ -83,3 +93,20 @@ def test_model_cpu_offload_onto_the_gpu_gives_the_plain_pipelines_images():
     offloaded.enable_model_cpu_offload()
     images = offloaded(["Bag"], num_images_per_label=2, generator=torch.manual_seed(0), output_type="np").images
     assert np.array_equal(images, expected)
+
+
+def test_the_codebook_init_on_the_cpu_runs_under_an_nccl_group():
+    """accelerate's GPU group is NCCL alone (no CPU backend); VQ-KD's k-means init all-reduces on the CPU before
+    `prepare`."""
+    out = run_in_own_process_group(
+        """
+        from hf_vq.quantizers import build_quantizer
+
+        q = build_quantizer("cosine_ema", codebook_size=8, dim=4).train()
+        q(torch.randn(2, 4, 4, 4))  # on the CPU
+        assert not q.needs_data_init and q.codebook.device.type == "cpu"
+        print("initialised")
+        """,
+        backend="nccl",
+    )
+    assert "initialised" in out

@@ -2,14 +2,13 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, free_port
 from test_pipeline import tokenizer
 from test_train_fqgan import TINY
 
@@ -60,9 +59,7 @@ def launch(tmp_path, kind: str, *argv: str, fsdp: bool | list[str] = False, env:
     script.write_text(WRAPPER.format(examples=str(ROOT / "examples")))
     dumps = tmp_path / f"dumps-{kind}"
     dumps.mkdir()
-    with socket.socket() as s:  # a free port for the rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     if fsdp:
         # the 8-GPU bf16 config as it ships, overridden to 2 processes in fp32 (as its header says)
         base = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
@@ -211,3 +208,31 @@ def test_generator_script_under_fsdp_previews_and_saves_the_full_model(tmp_path,
     ema = torch.load(out / "checkpoint-2" / "custom_checkpoint_0.pkl", weights_only=False)["shadow_params"]
     assert_same(dict(enumerate(ema)), dict(enumerate(p.detach() for p in transformer.parameters())))
     assert (out / "samples" / "step-0000002.png").is_file()
+
+
+def test_the_full_model_of_a_one_process_fsdp_run_holds_the_ema_weights():
+    """On one rank the gathered state shares memory with the parameters, which get the training weights back when
+    the EMA weights are swapped out again."""
+    from conftest import run_in_own_process_group
+
+    out = run_in_own_process_group(
+        """
+        from torch import nn
+        from torch.distributed.fsdp import fully_shard
+        from hf_vq.training.loop import ShardAwareEMA, _full_model, _meta_copy
+
+        model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+        frame = _meta_copy(model)
+        fully_shard(model)
+        ema = ShardAwareEMA(model.parameters(), decay=0.5)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(10.0)  # training moves the weights away from their average
+        average = [p.full_tensor().clone() for p in ema.shadow_params]
+        full = _full_model(model, frame, ema, every_rank=True)
+        assert all(torch.equal(a, b) for a, b in zip(full.parameters(), average, strict=True))
+        assert not torch.equal(model[0].weight.full_tensor(), average[0])  # the training weights are back
+        print("ema")
+        """
+    )
+    assert "ema" in out

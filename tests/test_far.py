@@ -10,7 +10,14 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel
 
 from hf_vq.generators import FARConfig, FARForClassConditionalGeneration, cpu_decoding, modeling_far, official_key_to_hf
-from hf_vq.generators.blocks import FixedShapeKVCache, Linear, StaticKVCache, rope_2d_table, single_query_attention
+from hf_vq.generators.blocks import (
+    FixedShapeKVCache,
+    HalfMatmulFloatOut,
+    Linear,
+    StaticKVCache,
+    rope_2d_table,
+    single_query_attention,
+)
 from hf_vq.generators.cpu_decoding import set_gemm_layout
 from hf_vq.generators.sampling import exponential_noise, guide, multinomial_from_noise
 from hf_vq.training.loop import enable_gradient_checkpointing
@@ -502,6 +509,26 @@ def test_half_precision_models_follow_one_rule_however_built(tmp_path, dtype):
         tokens = half.sample([0, 1], guidance_scale=2.0, top_k=5)
         assert tokens.shape == (2, 2, GRID**2) and int(tokens.max()) < VOCAB
     assert torch.equal(loaded(ids, labels).logits, built(ids, labels).logits)
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])  # meta runs the fused op CUDA runs, shapes and dtypes only
+def test_the_half_head_gemm_gives_fp32_logits_and_half_gradients(device):
+    """The head of a bf16 model trains (FSDP's bf16 mixed precision): the fused op alone has no derivative."""
+    rows = torch.randn(6, 8, dtype=torch.bfloat16, device=device, requires_grad=True)
+    weight = torch.randn(5, 8, dtype=torch.bfloat16, device=device, requires_grad=True)
+    logits = HalfMatmulFloatOut.apply(rows, weight)
+    assert logits.dtype == torch.float32 and logits.shape == (6, 5)
+    upstream = torch.randn(6, 5, device=device)
+    logits.backward(upstream)
+    assert rows.grad.dtype == weight.grad.dtype == torch.bfloat16
+    assert rows.grad.shape == rows.shape and weight.grad.shape == weight.shape
+    if device == "cpu":
+        a, b = rows.detach().float().requires_grad_(), weight.detach().float().requires_grad_()
+        expected = a @ b.t()
+        expected.backward(upstream)
+        torch.testing.assert_close(logits, expected)
+        torch.testing.assert_close(rows.grad.float(), a.grad, rtol=2e-2, atol=5e-2)
+        torch.testing.assert_close(weight.grad.float(), b.grad, rtol=2e-2, atol=5e-2)
 
 
 def test_activation_dtype_is_fp32_on_cpu_and_the_weights_dtype_elsewhere():

@@ -413,6 +413,20 @@ def test_cosine_ema_restarts_codes_whose_assignment_average_falls_below_the_thre
         CosineEMAQuantizer(3, 2, dead_code_threshold=-1)
 
 
+def test_cosine_ema_collectives_go_through_the_gpu_when_the_group_has_no_cpu_backend(monkeypatch):
+    """The k-means init runs on the CPU before `prepare`; accelerate's NCCL group cannot reduce CPU tensors."""
+    from hf_vq.quantizers.cosine_ema import collective_device
+
+    cpu = torch.device("cpu")
+    assert collective_device(cpu, "cpu:gloo,cuda:gloo") == cpu  # gloo, and torch's default "cpu:gloo,cuda:nccl"
+    assert collective_device(torch.device("cuda", 1), "cuda:nccl") == torch.device("cuda", 1)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda: torch.device("cuda"))
+    monkeypatch.setattr(torch.accelerator, "current_device_index", lambda: 3)
+    assert collective_device(cpu, "cuda:nccl") == torch.device("cuda", 3)  # this rank's GPU
+    with pytest.raises(RuntimeError, match=r"the process group \(xpu:xccl\) has no backend for cpu tensors"):
+        collective_device(cpu, "xpu:xccl")
+
+
 def test_cosine_ema_codebook_starts_from_kmeans_of_the_first_batch_and_gets_no_gradient():
     from hf_vq.quantizers import CosineEMAQuantizer
 

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -10,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from conftest import free_port
 from test_pipeline import LABELS, far, tokenizer
 
 from hf_vq import FQGANPipeline
@@ -49,9 +49,7 @@ def pipe_dir(tmp_path_factory):
 def run_sharded(tmp_path, pipe_dir, out, die_at: int) -> subprocess.CompletedProcess:
     script = tmp_path / "wrapper.py"
     script.write_text(WRAPPER)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            str(script), str(pipe_dir), str(out), str(die_at)]

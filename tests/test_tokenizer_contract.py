@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import load_script
+from conftest import load_script, run_in_own_process_group
 
 from hf_vq import AutoImageTokenizer, FARConfig, FARForClassConditionalGeneration, FQGANPipeline
 from hf_vq.tokenizers import TOKENIZER_CLASSES, ImageTokenizerMixin, TokenizerDecoderOutput, TokenizerEncoderOutput
@@ -209,22 +209,13 @@ def test_code_extraction(model, tmp_path, imagefolder):
 
 def test_every_class_can_be_sharded_by_fsdp2():
     """`fully_shard` swaps in a subclass of the model's class, which Python refuses when the class layouts differ (as
-    abc.ABC's empty __slots__ made them); run in a fresh process, which owns its one-process group."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    import textwrap
-
-    script = textwrap.dedent(
+    abc.ABC's empty __slots__ made them)."""
+    out = run_in_own_process_group(
         """
-        import os, torch, torch.distributed as dist
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
         from hf_vq.tokenizers import TOKENIZER_CLASSES
 
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["PORT"], RANK="0", WORLD_SIZE="1")
-        dist.init_process_group("gloo")
         mesh = init_device_mesh("cpu", (1,))
         for cls in TOKENIZER_CLASSES:
             torch.manual_seed(0)
@@ -235,14 +226,7 @@ def test_every_class_can_be_sharded_by_fsdp2():
             register_fsdp_forward_method(model, "encode")  # FSDP gathers the weights around forward only
             assert isinstance(model, FSDPModule) and isinstance(model, cls)
             assert torch.equal(model.encode(x).indices, expected), cls.__name__
-        dist.destroy_process_group()
         print("sharded", len(TOKENIZER_CLASSES))
         """
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PORT": str(port), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"sharded {len(TOKENIZER_CLASSES)}" in result.stdout
+    assert f"sharded {len(TOKENIZER_CLASSES)}" in out

@@ -328,11 +328,36 @@ class OutputHead(Linear):
             return F.linear(hidden, weight) if weight.dtype == torch.float32 else super().forward(hidden)
         if hidden.dtype == weight.dtype and hidden.device.type == "cuda" and _MM_OUT_DTYPE:
             rows = hidden.reshape(-1, hidden.shape[-1])
-            return torch.mm(rows, weight.t(), out_dtype=torch.float32).view(*hidden.shape[:-1], weight.shape[0])
+            return HalfMatmulFloatOut.apply(rows, weight).view(*hidden.shape[:-1], weight.shape[0])
         return F.linear(hidden.float(), weight.float())
 
 
 _MM_OUT_DTYPE = hasattr(torch.ops.aten.mm, "dtype")  # torch.mm(..., out_dtype=) (torch >= 2.8)
+
+
+class HalfMatmulFloatOut(torch.autograd.Function):
+    """rows @ weight.T for half `rows` (N, D) and `weight` (V, D), with an fp32 result; differentiable.
+
+    `torch.mm(..., out_dtype=)` has no derivative, so training (bf16 weights under FSDP's mixed precision) needs
+    this backward: the fp32 logit gradient is rounded to the operands' precision, as a half model's own gradients
+    are, and the two products run as half GEMMs. CUDA runs the fused op; other devices (no kernel for it on the
+    CPU) multiply the upcast operands, which gives the same products.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, weight: torch.Tensor) -> torch.FloatTensor:
+        ctx.save_for_backward(rows, weight)
+        if rows.device.type == "cpu":
+            return F.linear(rows.float(), weight.float())
+        return torch.mm(rows, weight.t(), out_dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        rows, weight = ctx.saved_tensors
+        grad = grad.to(rows.dtype)
+        grad_rows = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = grad.t() @ rows if ctx.needs_input_grad[1] else None
+        return grad_rows, grad_weight
 
 
 class TokenGridMixin:

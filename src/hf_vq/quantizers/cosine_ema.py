@@ -24,10 +24,30 @@ from .base import Quantizer, QuantizerOutput
 from .vq import sample_rows
 
 
-def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum over processes (in place) when running distributed."""
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor)
+def collective_device(device: torch.device, backend_config: str) -> torch.device:
+    """Where a collective on a `device` tensor can run in a group of `backend_config` (`dist.get_backend_config()`):
+    on `device` when a backend serves it, else on this process's accelerator. accelerate's NCCL groups serve only
+    CUDA, and the codebook init runs on the CPU, before the model moves to the GPU."""
+    if f"{device.type}:" in backend_config:
+        return device
+    accelerator = torch.accelerator.current_accelerator()
+    if accelerator is None or f"{accelerator.type}:" not in backend_config:
+        raise RuntimeError(f"the process group ({backend_config}) has no backend for {device.type} tensors; "
+                           "initialise it with one (e.g. backend='cpu:gloo,cuda:nccl')")
+    return torch.device(accelerator.type, torch.accelerator.current_device_index())
+
+
+def _collective(op, tensor: torch.Tensor, **kwargs) -> torch.Tensor:
+    """`op` (an in-place collective: dist.all_reduce, dist.broadcast) on `tensor` when running distributed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    device = collective_device(tensor.device, dist.get_backend_config())
+    if device == tensor.device:
+        op(tensor, **kwargs)
+    else:
+        moved = tensor.to(device)
+        op(moved, **kwargs)
+        tensor.copy_(moved)
     return tensor
 
 
@@ -125,8 +145,8 @@ class CosineEMAQuantizer(Quantizer):
 
     @torch.no_grad()
     def _ema_update(self, latents: torch.Tensor, indices: torch.Tensor) -> None:
-        counts = _all_reduce(torch.bincount(indices, minlength=self.codebook_size).float())
-        sums = _all_reduce(torch.zeros_like(self.codebook).index_add_(0, indices, latents))
+        counts = _collective(dist.all_reduce, torch.bincount(indices, minlength=self.codebook_size).float())
+        sums = _collective(dist.all_reduce, torch.zeros_like(self.codebook).index_add_(0, indices, latents))
         chosen = counts > 0
         means = F.normalize(sums / counts.clamp_min(1).unsqueeze(1), dim=-1)
         moved = F.normalize(self.decay * self.codebook + (1 - self.decay) * means, dim=-1)
@@ -143,8 +163,7 @@ class CosineEMAQuantizer(Quantizer):
             return
         codebook = self.codebook.clone()
         codebook[dead] = sample_rows(latents, num_dead)
-        if dist.is_available() and dist.is_initialized():
-            dist.broadcast(codebook, src=0)  # every rank drew its own rows: keep rank 0's
+        _collective(dist.broadcast, codebook, src=0)  # every rank drew its own rows: keep rank 0's
         self.codebook.copy_(codebook)
         self.cluster_size[dead] = 1.0  # a fresh code gets a grace period before it can be restarted again
 

@@ -445,6 +445,12 @@ def _ema_weights(model: nn.Module, ema: EMAModel | None) -> Iterator[None]:
             ema.restore(params)
 
 
+def _storage(tensor: torch.Tensor) -> int:
+    """The address of the memory behind `tensor` (its local shard's for a DTensor)."""
+    local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+    return local.untyped_storage().data_ptr()
+
+
 @torch.no_grad()
 def _full_model(model: nn.Module, frame: nn.Module, ema: EMAModel | None, every_rank: bool) -> nn.Module | None:
     """A plain copy of the FSDP-sharded `model` (its EMA weights when kept); collective, every rank must call it.
@@ -454,6 +460,11 @@ def _full_model(model: nn.Module, frame: nn.Module, ema: EMAModel | None, every_
     options = StateDictOptions(full_state_dict=True, cpu_offload=not every_rank)
     with _ema_weights(model, ema):
         state = get_model_state_dict(model, options=options)
+        if ema is not None and not options.cpu_offload:
+            # On one rank the gathered tensors are the parameters themselves, which the exit swaps back to the
+            # training weights: copy them out while they hold the average.
+            owned = {_storage(p) for p in model.parameters()}
+            state = {k: v.clone() if _storage(v) in owned else v for k, v in state.items()}
     if not state:  # a rank other than 0 when the gather went to rank 0 only
         return None
     full = copy.deepcopy(frame)
