@@ -646,6 +646,27 @@ def test_gemm_layout_keeps_values_and_tokens(monkeypatch, tmp_path):
     assert torch.equal(tokens, plain)
 
 
+def test_a_list_of_generators_gives_each_sample_its_own_stream():
+    model = tiny_model(2)
+    alone = model.sample([1], guidance_scale=2.0, generator=[torch.Generator().manual_seed(7)])
+    paired = model.sample([0, 1], guidance_scale=2.0,
+                          generator=[torch.Generator().manual_seed(6), torch.Generator().manual_seed(7)])
+    assert torch.equal(alone[0], paired[1])
+    again = model.sample([0, 1], guidance_scale=2.0,
+                         generator=[torch.Generator().manual_seed(6), torch.Generator().manual_seed(7)])
+    assert torch.equal(paired, again) and int(paired.max()) < VOCAB
+
+
+def test_samplers_draw_vocab_wide_noise_only_from_one_stream_on_their_own_device():
+    from hf_vq.generators.sampling import draws_on_device
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert draws_on_device(None, gpu) and draws_on_device(None, cpu)
+    assert draws_on_device(torch.Generator(), cpu)  # torch.multinomial's own draws
+    assert not draws_on_device(torch.manual_seed(0), gpu)  # a CPU seed for a CUDA model: one number per token
+    assert not draws_on_device([torch.Generator()], cpu)  # one generator per sample
+
+
 def test_noise_is_drawn_on_the_generators_device_then_moved():
     from hf_vq.generators.sampling import exponential_noise, noise_device, uniform_noise
 

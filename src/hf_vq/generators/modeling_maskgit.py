@@ -20,13 +20,13 @@ from .sampling import (
     check_class_labels,
     check_generators,
     check_sampling_args,
+    draws_on_device,
     eval_mode,
     guidance_scale_at,
     guide,
     logits_warpers,
     masking_schedule,
     multinomial_from_uniform,
-    noise_device,
     sampling_device,
     uniform_noise,
     warp,
@@ -221,9 +221,7 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
                 if use_cfg:
                     logits = guide(logits, guidance_scale_at(guidance_scale, cfg_schedule, 1 - num_masked / n))
                 logits = warp(logits.flatten(0, 2), warpers)
-                if isinstance(generator, (list, tuple)) or noise_device(generator, device) != logits.device:
-                    # one generator per sample, or one on another device (a CPU seed for a CUDA model): one number
-                    # per token, drawn where the generator is and moved
+                if not draws_on_device(generator, logits.device):
                     uniform = uniform_noise((batch, k * n), generator, device).flatten()
                     sampled = multinomial_from_uniform(logits.softmax(-1), uniform)[:, None]
                 else:

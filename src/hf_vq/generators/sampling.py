@@ -169,17 +169,10 @@ def _per_sample(
     return torch.stack([draw(g, g.device) for g in generators]).to(device)
 
 
-def exponential_noise(count: int, shape: tuple[int, int], generator: Generators, device: torch.device) -> torch.Tensor:
+def exponential_noise(count: int, shape: tuple[int, int], generator: torch.Generator | None,
+                      device: torch.device) -> torch.Tensor:
     """(count, rows, vocab) fp32 Exp(1) noise, drawn as `count` successive torch.multinomial calls on (rows, vocab)
-    probabilities would draw theirs (one `exponential_` per call), so `multinomial_from_noise` gives their tokens.
-
-    With a list of generators (one per row), row r of every call is drawn from generator r instead.
-    """
-    if isinstance(generator, (list, tuple)):
-        def draw(g: torch.Generator, on: torch.device) -> torch.Tensor:
-            return torch.empty(count, shape[1], dtype=torch.float32, device=on).exponential_(generator=g)
-
-        return _per_sample(draw, generator, device).transpose(0, 1)
+    probabilities would draw theirs (one `exponential_` per call), so `multinomial_from_noise` gives their tokens."""
     on = noise_device(generator, device)
     return torch.stack(
         [torch.empty(shape, dtype=torch.float32, device=on).exponential_(generator=generator) for _ in range(count)]
@@ -191,6 +184,19 @@ def uniform_noise(shape: tuple[int, ...], generator: Generators, device: torch.d
     if isinstance(generator, (list, tuple)):
         return _per_sample(lambda g, on: torch.rand(shape[1:], device=on, generator=g), generator, device)
     return torch.rand(shape, device=noise_device(generator, device), generator=generator).to(device)
+
+
+def draws_on_device(generator: Generators, device: torch.device) -> bool:
+    """Whether the draws come from one stream on the sampling `device` (a tensor's): no generator, or one there.
+
+    Then a sampler draws as torch.multinomial does. Otherwise (one generator per sample, or a CPU seed such as
+    `torch.manual_seed(0)` for a CUDA model) it draws one U[0, 1) number per token where the generators are, moves
+    them once, and samples by inverse CDF (`multinomial_from_uniform`): vocab-wide noise made on the CPU and copied
+    at every step would cost more than the step itself on a GPU.
+    """
+    if isinstance(generator, (list, tuple)):
+        return False
+    return generator is None or generator.device == torch.device(device)
 
 
 def noise_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
