@@ -191,6 +191,30 @@ def test_push_writes_the_card_before_the_upload(pipe_dir, tmp_path, hub, capsys)
     assert "pushed" in capsys.readouterr().out
 
 
+def test_a_failed_push_leaves_the_folder_as_it_was(pipe_dir, tmp_path, hub, monkeypatch, no_hub_token):
+    import huggingface_hub
+
+    before = sorted(p.name for p in pipe_dir.iterdir())
+    with pytest.raises(SystemExit, match="hf-vq push: uploading to me/tiny-far needs a Hugging Face token"):
+        main(["push", "me/tiny-far", str(pipe_dir)])
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+
+    def unreachable(**kwargs):
+        raise ConnectionError("[Errno -2] Name or service not known")  # what a machine offline gets
+
+    monkeypatch.setattr(huggingface_hub, "upload_folder", unreachable)
+    with pytest.raises(SystemExit, match=r"pushing .* to me/tiny-far failed \(ConnectionError: .*folder is unchanged"):
+        main(["push", "me/tiny-far", str(pipe_dir)])
+    assert sorted(p.name for p in pipe_dir.iterdir()) == before  # the card written for the push is gone again
+    evaluation = tmp_path / "eval.json"
+    evaluation.write_text(json.dumps(GENERATION))
+    (pipe_dir / "README.md").write_text(pipeline_model_card(pipe_dir, "me/tiny-far").content)
+    card = (pipe_dir / "README.md").read_bytes()
+    with pytest.raises(SystemExit, match="failed"):
+        main(["push", "me/tiny-far", str(pipe_dir), "--evaluation", str(evaluation)])
+    assert (pipe_dir / "README.md").read_bytes() == card  # an earlier card, not the one with the evaluation
+
+
 def test_push_writes_a_card_only_when_missing_or_asked(pipe_dir, tmp_path, hub):
     main(["push", "me/tiny-far", str(pipe_dir)])
     first = ModelCard(hub[0]["readme"])

@@ -59,6 +59,13 @@ def test_bad_runs_fail_before_training(tmp_path, imagefolder):
     (tmp_path / "x").mkdir()
     with pytest.raises(ValueError, match="broken.png"):
         run(tmp_path / "x", imagefolder, "--max_train_steps", "1")
+    # that run saved nothing, so the corrected one (here: other settings too) may take its folder
+    (imagefolder / "a" / "broken.png").unlink()
+    run(tmp_path / "x", imagefolder, "--max_train_steps", "1", config={**TINY, "codebook_size": 16})
+    assert (tmp_path / "x" / "out" / "train_summary.json").is_file()
+    with pytest.raises(SystemExit):  # refused by the parser, before any folder
+        run(tmp_path, imagefolder, "--output_dir", str(tmp_path / "y"), "--lr_scheduler", "cosinee")
+    assert not (tmp_path / "y").exists()
 
 
 def test_push_to_hub_uploads_the_final_tokenizer(tmp_path, imagefolder, fake_hub):

@@ -99,18 +99,31 @@ def push(args: argparse.Namespace) -> None:
     import json
 
     from .model_card import card_writer_for_push
-    from .utils import push_folder
+    from .utils import push_folder, require_hub_token, write_file_atomic
 
     repo_id, folder = args.repo_id, args.folder
-    if Path(repo_id).is_dir() and not Path(folder).is_dir():  # the order of hf_vq before 0.2: FOLDER REPO_ID
+    if Path(repo_id).is_dir() and not Path(folder).is_dir():  # the order of early versions: FOLDER REPO_ID
         print(f"warning: reading `hf-vq push {repo_id} {folder}` as FOLDER REPO_ID; the order is now "
               f"`hf-vq push {folder} {repo_id}` (REPO_ID first, as `hf upload`)", file=sys.stderr)
         repo_id, folder = folder, repo_id
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"no such folder: {folder}")
+    require_hub_token(f"uploading to {repo_id}", instead=None)
     evaluation = [json.loads(Path(path).read_text()) for path in args.evaluation or []]
     write_card = card_writer_for_push(folder, repo_id, evaluation, args.dataset, args.overwrite_card)
-    url = push_folder(folder, repo_id, private=args.private, message=args.message, before_upload=write_card)
+    readme = Path(folder) / "README.md"
+    card_before = readme.read_bytes() if readme.is_file() else None
+    try:
+        url = push_folder(folder, repo_id, private=args.private, message=args.message, before_upload=write_card)
+    except Exception as err:
+        if write_card is not None:  # a failed push leaves the folder as it was, without the card written for it
+            if card_before is None:
+                readme.unlink(missing_ok=True)
+            else:
+                write_file_atomic(readme, lambda tmp: Path(tmp).write_bytes(card_before))
+        # Everything local was checked above: what fails here is the Hub or the way to it (network, permissions).
+        raise OSError(f"pushing {folder} to {repo_id} failed ({type(err).__name__}: {err}); the folder is unchanged"
+                      ) from err
     print(f"pushed {folder} to {url}")
 
 

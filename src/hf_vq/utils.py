@@ -155,12 +155,14 @@ def _version() -> str:
 
 
 def require_hub_token(flag: str = "--push_to_hub",
-                      instead: str = "drop --push_to_hub and upload later with `hf-vq push REPO_ID FOLDER`") -> None:
+                      instead: str | None = "drop --push_to_hub and upload later with `hf-vq push REPO_ID FOLDER`",
+                      ) -> None:
     """Fail fast (before any work) when a command asks to push to the Hub but no token is configured."""
     from huggingface_hub import get_token
 
     if get_token() is None:
-        raise ValueError(f"{flag} needs a Hugging Face token: run `hf auth login` or set HF_TOKEN, or {instead}.")
+        tail = f", or {instead}" if instead else ""
+        raise ValueError(f"{flag} needs a Hugging Face token: run `hf auth login` or set HF_TOKEN{tail}.")
 
 
 def create_hub_repo(repo_id: str, private: bool = False) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
+from diffusers.optimization import SchedulerType
 
 from ..utils import require_hub_token
 
@@ -64,11 +65,13 @@ def prepare_run_dir(
     if run_file.exists():
         previous = json.loads(run_file.read_text())
         diff = sorted(k for k in set(previous) | set(run_identity) if previous.get(k) != run_identity.get(k))
-        if diff:
+        if diff and (list_checkpoints(root) or (root / SUMMARY_FILE).exists()):
             raise ValueError(
                 f"{root} holds a different run (differs in: {', '.join(diff)}). Choose another --output_dir, "
                 "or delete the folder to start over."
             )
+        if diff:  # a run that stopped before it saved anything (a bad flag, a first step that failed): nothing to keep
+            print(f"{root} holds a run that saved nothing (it differed in: {', '.join(diff)}); starting this one there")
     checkpoint = None
     if resume is not None:
         if resume == "latest":
@@ -225,7 +228,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, checkpointing_steps: int 
     p.add_argument("--gradient_accumulation_steps", type=int, default=1)
     p.add_argument("--max_train_steps", type=int, default=10000)
     p.add_argument("--max_minutes", type=float, default=None, help="stop (and save) after this much wall time")
-    p.add_argument("--lr_scheduler", default="constant", help="any diffusers.optimization scheduler name")
+    p.add_argument("--lr_scheduler", default="constant", choices=[t.value for t in SchedulerType],
+                   help="a diffusers.optimization scheduler")
     p.add_argument("--lr_warmup_steps", type=int, default=0)
     p.add_argument("--max_grad_norm", type=float, default=1.0)
     p.add_argument("--gradient_checkpointing", action="store_true",
