@@ -8,6 +8,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from transformers import AutoModel
 
 from hf_vq import (
     FARConfig,
@@ -155,6 +156,17 @@ def test_assemble_pipeline_folder(tmp_path):
     labels.write_text(json.dumps({str(k): v for k, v in LABELS.items()}))
     assemble_pipeline(tmp_path / "tok", tmp_path / "far", tmp_path / "pipe", id2label=labels)
     assert FQGANPipeline.from_pretrained(tmp_path / "pipe").get_label_ids(["T-shirt/top"]) == [0]
+    # the generator carries the names too, where transformers keeps them
+    assert AutoModel.from_pretrained(tmp_path / "pipe" / "transformer").config.id2label == LABELS
+    # JSON text; a generator without names of its own and not ImageNet-sized gets none (ids only), not ImageNet's
+    inline = assemble_pipeline(tmp_path / "tok", tmp_path / "far", tmp_path / "inline", id2label='{"1": "Trouser"}')
+    assert inline.get_label_ids(["trouser", 2]) == [1, 2]
+    assert assemble_pipeline(tmp_path / "tok", tmp_path / "far", tmp_path / "ids").config.id2label == {}
+    for bad, message in [('{"0": "a", "7": "b"}', "up to 7, but the generator has 3 classes"),
+                         ('["a", "b"]', "JSON object of class id -> name")]:
+        with pytest.raises(ValueError, match=message):
+            assemble_pipeline(tmp_path / "tok", tmp_path / "far", tmp_path / "bad", id2label=bad)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_bad_input(pipe):

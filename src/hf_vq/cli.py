@@ -188,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("assemble", help="tokenizer + generator -> pipeline folder", formatter_class=defaults)
     a.add_argument("--tokenizer", required=True)
     a.add_argument("--transformer", required=True)
-    a.add_argument("--labels", default=None, help="id2label JSON (default: ImageNet names from the Hub)")
+    a.add_argument("--labels", default=None,
+                   help='class names: a JSON file or JSON text of id -> name, such as \'{"0": "T-shirt/top"}\' '
+                        "(default: the generator's own, else ImageNet's from the Hub for 1000 classes, else none)")
     a.add_argument("--overwrite", action="store_true",
                    help="replace a non-empty output folder (one hf_vq did not write is moved aside, not deleted)")
     a.add_argument("output_dir")

@@ -13,10 +13,13 @@ import numpy as np
 import torch
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
+from diffusers.utils import logging
 
 from ..generators import GENERATOR_CLASSES, ClassConditionalGeneratorConfig
 from ..tokenizers import AutoImageTokenizer, ImageTokenizerMixin
 from ..utils import check_output_dir, save_pretrained_atomic
+
+logger = logging.get_logger(__name__)
 
 IMAGENET_LABELS_REPO = "huggingface/label-files"
 IMAGENET_LABELS_FILE = "imagenet-1k-id2label.json"
@@ -42,14 +45,29 @@ def is_fqgan_pipeline_class_name(class_name: Any) -> bool:
     )
 
 
-def load_id2label(path: str | os.PathLike | None = None) -> dict[int, str]:
-    """ImageNet id -> name from the Hub's `huggingface/label-files` (or from a local JSON file when given)."""
-    if path is None:
-        from huggingface_hub import hf_hub_download
+def load_id2label(source: str | os.PathLike | None = None) -> dict[int, str]:
+    """id -> class name from a JSON file, from JSON text ('{"0": "cat", ...}'), or with None the ImageNet names
+    from the Hub's `huggingface/label-files`."""
+    if isinstance(source, str) and source.lstrip()[:1] in ("{", "["):
+        table = json.loads(source)
+    else:
+        if source is None:
+            from huggingface_hub import hf_hub_download
 
-        path = hf_hub_download(IMAGENET_LABELS_REPO, IMAGENET_LABELS_FILE, repo_type="dataset")
-    with open(path) as f:
-        return {int(k): v for k, v in json.load(f).items()}
+            source = hf_hub_download(IMAGENET_LABELS_REPO, IMAGENET_LABELS_FILE, repo_type="dataset")
+        with open(source) as f:
+            table = json.load(f)
+    if not isinstance(table, dict) or not all(str(k).isdigit() and isinstance(v, str) for k, v in table.items()):
+        raise ValueError("labels must be a JSON object of class id -> name, such as {\"0\": \"T-shirt/top\"}")
+    return {int(k): v for k, v in table.items()}
+
+
+def check_labels(id2label: dict[int, str], num_classes: int) -> None:
+    """Raise when class names are given for ids a generator of `num_classes` classes does not have."""
+    beyond = sorted(i for i in id2label if not 0 <= i < num_classes)
+    if beyond:
+        raise ValueError(f"the labels name class ids up to {max(beyond)}, but the generator has {num_classes} classes "
+                         f"(ids 0-{num_classes - 1}): give the labels of the data it was trained on")
 
 
 def check_components(vqvae: ImageTokenizerMixin, transformer: torch.nn.Module) -> None:
@@ -100,8 +118,11 @@ class FQGANPipeline(DiffusionPipeline):
     def __init__(self, vqvae: ImageTokenizerMixin, transformer: torch.nn.Module, id2label: dict | None = None):
         super().__init__()
         check_components(vqvae, transformer)
-        self.register_modules(vqvae=vqvae, transformer=transformer)
         id2label = {int(k): v for k, v in (id2label or {}).items()}
+        check_labels(id2label, transformer.config.num_classes)
+        if id2label:  # transformers' place for class names, so the generator alone (AutoModel) has them too
+            transformer.config.id2label = id2label
+        self.register_modules(vqvae=vqvae, transformer=transformer)
         self.register_to_config(id2label=id2label)
         self.labels = {
             name.strip().lower(): int(i) for i, names in id2label.items() for name in names.split(",") if name.strip()
@@ -269,18 +290,34 @@ def assemble_pipeline(
 ) -> FQGANPipeline:
     """Build a pipeline from saved (or in-memory) components and labels, and save it to `output_dir`.
 
-    `id2label` may be a dict, a JSON file, or None for the ImageNet names from the Hub. A non-empty `output_dir`
-    is refused unless `overwrite` (see `hf_vq.utils.atomic_directory`).
+    `id2label` may be a dict, a JSON file or JSON text (`load_id2label`), or None: the generator's own names
+    (`config.id2label`) when it has them, else the ImageNet names from the Hub for a 1000-class generator, else
+    none (classes are then asked for by id). A non-empty `output_dir` is refused unless `overwrite` (see
+    `hf_vq.utils.atomic_directory`).
     """
     check_output_dir(output_dir, overwrite)
     from transformers import AutoModel
 
+    if id2label is not None and not isinstance(id2label, dict):
+        id2label = load_id2label(id2label)  # before the models load: a bad labels file fails first
     if not isinstance(vqvae, torch.nn.Module):
         vqvae = AutoImageTokenizer.from_pretrained(vqvae)
     if not isinstance(transformer, torch.nn.Module):
         transformer = AutoModel.from_pretrained(transformer)
-    if not isinstance(id2label, dict):
-        id2label = load_id2label(id2label)
+    if id2label is None:
+        id2label = default_labels(transformer.config)
     pipe = FQGANPipeline(vqvae=vqvae, transformer=transformer, id2label=id2label)
     save_pretrained_atomic(pipe, output_dir, "hf-vq assemble", overwrite)
     return pipe
+
+
+def default_labels(config: ClassConditionalGeneratorConfig) -> dict[int, str]:
+    """The class names of a generator given none: its config's, ImageNet's for 1000 classes, else none."""
+    names = {int(i): name for i, name in (config.id2label or {}).items()}
+    if names and names != {i: f"LABEL_{i}" for i in names}:  # transformers' placeholders are no names
+        return names
+    if config.num_classes == 1000:
+        return load_id2label()
+    logger.warning("no labels for this %d-class generator: its classes are asked for by id (pass labels to name "
+                   "them)", config.num_classes)
+    return {}
