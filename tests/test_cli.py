@@ -149,3 +149,23 @@ def test_single_process_commands_refuse_a_multi_process_launch(argv, name, monke
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(SystemExit, match=f"hf-vq {name}: runs in one process, but 2 were launched"):
         main(argv)
+
+
+def test_a_device_the_machine_lacks_is_refused_by_the_parser(monkeypatch, capsys):
+    import argparse
+
+    from hf_vq.utils import device_arg
+
+    assert device_arg("cpu") == "cpu"
+    for value, message in [("gpu", "'gpu' is not a torch device"), ("meta", "has no meta device")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            device_arg(value)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda: torch.device("cuda"))
+    monkeypatch.setattr(torch.accelerator, "device_count", lambda: 2)
+    assert device_arg("cuda") == "cuda" and device_arg("cuda:1") == "cuda:1"
+    with pytest.raises(argparse.ArgumentTypeError, match="there are 2 cuda devices"):
+        device_arg("cuda:2")
+    with pytest.raises(SystemExit):  # before any model loads
+        main(["generate", "--labels", "0", "--device", "cuda:2"])
+    assert "argument --device: cuda:2: there are 2 cuda devices" in capsys.readouterr().err

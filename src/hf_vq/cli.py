@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .pipelines.loading import GENERATOR_DTYPES, bundled_model_path, load_pipeline
-from .utils import launched_processes
+from .utils import device_arg, launched_processes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -35,7 +35,7 @@ def generate(args: argparse.Namespace) -> None:
     model = args.model or bundled_model_path()
     if args.model is None and not Path(model).is_dir():
         raise SystemExit(f"the bundled model is missing from this install ({model}); pass --model")
-    pipe = load_pipeline(model, args.dtype).to(args.device or default_device())
+    pipe = load_pipeline(model, args.dtype, args.device or default_device())
     labels = [int(x) if x.isdigit() else x for x in args.labels]
     pipe.get_label_ids(labels)  # fail on a bad label before any sampling
     images = pipe(labels, num_images_per_label=args.n, guidance_scale=args.guidance_scale,
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generator weights (on CPU the activations stay fp32); fp16 and bf16 AR generators sample "
                    "1.4-1.8x as fast on AVX-512 CPUs and keep >= 99%% of fp32's top-1 tokens")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    g.add_argument("--device", default=None, type=device_arg, help="default: cuda when available, else cpu")
     g.set_defaults(func=generate)
 
     r = sub.add_parser("reconstruct", help="tokenize and decode an image", formatter_class=defaults)

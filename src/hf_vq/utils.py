@@ -45,6 +45,28 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def device_arg(value: str) -> str:
+    """argparse type of the commands' --device: a torch device this machine has ("cpu", "cuda", "cuda:1", ...)."""
+    import argparse
+
+    import torch
+
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if device.type == "cpu":
+        return value
+    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    if accelerator is None or accelerator.type != device.type:
+        raise argparse.ArgumentTypeError(f"{value}: this machine (this torch build) has no {device.type} device; "
+                                         f"it has {accelerator.type if accelerator else 'only the cpu'}")
+    if device.index is not None and device.index >= torch.accelerator.device_count():
+        raise argparse.ArgumentTypeError(f"{value}: there are {torch.accelerator.device_count()} {device.type} "
+                                         "devices, numbered from 0")
+    return value
+
+
 def launched_processes() -> int:
     """How many processes the launcher (`accelerate launch`, `torchrun`) started; 1 outside a launch."""
     return int(os.environ.get("WORLD_SIZE", "1"))

@@ -8,6 +8,8 @@ from pathlib import Path
 
 def add_benchmark_arguments(sub: argparse._SubParsersAction, formatter: type) -> None:
     """Register `hf-vq benchmark SPEC`."""
+    from ..utils import device_arg
+
     b = sub.add_parser("benchmark", formatter_class=formatter,
                        help="train, sample and evaluate every tokenizer of a spec; write one JSON per row and a table")
     b.add_argument("spec", help="benchmark spec JSON (see hf_vq/benchmark/spec.py; examples/benchmarks/*.json)")
@@ -19,7 +21,8 @@ def add_benchmark_arguments(sub: argparse._SubParsersAction, formatter: type) ->
     b.add_argument("--rows", nargs="+", default=None, help="run only these rows (by name)")
     b.add_argument("--skip_noise", action="store_true", help="leave the noise reruns (spec key `noise`) for later")
     b.add_argument("--table_only", action="store_true", help="only regenerate TABLE.md and plot.svg from the JSONs")
-    b.add_argument("--device", default=None, help="sampling and evaluation device (default: cuda when available)")
+    b.add_argument("--device", default=None, type=device_arg,
+                   help="sampling and evaluation device (default: cuda when available)")
     b.set_defaults(func=benchmark_command, multi_process=True)
 
 

@@ -17,6 +17,7 @@ DEFAULT_FEATURES = {"fashion-mnist": "fmnist"}  # other datasets: the FID Incept
 def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> None:
     """Register `evaluate tokenizer` and `evaluate pipeline` on the `hf-vq` parser."""
     from ..pipelines.loading import GENERATOR_DTYPES
+    from ..utils import device_arg
 
     e = sub.add_parser("evaluate", help="metrics of a tokenizer or a pipeline, as JSON", formatter_class=formatter)
     kinds = e.add_subparsers(dest="target", required=True)
@@ -29,7 +30,7 @@ def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> 
         p.add_argument("--feature_weights", default=None,
                        help="FID Inception .pth, or a classifier folder for --features fmnist (default: bundled)")
         p.add_argument("--batch_size", type=int, default=100)
-        p.add_argument("--device", default=None,
+        p.add_argument("--device", default=None, type=device_arg,
                        help="default: cuda when available, else cpu (under a multi-process launch each process "
                             "uses its launcher's device, and --device is refused)")
         p.add_argument("--output", default=None, help="write the JSON result here (.json)")
@@ -204,7 +205,7 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
     if network is None:
         raise ValueError("evaluate pipeline needs a feature network: --features fmnist or inception")
     model = args.model or str(bundled_model_path())
-    pipe = load_pipeline(model, args.dtype).to(args.device)
+    pipe = load_pipeline(model, args.dtype, args.device)
     pipe.set_progress_bar_config(disable=True)
     if args.compile and not getattr(pipe.transformer, "is_autoregressive", False):
         raise ValueError("--compile is for AR generators (FAR/GPT); this pipeline's generator samples eagerly")

@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..generators.sampling import eval_mode
+from ..utils import device_arg
 from .images import from_uint8
 
 DEFAULT_WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -386,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight_decays", type=float, nargs="+", default=list(DEFAULT_WEIGHT_DECAYS))
     p.add_argument("--max_iterations", type=int, default=DEFAULT_MAX_ITERATIONS, help="L-BFGS iterations at most")
     p.add_argument("--batch_size", type=int, default=256)
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--device", default=None, type=device_arg, help="default: cuda when available, else cpu")
     p.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     p.add_argument("--output", default=None, help="write the JSON result here (.json)")

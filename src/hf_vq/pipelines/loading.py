@@ -19,12 +19,16 @@ def bundled_model_path() -> Path:
     return Path(str(files("hf_vq") / "assets" / BUNDLED_MODEL))
 
 
-def load_pipeline(model: str | Path, dtype: str = "fp32") -> FQGANPipeline:
-    """The pipeline at `model` (folder or Hub id) with its generator's weights in `dtype` (a GENERATOR_DTYPES key).
+def load_pipeline(model: str | Path, dtype: str = "fp32", device: str | torch.device = "cpu") -> FQGANPipeline:
+    """The pipeline at `model` (folder or Hub id) on `device`, its generator's weights in `dtype` (a GENERATOR_DTYPES
+    key).
 
     Only the generator changes precision (its logits stay fp32, see `blocks.OutputHead`); the tokenizer, a small
     part of the time, stays fp32.
     """
     dtype = getattr(torch, GENERATOR_DTYPES[dtype])
     transformer = AutoModel.from_pretrained(model, subfolder="transformer", dtype=dtype)
-    return FQGANPipeline.from_pretrained(model, transformer=transformer)
+    pipe = FQGANPipeline.from_pretrained(model, transformer=transformer)
+    # Loaded on the CPU already; diffusers' `.to("cpu")` would warn that half weights cannot run there, which does
+    # not hold for hf_vq's generators (they keep fp32 activations on a CPU).
+    return pipe if torch.device(device).type == "cpu" else pipe.to(device)
