@@ -192,6 +192,10 @@ def test_works_inside_the_pipeline(model, tmp_path):
     assert type(loaded.vqvae) is type(model)
     again = loaded(["a", 1], num_images_per_label=2, output_type="pt", generator=torch.manual_seed(0)).images
     assert torch.equal(again, images_)
+    # the family loader, given the pipeline, opens its tokenizer (what every --tokenizer flag takes)
+    assert type(AutoImageTokenizer.from_pretrained(tmp_path / "pipe")) is type(model)
+    with pytest.raises(ValueError, match="generator \\(a transformers model\\), not a tokenizer"):
+        AutoImageTokenizer.from_pretrained(tmp_path / "pipe" / "transformer")
 
 
 def test_code_extraction(model, tmp_path, imagefolder):

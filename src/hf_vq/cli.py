@@ -64,9 +64,7 @@ def reconstruct(args: argparse.Namespace) -> None:
     if not Path(args.image).is_file():
         raise SystemExit(f"no such image: {args.image}")
     _check_model_path(args.tokenizer, "--tokenizer")
-    # A pipeline folder (or Hub repo) holds its tokenizer in vqvae/.
-    is_pipeline = (Path(args.tokenizer) / "model_index.json").is_file()
-    tokenizer = AutoImageTokenizer.from_pretrained(args.tokenizer, subfolder="vqvae" if is_pipeline else None).eval()
+    tokenizer = AutoImageTokenizer.from_pretrained(args.tokenizer).eval()  # a pipeline's too
     image = to_8bit(Image.open(args.image)).convert("L" if tokenizer.in_channels == 1 else "RGB")
     x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).reshape(image.height, image.width, -1)
     x = x.permute(2, 0, 1)[None]

@@ -159,8 +159,7 @@ def evaluate_tokenizer_command(args: argparse.Namespace) -> dict:
 
     _check_output(args.output)
     _set_device(args)
-    is_pipeline = (Path(args.model) / "model_index.json").is_file()
-    tokenizer = AutoImageTokenizer.from_pretrained(args.model, subfolder="vqvae" if is_pipeline else None)
+    tokenizer = AutoImageTokenizer.from_pretrained(args.model)  # a pipeline's too
     tokenizer = tokenizer.to(args.device).eval()
     teacher = None
     if args.teacher:

@@ -355,7 +355,7 @@ def _load(model: str | None, target: str | None) -> tuple[str, str, nn.Module, n
         raise ValueError(f"{path} is a tokenizer folder, which has no generator; probe it with --target encoder")
     try:
         if target == "encoder":
-            tokenizer = AutoImageTokenizer.from_pretrained(path, subfolder="vqvae" if is_pipeline else None)
+            tokenizer = AutoImageTokenizer.from_pretrained(path)  # a pipeline's too
             return path, target, tokenizer, None
         from ..pipelines import FQGANPipeline
 

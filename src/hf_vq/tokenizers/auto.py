@@ -32,11 +32,16 @@ def tokenizer_class(name: str) -> type[ImageTokenizerMixin]:
     raise ValueError(f"{name!r} is not an hf_vq tokenizer class; the family is: {known}")
 
 
+# Where a pipeline (FQGANPipeline's model_index.json layout) keeps its tokenizer.
+PIPELINE_SUBFOLDER = "vqvae"
+
+
 class AutoImageTokenizer(ConfigMixin):
-    """Opens any saved hf_vq tokenizer (folder or Hub id) as the class its config names.
+    """Opens any saved hf_vq tokenizer (folder or Hub id) as the class its config names; given a pipeline (folder or
+    Hub id) without a `subfolder`, its tokenizer.
 
         tokenizer = AutoImageTokenizer.from_pretrained("runs/fmnist-tokenizer/tokenizer")
-        tokenizer = AutoImageTokenizer.from_pretrained("org/fqgan-far-large", subfolder="vqvae")
+        tokenizer = AutoImageTokenizer.from_pretrained("org/fqgan-far-large")  # = subfolder="vqvae"
     """
 
     config_name = "config.json"
@@ -48,7 +53,16 @@ class AutoImageTokenizer(ConfigMixin):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> ImageTokenizerMixin:
         """Read the config, pick the class it names, and load the weights with that class's `from_pretrained`."""
         hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
-        config = cls.load_config(pretrained_model_name_or_path, **hub_kwargs)
+        try:
+            config = cls.load_config(pretrained_model_name_or_path, **hub_kwargs)
+        except OSError as err:
+            if "subfolder" in kwargs:
+                raise
+            try:  # a pipeline: no config at its root, its tokenizer in vqvae/
+                config = cls.load_config(pretrained_model_name_or_path, **hub_kwargs, subfolder=PIPELINE_SUBFOLDER)
+            except OSError:
+                raise err from None
+            kwargs["subfolder"] = PIPELINE_SUBFOLDER
         return cls._class_of(config, pretrained_model_name_or_path).from_pretrained(
             pretrained_model_name_or_path, **kwargs
         )
@@ -64,6 +78,9 @@ class AutoImageTokenizer(ConfigMixin):
     @staticmethod
     def _class_of(config: dict[str, Any], origin: Any) -> type[ImageTokenizerMixin]:
         name = config.get("_class_name")
+        if not isinstance(name, str) and "model_type" in config:
+            raise ValueError(f"{origin} holds a {config['model_type']} generator (a transformers model), not a "
+                             "tokenizer: give the tokenizer's folder, or the pipeline's")
         if not isinstance(name, str):
             raise ValueError(
                 f"{origin} has no `_class_name`, so it is not a saved hf_vq tokenizer config; "
