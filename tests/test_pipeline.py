@@ -170,10 +170,12 @@ def test_assemble_pipeline_folder(tmp_path):
 
 
 def test_bad_input(pipe):
-    with pytest.raises(ValueError, match="Did you mean: 'sneaker'"):
+    with pytest.raises(ValueError, match="Did you mean: 'Sneaker'"):  # spelled as the labels spell it
         pipe(["sneakers"])
     with pytest.raises(ValueError, match="out of range"):
         pipe([3])
+    with pytest.raises(ValueError, match="class id -1 is out of range"):
+        pipe(["-1"])
     with pytest.raises(ValueError, match="output_type"):
         pipe([0], output_type="jpeg")
     with pytest.raises(ValueError):

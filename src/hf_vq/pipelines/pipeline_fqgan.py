@@ -191,10 +191,10 @@ class FQGANPipeline(DiffusionPipeline):
                 label = label.item()
             if isinstance(label, bool) or not isinstance(label, (int, str, np.integer)):
                 raise TypeError(f"class labels are ids (int) or names (str), got {label!r} ({type(label).__name__})")
-            if isinstance(label, str) and not label.strip().isdigit():
+            if isinstance(label, str) and not label.strip().lstrip("-").isdigit():
                 key = label.strip().lower()
                 if key not in self.labels:
-                    close = difflib.get_close_matches(key, self.labels, n=5, cutoff=0.5)
+                    close = [self._label_name(c) for c in difflib.get_close_matches(key, self.labels, n=5, cutoff=0.5)]
                     hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
                     raise ValueError(f"Unknown class label {label!r}.{hint}")
                 ids.append(self.labels[key])
@@ -204,6 +204,11 @@ class FQGANPipeline(DiffusionPipeline):
                 raise ValueError(f"class id {label} is out of range [0, {num_classes})")
             ids.append(label)
         return ids
+
+    def _label_name(self, key: str) -> str:
+        """A class name as id2label spells it, from its lower-case key in `self.labels`."""
+        names = {int(i): v for i, v in self.config.id2label.items()}[self.labels[key]]
+        return next((n.strip() for n in names.split(",") if n.strip().lower() == key), key)
 
     @torch.no_grad()
     def __call__(

@@ -71,12 +71,14 @@ def prepare_run_dir(
                 "or delete the folder to start over."
             )
         if diff:  # a run that stopped before it saved anything (a bad flag, a first step that failed): nothing to keep
-            print(f"{root} holds a run that saved nothing (it differed in: {', '.join(diff)}); starting this one there")
+            _say(f"{root} holds a run that saved nothing (it differed in: {', '.join(diff)}); starting this one there")
     checkpoint = None
     if resume is not None:
         if resume == "latest":
             checkpoints = list_checkpoints(root)
-            checkpoint = checkpoints[-1] if checkpoints else None  # nothing yet: a fresh start
+            checkpoint = checkpoints[-1] if checkpoints else None
+            if checkpoint is None:
+                _say(f"--resume_from_checkpoint latest: {root} holds no checkpoint yet; starting a fresh run")
         else:
             checkpoint = Path(resume)
             if not checkpoint.is_dir():
@@ -87,6 +89,12 @@ def prepare_run_dir(
             "or choose another --output_dir."
         )
     return checkpoint
+
+
+def _say(message: str) -> None:
+    """Print once per launch: called before the Accelerator exists, on every process."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message)
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:

@@ -144,7 +144,7 @@ class TokenizerGANRecipe(TrainingRecipe):
     """Train an image tokenizer (VQGAN, FQGAN-Dual/Triple, FSQ, LFQ) with pixel, perceptual and GAN losses.
 
         accelerate launch examples/train_fqgan.py --tokenizer_config examples/configs/fmnist_fqgan_dual.json \\
-            --dataset fashion-mnist --resolution 28 --output_dir runs/fmnist-tokenizer
+            --dataset fashion-mnist --resolution 28 --output_dir runs/fmnist-tokenizer --perceptual_weight 0
     """
 
     name = "train_fqgan"
