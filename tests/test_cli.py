@@ -169,3 +169,25 @@ def test_a_device_the_machine_lacks_is_refused_by_the_parser(monkeypatch, capsys
     with pytest.raises(SystemExit):  # before any model loads
         main(["generate", "--labels", "0", "--device", "cuda:2"])
     assert "argument --device: cuda:2: there are 2 cuda devices" in capsys.readouterr().err
+
+
+def test_an_output_file_hf_vq_did_not_write_is_never_replaced(pipe_dir, tmp_path):
+    from PIL import Image
+
+    from hf_vq.utils import written_by_hf_vq
+
+    mine = tmp_path / "photo.png"
+    Image.new("L", (4, 4)).save(mine)
+    before = mine.read_bytes()
+    with pytest.raises(SystemExit, match="photo.png exists and hf-vq did not write it"):
+        main(["generate", "--model", str(pipe_dir), "--labels", "0", "-n", "1", "--out", str(mine)])
+    assert mine.read_bytes() == before
+    out = tmp_path / "grid.jpg"
+    for _ in "12":  # its own output, a rerun replaces
+        main(["generate", "--model", str(pipe_dir), "--labels", "0", "-n", "1", "--out", str(out)])
+    assert written_by_hf_vq(out) and not written_by_hf_vq(mine)
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}')
+    with pytest.raises(SystemExit, match="notes.json exists and hf-vq did not write it"):
+        main(["evaluate", "tokenizer", str(pipe_dir), "--output", str(notes)])
+    assert notes.read_text() == '{"mine": 1}'

@@ -7,17 +7,9 @@ import sys
 from pathlib import Path
 
 from .pipelines.loading import GENERATOR_DTYPES, bundled_model_path, load_pipeline
-from .utils import device_arg, launched_processes
+from .utils import device_arg, launched_processes, save_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
-
-def _save_image(image, out: str) -> None:
-    """Write a PIL image atomically (temp file in the same folder, then rename)."""
-    from .utils import write_file_atomic
-
-    image_format = Path(out).suffix.lstrip(".").upper().replace("JPG", "JPEG")
-    write_file_atomic(out, lambda tmp: image.save(tmp, format=image_format))
 
 
 def generate(args: argparse.Namespace) -> None:
@@ -44,7 +36,7 @@ def generate(args: argparse.Namespace) -> None:
                   num_inference_steps=args.steps, generator=torch.Generator().manual_seed(args.seed),
                   compile=args.compile).images
     grid = make_image_grid(images, rows=len(labels), cols=args.n)
-    _save_image(grid, args.out)
+    save_image(grid, args.out)
     print(f"wrote {args.out} ({len(labels)} labels x {args.n} images)")
 
 
@@ -70,7 +62,7 @@ def reconstruct(args: argparse.Namespace) -> None:
     x = x.permute(2, 0, 1)[None]
     indices = tokenizer.tokenize(x)
     recon = tokenizer.detokenize(indices).clamp(-1, 1)
-    _save_image(VaeImageProcessor().postprocess(recon, output_type="pil")[0], args.out)
+    save_image(VaeImageProcessor().postprocess(recon, output_type="pil")[0], args.out)
     print(f"tokens {tuple(indices.shape)}, PSNR {float(psnr(recon, x)):.2f} dB, wrote {args.out}")
 
 

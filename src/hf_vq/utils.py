@@ -137,13 +137,58 @@ def save_pretrained_atomic(obj, path: str | os.PathLike, writer: str, overwrite:
     return Path(path)
 
 
+def software_tag() -> str:
+    """What hf_vq writes into the images it saves (EXIF / PNG "Software"), so that a rerun knows them as its own."""
+    from . import __version__
+
+    return f"hf-vq {__version__}"
+
+
+def written_by_hf_vq(path: str | os.PathLike) -> bool:
+    """Whether the file at `path` is one hf_vq wrote (a rerun may replace it): a JSON result carrying
+    "hf_vq_version", or an image whose Software tag names hf-vq."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(result, dict) and "hf_vq_version" in result
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            software = image.info.get("Software") or image.getexif().get(EXIF_SOFTWARE) or ""
+    except (OSError, ValueError):
+        return False
+    return str(software).startswith("hf-vq")
+
+
+EXIF_SOFTWARE = 0x0131
+
+
+def save_image(image, path: str | os.PathLike) -> Path:
+    """Write a PIL image atomically (temp file beside it, then rename) in the format of its suffix, tagged as hf_vq's
+    (so a rerun may replace it, see `check_output_file`)."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[EXIF_SOFTWARE] = software_tag()
+    image_format = Path(path).suffix.lstrip(".").upper().replace("JPG", "JPEG")
+    return write_file_atomic(path, lambda tmp: image.save(tmp, format=image_format, exif=exif))
+
+
 def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...], flag: str = "output") -> Path:
-    """Refuse, before any work, an output file path that is a folder, has another extension, or cannot be written."""
+    """Refuse, before any work, an output file path that is a folder, has another extension, or cannot be written,
+    and an existing file hf_vq did not write (one it wrote, a rerun replaces)."""
     path = Path(path)
     if path.suffix.lower() not in suffixes:
         raise ValueError(f"{flag} must end in {', '.join(suffixes)}, got {str(path)!r}")
     if path.is_dir():
         raise IsADirectoryError(f"{flag} {path} is a folder; give a file name such as {path / ('out' + suffixes[0])}")
+    if path.exists() and not written_by_hf_vq(path):
+        raise FileExistsError(f"{flag} {path} exists and hf-vq did not write it; choose another name (or move the "
+                              "file away) so that it is not replaced")
     existing = path.parent
     while not existing.exists():
         existing = existing.parent

@@ -36,6 +36,7 @@ from ..utils import (
     default_device,
     file_sha256,
     launched_processes,
+    save_image,
     write_file_atomic,
 )
 from .spec import GENERATOR_RECIPES, TOKENIZER_KINDS, BenchmarkSpec, Row, flags_to_argv, recipe_class
@@ -509,4 +510,4 @@ class BenchmarkRun:
         cols = min(len(p) for p in picked)
         tiles = [Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img) for p in picked for img in p[:cols]]
         grid = make_image_grid(tiles, rows=len(classes), cols=cols)
-        write_file_atomic(out, lambda p: grid.save(p, format="PNG"))
+        save_image(grid, out)

@@ -315,7 +315,7 @@ def plot_probe(result: LinearProbeResult, path: Path, title: str) -> bool:
     except ImportError:
         print(f"matplotlib is not installed, so no plot at {path} (pip install matplotlib)", file=sys.stderr)
         return False
-    from ..utils import write_file_atomic
+    from ..utils import software_tag, write_file_atomic
 
     blocks = [p.block for p in result.blocks]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -325,7 +325,7 @@ def plot_probe(result: LinearProbeResult, path: Path, title: str) -> bool:
     ax.set(xlabel="block (0 = embeddings)", ylabel="linear-probe top-1 (%)", title=title, xticks=blocks)
     ax.legend()
     fig.tight_layout()
-    write_file_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    write_file_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, metadata={"Software": software_tag()}))
     plt.close(fig)
     return True
 

@@ -29,7 +29,7 @@ from ...generators import (
 )
 from ...pipelines import FQGANPipeline, check_tokenizer_fits
 from ...tokenizers import AutoImageTokenizer
-from ...utils import save_pretrained_atomic
+from ...utils import save_image, save_pretrained_atomic
 from ..loop import Phase, TrainingRecipe
 from ..optim import param_groups
 from ..pretrained import add_model_source_arguments, pretrained_source, read_model_config
@@ -142,7 +142,7 @@ class GeneratorRecipe(TrainingRecipe):
         classes = list(range(min(self.config.num_classes, 10)))
         images = pipe(classes, num_images_per_label=8, guidance_scale=self.args.guidance_scale,
                       generator=torch.Generator(pipe.device).manual_seed(self.args.seed)).images
-        make_image_grid(images, rows=len(classes), cols=8).save(path)
+        save_image(make_image_grid(images, rows=len(classes), cols=8), path)
 
     def save_final(self, model: nn.Module, output_dir: Path) -> Path:
         return save_pretrained_atomic(self.pipeline(model), output_dir / "pipeline", self.name, overwrite=True)

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from ...quantizers import Quantizer
 from ...tokenizers import AutoImageTokenizer, FrozenTeacher, ImageTokenizerMixin, TokenizerOutput, tokenizer_class
-from ...utils import save_pretrained_atomic
+from ...utils import save_image, save_pretrained_atomic
 from ..data import ImageTransform, collate, load_image_dataset, with_image_transform
 from ..loop import Phase, TrainingRecipe, unwrapped
 from ..losses import LPIPS_DOWNLOAD_HINT, PatchGANDiscriminator, PerceptualLoss, hinge_d_loss, hinge_g_loss
@@ -263,7 +263,7 @@ class TokenizerGANRecipe(TrainingRecipe):
         """Originals on the top row, reconstructions below."""
         recon = model(self.preview).sample.clamp(-1, 1)
         pil = VaeImageProcessor().postprocess(torch.cat([self.preview, recon]).float().cpu(), output_type="pil")
-        make_image_grid(pil, rows=2, cols=len(self.preview)).save(path)
+        save_image(make_image_grid(pil, rows=2, cols=len(self.preview)), path)
 
     def save_final(self, model: nn.Module, output_dir: Path) -> Path:
         return save_pretrained_atomic(model, output_dir / "tokenizer", self.name, overwrite=True)
