@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .pipelines.loading import GENERATOR_DTYPES, bundled_model_path, load_pipeline
-from .utils import device_arg, launched_processes, save_image
+from .utils import DefaultsHelpFormatter, device_arg, launched_processes, save_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -56,8 +56,14 @@ def reconstruct(args: argparse.Namespace) -> None:
     if not Path(args.image).is_file():
         raise SystemExit(f"no such image: {args.image}")
     _check_model_path(args.tokenizer, "--tokenizer")
+    try:  # read whole before the model loads: a broken file fails first
+        with Image.open(args.image) as opened:
+            image = to_8bit(opened)
+            image.load()
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--image {args.image} is not a readable image ({err})") from err
     tokenizer = AutoImageTokenizer.from_pretrained(args.tokenizer).eval()  # a pipeline's too
-    image = to_8bit(Image.open(args.image)).convert("L" if tokenizer.in_channels == 1 else "RGB")
+    image = image.convert("L" if tokenizer.in_channels == 1 else "RGB")
     x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).reshape(image.height, image.width, -1)
     x = x.permute(2, 0, 1)[None]
     indices = tokenizer.tokenize(x)
@@ -144,31 +150,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-vq", description=__doc__)
     parser.add_argument("--version", action="version", version=f"hf-vq {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    defaults = argparse.ArgumentDefaultsHelpFormatter
+    defaults = DefaultsHelpFormatter
 
     g = sub.add_parser("generate", help="class-conditional samples as an image grid", formatter_class=defaults)
     g.add_argument("--model", default=None, help="pipeline folder or Hub id (default: the bundled Fashion-MNIST model)")
     g.add_argument("--labels", nargs="+", required=True,
                    help=f"class names or ids; the bundled model's: {_bundled_labels()}")
     g.add_argument("-n", type=int, default=4, help="images per label")
-    g.add_argument("--out", default="grid.png")
-    g.add_argument("--guidance-scale", type=float, default=2.0)
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--out", default="grid.png", help="the grid: a .png, .jpg or .webp file")
+    g.add_argument("--guidance-scale", type=float, default=2.0, help="classifier-free guidance (1 turns it off)")
+    g.add_argument("--temperature", type=float, default=1.0, help="of the token distributions")
+    g.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (0 turns it off)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (1 turns it off)")
     g.add_argument("--steps", type=int, default=None, help="parallel decoding steps (MaskGIT; default 12)")
     g.add_argument("--compile", action="store_true", help="torch.compile the AR sampler (pays off for many images)")
     g.add_argument("--dtype", choices=list(GENERATOR_DTYPES), default="fp32",
-                   help="generator weights (on CPU the activations stay fp32); fp16 and bf16 AR generators sample "
-                   "1.4-1.8x as fast on AVX-512 CPUs and keep >= 99%% of fp32's top-1 tokens")
-    g.add_argument("--seed", type=int, default=0)
+                   help="generator weights (logits stay fp32; on a CPU the activations too): half precision samples "
+                   "faster on GPUs and on CPUs with fast half GEMMs, and keeps nearly all of fp32's tokens (README)")
+    g.add_argument("--seed", type=int, default=0, help="drawn on the CPU: the same images on any device")
     g.add_argument("--device", default=None, type=device_arg, help="default: cuda when available, else cpu")
     g.set_defaults(func=generate)
 
     r = sub.add_parser("reconstruct", help="tokenize and decode an image", formatter_class=defaults)
     r.add_argument("--tokenizer", required=True, help="a tokenizer or pipeline folder, or a Hub id")
-    r.add_argument("--image", required=True)
-    r.add_argument("--out", default="reconstruction.png")
+    r.add_argument("--image", required=True, help="an image of the tokenizer's channels, its size divisible by the "
+                   "tokenizer's downsampling")
+    r.add_argument("--out", default="reconstruction.png", help="a .png, .jpg or .webp file")
     r.set_defaults(func=reconstruct)
 
     c = sub.add_parser("convert", help="official checkpoint -> save_pretrained folder")

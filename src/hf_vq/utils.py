@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import collections.abc
 import hashlib
 import json
@@ -45,10 +46,19 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's formatter that shows defaults, except where a flag's help already states its own or there is none
+    to show (None, an off switch)."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False:
+            return text
+        return super()._get_help_string(action)
+
+
 def device_arg(value: str) -> str:
     """argparse type of the commands' --device: a torch device this machine has ("cpu", "cuda", "cuda:1", ...)."""
-    import argparse
-
     import torch
 
     try:

@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..generators.sampling import eval_mode
-from ..utils import device_arg
+from ..utils import DefaultsHelpFormatter, device_arg
 from .images import from_uint8
 
 DEFAULT_WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -371,7 +371,7 @@ def _load(model: str | None, target: str | None) -> tuple[str, str, nn.Module, n
 def build_parser() -> argparse.ArgumentParser:
     """The linear probe's command-line options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("model", nargs="?", default=None,
                    help="pipeline or tokenizer folder, or Hub id (default: the bundled Fashion-MNIST pipeline)")
     p.add_argument("--target", choices=["generator", "encoder"], default=None,
