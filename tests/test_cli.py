@@ -73,7 +73,7 @@ def test_reconstruct(tmp_path, capsys):
     assert "tokens (1, 2, 4, 4)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no such image"):
         main(["reconstruct", "--tokenizer", str(tmp_path / "tok"), "--image", str(tmp_path / "missing.png")])
-    (tmp_path / "cut.png").write_bytes((tmp_path / "in.png").read_bytes()[:60])
+    (tmp_path / "cut.png").write_bytes((tmp_path / "in.png").read_bytes()[:45])  # a cut download
     with pytest.raises(SystemExit, match="hf-vq reconstruct: --image .*cut.png is not a readable image"):
         main(["reconstruct", "--tokenizer", str(tmp_path / "tok"), "--image", str(tmp_path / "cut.png")])
 
