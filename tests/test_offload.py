@@ -10,6 +10,7 @@ from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
 
 from hf_vq import bundled_model_path
 from hf_vq.generators import FARForClassConditionalGeneration
+from hf_vq.generators.sampling import sampling_device
 from hf_vq.pipelines.pipeline_fqgan import FQGANPipeline
 from hf_vq.tokenizers import FQGANTokenizer, ViTVQGANTokenizer, VQKDTokenizer
 
@@ -62,6 +63,16 @@ def test_device_mapped_components_with_disk_offload_give_the_plain_pipelines_ima
     assert {p.device.type for p in vqvae.parameters()} == {"cpu", "meta"}
     pipe = FQGANPipeline(vqvae=vqvae, transformer=transformer, id2label=plain.config.id2label)
     assert np.array_equal(generate(pipe), plain_images)
+
+
+def test_a_generator_split_over_several_accelerators_is_refused_before_sampling():
+    """Offload (cpu, disk) runs on the map's one accelerator; a map over several would split the KV cache."""
+    far = bundled_pipeline().transformer
+    far.hf_device_map = {"layers.0": 0, "layers.1": "cuda:0", "norm": "cpu", "output": "disk"}
+    assert sampling_device(far, "cuda:0") == torch.device("cuda", 0)
+    far.hf_device_map = {"layers.0": 0, "layers.1": 1, "norm": "cpu"}
+    with pytest.raises(ValueError, match=r"split over devices \['0', '1'\] \(device_map\)"):
+        far.sample([0])
 
 
 def test_layerwise_casting_of_the_tokenizer_computes_with_the_stored_weights():

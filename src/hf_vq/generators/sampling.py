@@ -44,6 +44,13 @@ def decoding_compile_kwargs(device_type: str) -> dict:
 def sampling_device(model: torch.nn.Module, device: torch.device | str | None) -> torch.device:
     """The device a generator samples on: the one asked for, else its weights'. A model whose weights sit on "meta"
     (sequential offload) cannot tell: the caller (a pipeline's execution device) must."""
+    # accelerate runs offloaded ("cpu", "disk") modules on the map's one accelerator; a map over several of them
+    # would split the decoding loop's KV cache and draws across devices.
+    placed = [d for d in (getattr(model, "hf_device_map", None) or {}).values() if d not in ("cpu", "disk")]
+    if len({d if isinstance(d, int) else torch.device(d).index or 0 for d in placed}) > 1:  # 0 = "cuda" = "cuda:0"
+        raise ValueError(f"the generator is split over devices {sorted(set(map(str, placed)))} (device_map): sampling "
+                         "decodes on one; load it on one device (device_map={'': 0}, with CPU or disk offload if it "
+                         "does not fit)")
     if device is not None:
         return torch.device(device)
     weights = next(model.parameters()).device
