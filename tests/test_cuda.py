@@ -56,9 +56,11 @@ def test_a_cpu_generator_drives_a_cuda_model_and_generator_lists_give_each_image
     a = half_far.sample([0, 1], generator=torch.manual_seed(3))
     b = half_far.sample([0, 1], generator=torch.manual_seed(3))
     assert torch.equal(a, b)
-    alone = half_far.sample([1], generator=[torch.Generator().manual_seed(7)])
+    # rows swapped in a batch of the same size (a batch of another size may take other GEMM kernels, whose last bits
+    # can flip a near-tied token): each image follows its own generator
     paired = half_far.sample([0, 1], generator=[torch.Generator().manual_seed(6), torch.Generator().manual_seed(7)])
-    assert torch.equal(alone[0], paired[1])
+    swapped = half_far.sample([1, 0], generator=[torch.Generator().manual_seed(7), torch.Generator().manual_seed(6)])
+    assert torch.equal(swapped, paired.flip(0))
 
 
 def test_a_cpu_generator_drives_a_cuda_maskgit_and_generator_lists_give_each_image_its_stream():
@@ -67,10 +69,11 @@ def test_a_cpu_generator_drives_a_cuda_maskgit_and_generator_lists_give_each_ima
     model = tiny_maskgit(2).to("cuda", torch.bfloat16)
     a = model.sample([0, 1], num_inference_steps=4, generator=torch.manual_seed(3))
     assert torch.equal(a, model.sample([0, 1], num_inference_steps=4, generator=torch.manual_seed(3)))
-    alone = model.sample([1], num_inference_steps=4, generator=[torch.Generator().manual_seed(7)])
     paired = model.sample([0, 1], num_inference_steps=4,
                           generator=[torch.Generator().manual_seed(6), torch.Generator().manual_seed(7)])
-    assert torch.equal(alone[0], paired[1])
+    swapped = model.sample([1, 0], num_inference_steps=4,
+                           generator=[torch.Generator().manual_seed(7), torch.Generator().manual_seed(6)])
+    assert torch.equal(swapped, paired.flip(0))
 
 
 def test_compiled_decoding_uses_cuda_graphs_and_samples_valid_tokens(half_far):
