@@ -101,15 +101,17 @@ def random_model(scale: Scale, preset: str, device: str) -> FARForClassCondition
 
 def measure(sample: Callable[[], object], images: int, runs: int, device: Device) -> dict:
     """A warm-up call, then `runs` timed calls of `sample` (which draws `images` images): img/s (median), warm-up
-    seconds, peak GPU memory above the start."""
+    seconds, peak GPU memory of the timed calls above the memory before the warm-up (so what the warm-up keeps, such
+    as a CUDA graph's memory pool, counts)."""
     device.sync()
+    base = device.start_peak()
     start = time.perf_counter()
     sample()
     device.sync()
     warmup = time.perf_counter() - start
     seconds, peaks = [], []
     for _ in range(runs):
-        base = device.start_peak()
+        device.start_peak()
         start = time.perf_counter()
         sample()
         device.sync()
@@ -171,13 +173,14 @@ def official(root: Path, model: FARForClassConditionalGeneration, labels: torch.
 
 
 def train_steps(scale: Scale, device: Device, steps: int = 30) -> dict:
-    """`steps` bf16-autocast AdamW steps of FAR-Base on random token grids: median step time and peak memory."""
+    """`steps` bf16-autocast AdamW steps of FAR-Base on random token grids: median step time and peak memory (above
+    what was allocated before the model, so that what the sampling runs left behind does not count)."""
     torch.manual_seed(0)
+    base = device.start_peak()
     model = FARForClassConditionalGeneration(scale.config("FAR-Base")).to(device.name).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.cuda)
     n, batch = model.config.num_image_tokens, scale.train_batch
     seconds = []
-    device.start_peak()
     for step in range(steps):
         ids = torch.randint(0, scale.size["vocab_size"], (batch, 2, n), device=device.name)
         labels = torch.randint(0, scale.size["num_classes"], (batch,), device=device.name)
@@ -192,7 +195,7 @@ def train_steps(scale: Scale, device: Device, steps: int = 30) -> dict:
         if step >= 5:  # the first steps warm up the allocator and cuBLAS
             seconds.append(time.perf_counter() - start)
     return {"steps": steps, "batch": batch, "step_seconds": statistics.median(seconds),
-            "peak_memory_gib": device.peak_gib(), "final_loss": loss.item()}
+            "peak_memory_gib": device.peak_gib(base), "final_loss": loss.item()}
 
 
 def main(argv: list[str] | None = None) -> dict | None:

@@ -124,6 +124,8 @@ class RunMeter:
         self.steps = 0
         self._warm_start: float | None = None
         self.last_logs: dict[str, float] = {}
+        if torch.cuda.is_available():  # this session's peak, not an earlier training's in the same process
+            torch.cuda.reset_peak_memory_stats()
 
     @classmethod
     def for_run(cls, args: argparse.Namespace, accelerator: Accelerator) -> RunMeter:
@@ -154,7 +156,8 @@ class RunMeter:
 
     @staticmethod
     def peak_memory_mib(device: torch.device) -> float:
-        """Peak allocated accelerator memory, or this process's peak resident memory on CPU."""
+        """Peak allocated CUDA memory since the meter started, or on CPU this process's peak resident memory (over
+        its whole life: the OS keeps no other)."""
         if device.type == "cuda":
             return torch.cuda.max_memory_allocated(device) / 2**20
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
