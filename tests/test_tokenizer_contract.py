@@ -127,6 +127,15 @@ def test_save_load_round_trip_and_family_loader(model, tmp_path):
     assert config["_class_name"] == type(model).__name__
 
 
+def test_device_map_auto_loads_the_same_tokenizer(model, tmp_path):
+    """diffusers refuses device_map="auto" for a class that does not say which modules must stay whole."""
+    model.save_pretrained(tmp_path / "tok")
+    mapped = AutoImageTokenizer.from_pretrained(tmp_path / "tok", device_map="auto").eval()
+    assert mapped.hf_device_map
+    x = images(model)
+    assert torch.equal(mapped.tokenize(x), model.tokenize(x))
+
+
 def test_a_concrete_class_refuses_another_class_folder(model, tmp_path):
     model.save_pretrained(tmp_path / "tok")
     config_path = tmp_path / "tok" / "config.json"

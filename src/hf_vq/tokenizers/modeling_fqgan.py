@@ -145,6 +145,8 @@ class FQGANTokenizer(ImageTokenizerMixin, ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = True
+    # what device_map="auto" keeps whole on one device: the trunks' blocks, the adapters' blocks, each quantizer
+    _no_split_modules = ["ResnetBlock", "AttnBlock", "ResidualAttentionBlock", "VectorQuantizer", "FactorizedQuantizer"]
     presets = {**TOKENIZER_PRESETS, **TINY_PRESETS}
 
     @register_to_config

@@ -66,6 +66,7 @@ class ViTVQGANTokenizer(ImageTokenizerMixin, ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = True
+    _no_split_modules = ["Block", "VectorQuantizer"]  # what device_map="auto" keeps whole on one device
 
     presets = VITVQGAN_PRESETS
 

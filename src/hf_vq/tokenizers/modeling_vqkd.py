@@ -55,6 +55,8 @@ class VQKDTokenizer(ImageTokenizerMixin, ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = True
+    # what device_map="auto" keeps whole on one device: the ViT blocks, the pixel decoder's, the quantizer
+    _no_split_modules = ["Block", "ResnetBlock", "AttnBlock", "CosineEMAQuantizer"]
 
     presets = VQKD_PRESETS
 
