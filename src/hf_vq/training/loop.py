@@ -397,7 +397,9 @@ class ShardAwareEMA(EMAModel):
     def state_dict(self) -> dict:
         """The EMA state with full (gathered) tensors; collective under FSDP."""
         state = super().state_dict()
-        state["shadow_params"] = [p.full_tensor() if isinstance(p, DTensor) else p for p in self.shadow_params]
+        # each full tensor goes to the CPU as soon as it is gathered: every rank holds one at a time on its device,
+        # not the whole model (the state is written from the CPU anyway)
+        state["shadow_params"] = [p.full_tensor().cpu() if isinstance(p, DTensor) else p for p in self.shadow_params]
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
