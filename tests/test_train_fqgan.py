@@ -61,8 +61,10 @@ def test_bad_runs_fail_before_training(tmp_path, imagefolder):
         run(tmp_path / "x", imagefolder, "--max_train_steps", "1")
     # that run saved nothing, so the corrected one (here: other settings too) may take its folder
     (imagefolder / "a" / "broken.png").unlink()
-    run(tmp_path / "x", imagefolder, "--max_train_steps", "1", config={**TINY, "codebook_size": 16})
-    assert (tmp_path / "x" / "out" / "train_summary.json").is_file()
+    run(tmp_path / "x", imagefolder, "--max_train_steps", "1", "--logging_steps", "50",
+        config={**TINY, "codebook_size": 16})
+    summary = json.loads((tmp_path / "x" / "out" / "train_summary.json").read_text())
+    assert "loss" in summary["last_logs"]  # the last step is logged, also in a run shorter than --logging_steps
     with pytest.raises(SystemExit):  # refused by the parser, before any folder
         run(tmp_path, imagefolder, "--output_dir", str(tmp_path / "y"), "--lr_scheduler", "cosinee")
     assert not (tmp_path / "y").exists()

@@ -252,12 +252,12 @@ def train(recipe: TrainingRecipe, keep_process_group: bool = False) -> nn.Module
         meter.step()
         if ema is not None:
             ema.step(model.parameters())
-        if global_step % args.logging_steps == 0:
+        done = global_step >= args.max_train_steps or _out_of_time(accelerator, meter, global_step, args.logging_steps)
+        if global_step % args.logging_steps == 0 or done:  # the last step too: the summary keeps its losses
             values = {key: float(value) for key, value in logs.items()}
             values["lr"] = schedulers[0].get_last_lr()[0]
             progress.set_postfix(loss=f"{values['loss']:.4f}")
             accelerator.log(meter.log(values), step=global_step)
-        done = global_step >= args.max_train_steps or _out_of_time(accelerator, meter, global_step, args.logging_steps)
         if global_step % args.checkpointing_steps == 0 or done:
             save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
         if global_step % args.validation_steps == 0 or done:
