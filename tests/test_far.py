@@ -657,14 +657,20 @@ def test_a_list_of_generators_gives_each_sample_its_own_stream():
     assert torch.equal(paired, again) and int(paired.max()) < VOCAB
 
 
-def test_samplers_draw_vocab_wide_noise_only_from_one_stream_on_their_own_device():
-    from hf_vq.generators.sampling import draws_on_device
+def test_a_generator_draws_one_number_per_token_and_no_generator_draws_as_torch_multinomial(monkeypatch):
+    from hf_vq.generators.sampling import draws_per_token
 
-    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    assert draws_on_device(None, gpu) and draws_on_device(None, cpu)
-    assert draws_on_device(torch.Generator(), cpu)  # torch.multinomial's own draws
-    assert not draws_on_device(torch.manual_seed(0), gpu)  # a CPU seed for a CUDA model: one number per token
-    assert not draws_on_device([torch.Generator()], cpu)  # one generator per sample
+    assert draws_per_token(torch.manual_seed(0)) and draws_per_token([torch.Generator()])  # any device the same
+    assert not draws_per_token(None)
+    model = tiny_model(2)
+    drawn = []
+    real = modeling_far.uniform_noise
+    monkeypatch.setattr(modeling_far, "uniform_noise", lambda *a: drawn.append(a[0]) or real(*a))
+    model.sample([0, 1], guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+    assert drawn == [(2, GRID**2, 2)]  # (B, N, k): every position's numbers up front, none vocab-wide
+    torch.manual_seed(5)  # the official samplers' global stream
+    model.sample([0, 1], guidance_scale=2.0)
+    assert len(drawn) == 1
 
 
 def test_noise_is_drawn_on_the_generators_device_then_moved():

@@ -34,7 +34,7 @@ from .sampling import (
     check_generators,
     check_sampling_args,
     decoding_compile_kwargs,
-    draws_on_device,
+    draws_per_token,
     eval_mode,
     exponential_noise,
     guidance_scale_at,
@@ -147,7 +147,7 @@ def _decode_position(
     embedding too, or at position 0 (previous=None) the (rows, 1, D) class `condition`. The backbone gives h_i; for
     k > 1 the AR head then predicts the sub-tokens in turn from [h_i, E1[t1], ...]. Each draw is
     `multinomial_from_noise` with the caller's Exp(1) `noise` (k, B, vocab), i.e. torch.multinomial's draw for the
-    same generator state, or `multinomial_from_uniform` with its (k, B) U[0, 1) numbers (`draws_on_device`), so the
+    same generator state, or `multinomial_from_uniform` with its (k, B) U[0, 1) numbers (`draws_per_token`), so the
     whole position is one graph when compiled.
     """
     if previous is None:
@@ -314,11 +314,11 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             guidance_scale: classifier-free guidance s, logits = u + s (c - u) on a batched [cond; null] pass;
                 1.0 turns guidance (and the null pass) off.
             temperature, top_k, top_p: applied in that order to every sub-token's logits (top_k=0, top_p=1 off).
-            generator: torch.Generator for the draws; the same seed gives the same tokens. On the model's device
-                the tokens are those torch.multinomial would draw (the noise it would use is drawn up front,
-                position by position). A list of B generators draws each sample from its own, so a sample does not
-                depend on its batch; these, and a generator on another device (`torch.manual_seed(0)` for a CUDA
-                model), draw one number per sub-token where they are (see `sampling.draws_on_device`).
+            generator: torch.Generator for the draws, or a list of B (each sample from its own, so a sample does
+                not depend on its batch): one number per sub-token, drawn where the generator is, so a seed gives
+                the same draws on any device (see `sampling.draws_per_token`). None draws as torch.multinomial
+                does from the device's global generator (the noise it would use drawn position by position), as the
+                official samplers do.
             cfg_schedule: "constant", or "linear" (the scale ramps from 1 to s with the fraction of tokens done).
             use_cache: decode on preallocated static KV caches; False re-runs the whole prefix every step
                 (a slow reference that gives the same tokens).
@@ -391,12 +391,12 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         # made once: a copy from the host per position would make the host wait for the device every time
         scales = [guidance_scale_at(guidance_scale, cfg_schedule, (i + 1) / length) for i in range(length)]
         scales = torch.tensor(scales, dtype=torch.float64, device=device)
-        on_device = draws_on_device(generator, device)
-        if not on_device:  # every position's (k, B) numbers, drawn where the generators are and moved at once
+        per_token = draws_per_token(generator)
+        if per_token:  # every position's (k, B) numbers, drawn where the generators are and moved at once
             uniform = uniform_noise((batch, length, k), generator, device).permute(1, 2, 0).contiguous()
         finite = torch.ones((), dtype=torch.bool, device=device)
         for i in range(length):
-            noise = exponential_noise(k, (batch, c.vocab_size), generator, device) if on_device else uniform[i]
+            noise = uniform[i] if per_token else exponential_noise(k, (batch, c.vocab_size), None, device)
             sampling = (positions[i], noise, scales[i], warpers, use_cfg)
             if i == 0:  # the class condition, run eagerly: the compiled graph then has one kind of input
                 condition = self.cls_embedding(labels).float()

@@ -20,7 +20,7 @@ from .sampling import (
     check_class_labels,
     check_generators,
     check_sampling_args,
-    draws_on_device,
+    draws_per_token,
     eval_mode,
     guidance_scale_at,
     guide,
@@ -221,11 +221,11 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
                 if use_cfg:
                     logits = guide(logits, guidance_scale_at(guidance_scale, cfg_schedule, 1 - num_masked / n))
                 logits = warp(logits.flatten(0, 2), warpers)
-                if not draws_on_device(generator, logits.device):
+                if draws_per_token(generator):
                     uniform = uniform_noise((batch, k * n), generator, device).flatten()
                     sampled = multinomial_from_uniform(logits.softmax(-1), uniform)[:, None]
                 else:
-                    sampled = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+                    sampled = torch.multinomial(logits.softmax(-1), 1)
                 log_probs = logits.log_softmax(-1).gather(-1, sampled).view(batch, k, n).sum(1)
                 sampled = torch.where(unknown[:, None], sampled.view(batch, k, n), tokens)
                 if num_masked == 0:

@@ -193,17 +193,16 @@ def uniform_noise(shape: tuple[int, ...], generator: Generators, device: torch.d
     return torch.rand(shape, device=noise_device(generator, device), generator=generator).to(device)
 
 
-def draws_on_device(generator: Generators, device: torch.device) -> bool:
-    """Whether the draws come from one stream on the sampling `device` (a tensor's): no generator, or one there.
+def draws_per_token(generator: Generators) -> bool:
+    """Whether a sampler draws one U[0, 1) number per token, where the generator is, and samples by inverse CDF
+    (`multinomial_from_uniform`): for every generator given, one or one per sample.
 
-    Then a sampler draws as torch.multinomial does. Otherwise (one generator per sample, or a CPU seed such as
-    `torch.manual_seed(0)` for a CUDA model) it draws one U[0, 1) number per token where the generators are, moves
-    them once, and samples by inverse CDF (`multinomial_from_uniform`): vocab-wide noise made on the CPU and copied
-    at every step would cost more than the step itself on a GPU.
+    The numbers are drawn up front and moved once, so a seed gives the same draws on any device (a CPU seed such as
+    `torch.manual_seed(0)` drives a CUDA model as diffusers' pipelines do) at a cost that does not grow with the
+    vocabulary. Without a generator the draws are torch.multinomial's, from the device's global generator, as the
+    official samplers draw them.
     """
-    if isinstance(generator, (list, tuple)):
-        return False
-    return generator is None or generator.device == torch.device(device)
+    return generator is not None
 
 
 def noise_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
