@@ -8,6 +8,7 @@ run (the order rotates) and the table shows medians, so load from other processe
 CPU seconds (process time) are shown next to wall seconds because the machine may be shared.
 
     python examples/benchmarks/bench_sampling.py
+    python examples/benchmarks/bench_sampling.py --models 2 --dtype fp32 --generator --vocab-size 16384
     python examples/benchmarks/bench_sampling.py --models --trained src/hf_vq/assets/fmnist-fqgan-dual-far --batch 100
     python examples/benchmarks/bench_sampling.py --official-fqgan /path/to/showlab+FQGAN \\
         --official-llamagen /path/to/FoundationVision+LlamaGen --runs 5 --profile
@@ -77,10 +78,10 @@ def timed(contender: Contender, seed: int) -> torch.Tensor:
     return tokens
 
 
-def random_model(k: int, seed: int) -> FARForClassConditionalGeneration:
+def random_model(k: int, seed: int, vocab_size: int = SMALL["vocab_size"]) -> FARForClassConditionalGeneration:
     """The small model with random weights; output heads get std 0.05 (not zero) so logits are peaked."""
     torch.manual_seed(seed)
-    model = FARForClassConditionalGeneration(FARConfig(num_codebooks=k, **SMALL)).eval()
+    model = FARForClassConditionalGeneration(FARConfig(num_codebooks=k, **{**SMALL, "vocab_size": vocab_size})).eval()
     for head in model.output_heads:
         torch.nn.init.normal_(head.weight, std=0.05)
     return model
@@ -191,7 +192,7 @@ def bench_model(k: int, args: argparse.Namespace) -> None:
     name = "FAR (k=2)" if k == 2 else "GPT (k=1)"
     root = args.official_fqgan if k == 2 else args.official_llamagen
     labels = torch.arange(args.batch) % SMALL["num_classes"]
-    ours = random_model(k, args.seed)
+    ours = random_model(k, args.seed, args.vocab_size)
 
     fp32_tokens = ours.sample(labels[:2], guidance_scale=args.cfg, generator=torch.Generator().manual_seed(0))
     full = ours.sample(labels[:2], guidance_scale=args.cfg, generator=torch.Generator().manual_seed(0), use_cache=False)
@@ -205,6 +206,9 @@ def bench_model(k: int, args: argparse.Namespace) -> None:
     for dtype in args.dtype:
         model = load_as(ours, dtype)
         runners.append(Contender(f"hf_vq {dtype}", dtype, lambda m=model: m.sample(labels, guidance_scale=args.cfg)))
+        if args.generator:  # a seed's draws: one number per sub-token instead of torch.multinomial's vocab-wide noise
+            runners.append(Contender(f"hf_vq {dtype} generator", dtype, lambda m=model: m.sample(
+                labels, guidance_scale=args.cfg, generator=torch.Generator().manual_seed(args.seed))))
         if args.compile:
             runners.append(
                 Contender(
@@ -283,6 +287,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="add hf_vq contenders sampling with compile=True")
+    parser.add_argument("--generator", action="store_true",
+                        help="add hf_vq contenders drawing from a torch.Generator (the others draw from the global "
+                        "seed, as the official samplers)")
+    parser.add_argument("--vocab-size", type=int, default=SMALL["vocab_size"], help="of every sub-codebook")
     parser.add_argument("--profile", action="store_true",
                         help="print a torch.profiler table per contender (compiled kernels then carry profiler "
                         "hooks, in the timed runs too)")
