@@ -64,7 +64,8 @@ def test_generate_bad_input(pipe_dir, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_reconstruct(tmp_path, capsys):
+def test_reconstruct(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the default --out would land
     tokenizer().save_pretrained(tmp_path / "tok")
     Image.fromarray(np.full((8, 8), 128, dtype=np.uint8)).save(tmp_path / "in.png")
     main(["reconstruct", "--tokenizer", str(tmp_path / "tok"), "--image", str(tmp_path / "in.png"), "--out",
@@ -96,7 +97,8 @@ def test_push_takes_repo_id_then_folder(pipe_dir, fake_hub, capsys):
     assert "REPO_ID first" in capsys.readouterr().err
 
 
-def test_version_help_and_one_line_errors(pipe_dir, tmp_path, capsys):
+def test_version_help_and_one_line_errors(pipe_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the default --out would land
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.startswith("hf-vq ")

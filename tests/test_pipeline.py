@@ -167,6 +167,14 @@ def test_assemble_pipeline_folder(tmp_path):
         with pytest.raises(ValueError, match=message):
             assemble_pipeline(tmp_path / "tok", tmp_path / "far", tmp_path / "bad", id2label=bad)
     assert not (tmp_path / "bad").exists()
+    # a folder assembled before labels were checked holds ImageNet's 1000 names: it loads, with only its classes'
+    index = json.loads((tmp_path / "ids" / "model_index.json").read_text())
+    index["id2label"] = {str(i): f"class {i}" for i in range(1000)}
+    (tmp_path / "ids" / "model_index.json").write_text(json.dumps(index))
+    old = FQGANPipeline.from_pretrained(tmp_path / "ids")
+    assert old.get_label_ids(["class 2"]) == [2] and old.transformer.config.label2id["class 2"] == 2
+    with pytest.raises(ValueError, match="Unknown class label 'class 3'"):
+        old.get_label_ids(["class 3"])
 
 
 def test_bad_input(pipe):

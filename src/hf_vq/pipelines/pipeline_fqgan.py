@@ -70,6 +70,16 @@ def check_labels(id2label: dict[int, str], num_classes: int) -> None:
                          f"(ids 0-{num_classes - 1}): give the labels of the data it was trained on")
 
 
+def _labels_within(id2label: dict[int, str], num_classes: int) -> dict[int, str]:
+    """`id2label` without the names of ids the generator lacks, which a saved folder may hold: `hf-vq assemble`
+    gave every pipeline ImageNet's 1000 names before it checked them. Dropped with a warning, so the folder loads."""
+    kept = {i: name for i, name in id2label.items() if 0 <= i < num_classes}
+    if len(kept) < len(id2label):
+        logger.warning("dropping %d class names for ids this %d-class generator does not have (re-save the pipeline "
+                       "to keep them out)", len(id2label) - len(kept), num_classes)
+    return kept
+
+
 def check_components(vqvae: ImageTokenizerMixin, transformer: torch.nn.Module) -> None:
     """Raise when the components are not a tokenizer and a generator, or disagree on codebooks, size or grid."""
     if not isinstance(transformer, tuple(GENERATOR_CLASSES)):
@@ -118,10 +128,10 @@ class FQGANPipeline(DiffusionPipeline):
     def __init__(self, vqvae: ImageTokenizerMixin, transformer: torch.nn.Module, id2label: dict | None = None):
         super().__init__()
         check_components(vqvae, transformer)
-        id2label = {int(k): v for k, v in (id2label or {}).items()}
-        check_labels(id2label, transformer.config.num_classes)
+        id2label = _labels_within({int(k): v for k, v in (id2label or {}).items()}, transformer.config.num_classes)
         if id2label:  # transformers' place for class names, so the generator alone (AutoModel) has them too
             transformer.config.id2label = id2label
+            transformer.config.label2id = {name: i for i, name in id2label.items()}
         self.register_modules(vqvae=vqvae, transformer=transformer)
         self.register_to_config(id2label=id2label)
         self.labels = {
@@ -191,7 +201,7 @@ class FQGANPipeline(DiffusionPipeline):
                 label = label.item()
             if isinstance(label, bool) or not isinstance(label, (int, str, np.integer)):
                 raise TypeError(f"class labels are ids (int) or names (str), got {label!r} ({type(label).__name__})")
-            if isinstance(label, str) and not label.strip().lstrip("-").isdigit():
+            if isinstance(label, str) and not label.strip().removeprefix("-").isdigit():
                 key = label.strip().lower()
                 if key not in self.labels:
                     close = [self._label_name(c) for c in difflib.get_close_matches(key, self.labels, n=5, cutoff=0.5)]
@@ -311,6 +321,7 @@ def assemble_pipeline(
         transformer = AutoModel.from_pretrained(transformer)
     if id2label is None:
         id2label = default_labels(transformer.config)
+    check_labels(id2label, transformer.config.num_classes)
     pipe = FQGANPipeline(vqvae=vqvae, transformer=transformer, id2label=id2label)
     save_pretrained_atomic(pipe, output_dir, "hf-vq assemble", overwrite)
     return pipe
