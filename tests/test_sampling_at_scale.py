@@ -114,6 +114,13 @@ def test_resume_fills_gaps_only_and_refuses_other_settings(tmp_path, pipe_dir):
     with pytest.raises(ValueError, match="per_class"):
         generate_samples(sample, tmp_path / "t", **{**kwargs, "per_class": 0})
     assert json.loads((tmp_path / "s" / "samples.json").read_text())["seed"] == 0
+    # a folder begun before seeded draws were one number per token is not finished with them (its set would mix)
+    (tmp_path / "s" / "batches" / "batch-000001.npz").unlink()
+    manifest = json.loads((tmp_path / "s" / "samples.json").read_text())
+    del manifest["draws"]
+    (tmp_path / "s" / "samples.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="draws: None on disk, 'one U"):
+        generate_samples(sample, tmp_path / "s", **kwargs)
 
 
 def test_load_samples_refuses_other_layouts(tmp_path):

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..generators.sampling import SEEDED_DRAWS
 from ..utils import write_file_atomic
 from .images import to_uint8
 
@@ -104,6 +105,8 @@ def generate_samples(
     folder = Path(folder)
     manifest = {"num_classes": num_classes, "per_class": per_class, "seed": seed, "batch_size": batch_size,
                 "layout": "ADM npz: arr_0 (N, H, W, C) uint8, arr_1 (N,) labels; sample i is class i // per_class",
+                # how a seed becomes tokens: a folder begun under another scheme is not resumed (its set would mix)
+                "draws": SEEDED_DRAWS,
                 "settings": json.loads(json.dumps(settings or {}))}
     state = process_state()
     _check_manifest(folder, manifest)

@@ -34,7 +34,6 @@ from .sampling import (
     check_generators,
     check_sampling_args,
     decoding_compile_kwargs,
-    draws_per_token,
     eval_mode,
     exponential_noise,
     guidance_scale_at,
@@ -147,7 +146,7 @@ def _decode_position(
     embedding too, or at position 0 (previous=None) the (rows, 1, D) class `condition`. The backbone gives h_i; for
     k > 1 the AR head then predicts the sub-tokens in turn from [h_i, E1[t1], ...]. Each draw is
     `multinomial_from_noise` with the caller's Exp(1) `noise` (k, B, vocab), i.e. torch.multinomial's draw for the
-    same generator state, or `multinomial_from_uniform` with its (k, B) U[0, 1) numbers (`draws_per_token`), so the
+    same generator state, or `multinomial_from_uniform` with its (k, B) U[0, 1) numbers (`SEEDED_DRAWS`), so the
     whole position is one graph when compiled.
     """
     if previous is None:
@@ -316,9 +315,9 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             temperature, top_k, top_p: applied in that order to every sub-token's logits (top_k=0, top_p=1 off).
             generator: torch.Generator for the draws, or a list of B (each sample from its own, so a sample does
                 not depend on its batch): one number per sub-token, drawn where the generator is, so a seed gives
-                the same draws on any device (see `sampling.draws_per_token`). None draws as torch.multinomial
-                does from the device's global generator (the noise it would use drawn position by position), as the
-                official samplers do.
+                the same draws on any device (`sampling.SEEDED_DRAWS`). None draws as torch.multinomial does from
+                the device's global generator (the noise it would use drawn position by position), as the official
+                samplers do.
             cfg_schedule: "constant", or "linear" (the scale ramps from 1 to s with the fraction of tokens done).
             use_cache: decode on preallocated static KV caches; False re-runs the whole prefix every step
                 (a slow reference that gives the same tokens).
@@ -391,12 +390,14 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         # made once: a copy from the host per position would make the host wait for the device every time
         scales = [guidance_scale_at(guidance_scale, cfg_schedule, (i + 1) / length) for i in range(length)]
         scales = torch.tensor(scales, dtype=torch.float64, device=device)
-        per_token = draws_per_token(generator)
-        if per_token:  # every position's (k, B) numbers, drawn where the generators are and moved at once
+        if generator is not None:  # every position's (k, B) numbers up front (`SEEDED_DRAWS`)
             uniform = uniform_noise((batch, length, k), generator, device).permute(1, 2, 0).contiguous()
         finite = torch.ones((), dtype=torch.bool, device=device)
         for i in range(length):
-            noise = uniform[i] if per_token else exponential_noise(k, (batch, c.vocab_size), None, device)
+            if generator is None:
+                noise = exponential_noise(k, (batch, c.vocab_size), None, device)
+            else:  # a copy: a compiled step's input gets storage of its own (aligned), not an offset into all steps'
+                noise = uniform[i].clone()
             sampling = (positions[i], noise, scales[i], warpers, use_cfg)
             if i == 0:  # the class condition, run eagerly: the compiled graph then has one kind of input
                 condition = self.cls_embedding(labels).float()

@@ -20,7 +20,6 @@ from .sampling import (
     check_class_labels,
     check_generators,
     check_sampling_args,
-    draws_per_token,
     eval_mode,
     guidance_scale_at,
     guide,
@@ -221,7 +220,7 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
                 if use_cfg:
                     logits = guide(logits, guidance_scale_at(guidance_scale, cfg_schedule, 1 - num_masked / n))
                 logits = warp(logits.flatten(0, 2), warpers)
-                if draws_per_token(generator):
+                if generator is not None:  # `SEEDED_DRAWS`
                     uniform = uniform_noise((batch, k * n), generator, device).flatten()
                     sampled = multinomial_from_uniform(logits.softmax(-1), uniform)[:, None]
                 else:

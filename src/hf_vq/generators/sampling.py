@@ -154,6 +154,14 @@ def sampling_probs(logits: torch.Tensor, warpers: list[LogitsProcessor]) -> torc
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
+# What a sampler given a generator (or one per sample) draws: one U[0, 1) number per sub-token, all of them up front
+# where the generator lives, moved to the device once, and turned into tokens by inverse CDF
+# (`multinomial_from_uniform`). So a seed gives the same draws on any device (a CPU seed such as
+# `torch.manual_seed(0)` drives a CUDA model, as in diffusers' pipelines), at a cost that does not grow with the
+# vocabulary. Without a generator the draws are torch.multinomial's from the device's global generator, as the
+# official samplers make them. Recorded with sample sets, so that a set is never finished under another scheme.
+SEEDED_DRAWS = "one U[0, 1) number per sub-token, inverse CDF"
+
 
 def check_generators(generator: Generators, batch: int) -> None:
     """Refuse a list of generators that does not hold one torch.Generator per sample."""
@@ -193,18 +201,6 @@ def uniform_noise(shape: tuple[int, ...], generator: Generators, device: torch.d
     return torch.rand(shape, device=noise_device(generator, device), generator=generator).to(device)
 
 
-def draws_per_token(generator: Generators) -> bool:
-    """Whether a sampler draws one U[0, 1) number per token, where the generator is, and samples by inverse CDF
-    (`multinomial_from_uniform`): for every generator given, one or one per sample.
-
-    The numbers are drawn up front and moved once, so a seed gives the same draws on any device (a CPU seed such as
-    `torch.manual_seed(0)` drives a CUDA model as diffusers' pipelines do) at a cost that does not grow with the
-    vocabulary. Without a generator the draws are torch.multinomial's, from the device's global generator, as the
-    official samplers draw them.
-    """
-    return generator is not None
-
-
 def noise_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
     """Where the numbers of `generator` are drawn: on its own device, then moved to `device` (diffusers'
     `randn_tensor` convention), so `torch.manual_seed(0)`, a CPU generator, drives a CUDA model too."""
@@ -225,8 +221,8 @@ def multinomial_from_uniform(probs: torch.Tensor, uniform: torch.Tensor) -> torc
     """One draw per row of (rows, vocab) probabilities given one U[0, 1) number per row, by inverse CDF -> (rows,)
     long: the first token whose cumulative probability exceeds the draw (never a token of probability 0).
 
-    One number per token instead of `multinomial_from_noise`'s vocab-wide noise: what a generator on another device
-    (or one per sample) can draw for every position of a MaskGIT step and move cheaply.
+    One number per token instead of `multinomial_from_noise`'s vocab-wide noise: the draws of a sampler given a
+    generator (see `SEEDED_DRAWS`).
     """
     cdf = probs.float().cumsum(dim=-1)
     target = uniform.to(cdf)[:, None] * cdf[:, -1:]
