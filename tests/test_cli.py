@@ -184,9 +184,12 @@ def test_an_output_file_hf_vq_did_not_write_is_never_replaced(pipe_dir, tmp_path
     mine = tmp_path / "photo.png"
     Image.new("L", (4, 4)).save(mine)
     before = mine.read_bytes()
-    with pytest.raises(SystemExit, match="photo.png exists and hf-vq did not write it"):
+    with pytest.raises(SystemExit, match="photo.png exists and hf-vq did not write it.*pass --overwrite"):
         main(["generate", "--model", str(pipe_dir), "--labels", "0", "-n", "1", "--out", str(mine)])
     assert mine.read_bytes() == before
+    main(["generate", "--model", str(pipe_dir), "--labels", "0", "-n", "1", "--out", str(mine), "--overwrite"])
+    assert written_by_hf_vq(mine)
+    mine.write_bytes(before)
     out = tmp_path / "grid.jpg"
     for _ in "12":  # its own output, a rerun replaces
         main(["generate", "--model", str(pipe_dir), "--labels", "0", "-n", "1", "--out", str(out)])

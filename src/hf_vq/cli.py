@@ -10,6 +10,7 @@ from .pipelines.loading import GENERATOR_DTYPES, bundled_model_path, load_pipeli
 from .utils import DefaultsHelpFormatter, device_arg, launched_processes, save_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+OVERWRITE_HELP = "replace an existing output file hf-vq did not write (its own outputs are replaced anyway)"
 
 
 def generate(args: argparse.Namespace) -> None:
@@ -21,7 +22,7 @@ def generate(args: argparse.Namespace) -> None:
 
     if args.n < 1:
         raise SystemExit(f"-n must be >= 1, got {args.n}")
-    check_output_file(args.out, IMAGE_SUFFIXES, "--out")
+    check_output_file(args.out, IMAGE_SUFFIXES, "--out", args.overwrite)
     if args.model is not None:
         _check_model_path(args.model, "--model")
     model = args.model or bundled_model_path()
@@ -52,7 +53,7 @@ def reconstruct(args: argparse.Namespace) -> None:
     from .training.data import to_8bit
     from .utils import check_output_file
 
-    check_output_file(args.out, IMAGE_SUFFIXES, "--out")
+    check_output_file(args.out, IMAGE_SUFFIXES, "--out", args.overwrite)
     if not Path(args.image).is_file():
         raise SystemExit(f"no such image: {args.image}")
     _check_model_path(args.tokenizer, "--tokenizer")
@@ -167,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=list(GENERATOR_DTYPES), default="fp32",
                    help="generator weights (logits stay fp32; on a CPU the activations too): half precision samples "
                    "faster on GPUs and on CPUs with fast half GEMMs, and keeps nearly all of fp32's tokens (README)")
-    g.add_argument("--seed", type=int, default=0, help="drawn on the CPU: the same images on any device")
+    g.add_argument("--seed", type=int, default=0, help="drawn on the CPU: the same draws on any device")
+    g.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     g.add_argument("--device", default=None, type=device_arg, help="default: cuda when available, else cpu")
     g.set_defaults(func=generate)
 
@@ -176,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--image", required=True, help="an image of the tokenizer's channels, its size divisible by the "
                    "tokenizer's downsampling")
     r.add_argument("--out", default="reconstruction.png", help="a .png, .jpg or .webp file")
+    r.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     r.set_defaults(func=reconstruct)
 
     c = sub.add_parser("convert", help="official checkpoint -> save_pretrained folder")

@@ -188,17 +188,18 @@ def save_image(image, path: str | os.PathLike) -> Path:
     return write_file_atomic(path, lambda tmp: image.save(tmp, format=image_format, exif=exif))
 
 
-def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...], flag: str = "output") -> Path:
+def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...], flag: str = "output",
+                      overwrite: bool = False) -> Path:
     """Refuse, before any work, an output file path that is a folder, has another extension, or cannot be written,
-    and an existing file hf_vq did not write (one it wrote, a rerun replaces)."""
+    and, unless `overwrite`, an existing file hf_vq did not write (one it wrote, a rerun replaces)."""
     path = Path(path)
     if path.suffix.lower() not in suffixes:
         raise ValueError(f"{flag} must end in {', '.join(suffixes)}, got {str(path)!r}")
     if path.is_dir():
         raise IsADirectoryError(f"{flag} {path} is a folder; give a file name such as {path / ('out' + suffixes[0])}")
-    if path.exists() and not written_by_hf_vq(path):
-        raise FileExistsError(f"{flag} {path} exists and hf-vq did not write it; choose another name (or move the "
-                              "file away) so that it is not replaced")
+    if path.exists() and not overwrite and not written_by_hf_vq(path):
+        raise FileExistsError(f"{flag} {path} exists and hf-vq did not write it (or one from before hf-vq tagged its "
+                              "outputs); choose another name, or pass --overwrite to replace it")
     existing = path.parent
     while not existing.exists():
         existing = existing.parent

@@ -34,6 +34,8 @@ def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> 
                        help="default: cuda when available, else cpu (under a multi-process launch each process "
                             "uses its launcher's device, and --device is refused)")
         p.add_argument("--output", default=None, help="write the JSON result here (.json)")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace an existing --output hf-vq did not write (its own results are replaced anyway)")
 
     t = kinds.add_parser("tokenizer", help="PSNR, SSIM, LPIPS, codebook statistics, rFID / rfd_fmnist",
                          formatter_class=formatter)
@@ -128,12 +130,12 @@ def _network(args: argparse.Namespace):
     return None if name == "none" else load_feature_network(name, args.feature_weights, device=args.device)
 
 
-def _check_output(output: str | None) -> None:
+def _check_output(args: argparse.Namespace) -> None:
     """Refuse, before any work, a --output that is not a writable .json path."""
-    if output:
+    if args.output:
         from ..utils import check_output_file
 
-        check_output_file(output, (".json",), "--output")
+        check_output_file(args.output, (".json",), "--output", args.overwrite)
 
 
 def _finish(result: dict, args: argparse.Namespace) -> dict:
@@ -157,7 +159,7 @@ def evaluate_tokenizer_command(args: argparse.Namespace) -> dict:
     from .feature_sets import dataset_images
     from .reports import PROTOCOL, evaluate_tokenizer
 
-    _check_output(args.output)
+    _check_output(args)
     _set_device(args)
     tokenizer = AutoImageTokenizer.from_pretrained(args.model)  # a pipeline's too
     tokenizer = tokenizer.to(args.device).eval()
@@ -196,7 +198,7 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
     from .reports import PROTOCOL, evaluate_generation
     from .sampling import generate_samples, load_samples, pipeline_sample_fn, process_state
 
-    _check_output(args.output)
+    _check_output(args)
     check_device_flag(args.device)
     state = process_state()
     _set_device(args, state)
@@ -263,7 +265,7 @@ def evaluate_samples_command(args: argparse.Namespace) -> dict:
     from .reports import PROTOCOL, evaluate_generation
     from .sampling import MANIFEST_NAME, load_samples
 
-    _check_output(args.output)
+    _check_output(args)
     _set_device(args)
     network = _network(args)
     if network is None:

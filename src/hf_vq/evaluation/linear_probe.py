@@ -393,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="write the JSON result here (.json)")
     p.add_argument("--plot", default=None,
                    help="PNG of top-1 per block (default: beside --output when several blocks; needs matplotlib)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files hf-vq did not write (its own are replaced anyway)")
     return p
 
 
@@ -412,12 +414,14 @@ def run_probe(args: argparse.Namespace) -> dict:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be >= 1, got {value}")
-    output = check_output_file(args.output, (".json",), "--output") if args.output else None
-    plot = check_output_file(args.plot, (".png",), "--plot") if args.plot else None
+    output = check_output_file(args.output, (".json",), "--output", args.overwrite) if args.output else None
+    plot = check_output_file(args.plot, (".png",), "--plot", args.overwrite) if args.plot else None
     blocks = _parse_blocks(args.blocks)
     path, target, tokenizer, generator = _load(args.model, args.target)
     probed = generator if target == "generator" else tokenizer
     blocks = resolve_blocks(blocks, num_feature_blocks(probed))
+    if output is not None and plot is None and len(blocks) > 1:  # the default plot, beside the JSON
+        plot = check_output_file(output.with_suffix(".png"), (".png",), "--plot (default)", args.overwrite)
     for split in (args.train_split, args.test_split):
         check_labelled(args.dataset, split, "a linear probe is trained and scored on them")
     if target == "generator":
@@ -466,8 +470,6 @@ def run_probe(args: argparse.Namespace) -> dict:
     text = json.dumps(summary, indent=2)
     if output is not None:
         write_file_atomic(output, lambda p: p.write_text(text + "\n"))
-        if plot is None and len(blocks) > 1:
-            plot = output.with_suffix(".png")
     if plot is not None:
         plot_probe(result, plot, f"{summary['model_class']} on {args.dataset}")
     print(text)

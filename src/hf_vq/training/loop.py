@@ -462,9 +462,9 @@ def _full_model(model: nn.Module, frame: nn.Module, ema: EMAModel | None, every_
     options = StateDictOptions(full_state_dict=True, cpu_offload=not every_rank)
     with _ema_weights(model, ema):
         state = get_model_state_dict(model, options=options)
-        if ema is not None and not options.cpu_offload:
-            # On one rank the gathered tensors are the parameters themselves, which the exit swaps back to the
-            # training weights: copy them out while they hold the average.
+        if ema is not None:
+            # On one rank the gathered tensors can be the parameters themselves (also "offloaded" to the CPU they
+            # are on), which the exit swaps back to the training weights: copy them out while they hold the average.
             owned = {_storage(p) for p in model.parameters()}
             state = {k: v.clone() if _storage(v) in owned else v for k, v in state.items()}
     if not state:  # a rank other than 0 when the gather went to rank 0 only
