@@ -340,8 +340,8 @@ class HalfMatmulFloatOut(torch.autograd.Function):
 
     `torch.mm(..., out_dtype=)` has no derivative, so training (bf16 weights under FSDP's mixed precision) needs
     this backward: the fp32 logit gradient is rounded to the operands' precision, as a half model's own gradients
-    are, and the two products run as half GEMMs. CUDA runs the fused op; other devices (no kernel for it on the
-    CPU) multiply the upcast operands, which gives the same products.
+    are, and the two products run as half GEMMs. CUDA runs the fused op (`OutputHead` calls this on CUDA only); the
+    CPU, which has no kernel for it, multiplies the upcast operands, which gives the same products (for the tests).
     """
 
     @staticmethod

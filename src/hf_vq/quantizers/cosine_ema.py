@@ -34,7 +34,8 @@ def collective_device(device: torch.device, backend_config: str) -> torch.device
     if accelerator is None or f"{accelerator.type}:" not in backend_config:
         raise RuntimeError(f"the process group ({backend_config}) has no backend for {device.type} tensors; "
                            "initialise it with one (e.g. backend='cpu:gloo,cuda:nccl')")
-    return torch.device(accelerator.type, torch.accelerator.current_device_index())
+    index = getattr(torch.accelerator, "current_device_index", None) or torch.accelerator.current_device_idx  # < 2.7
+    return torch.device(accelerator.type, index())
 
 
 def _collective(op, tensor: torch.Tensor, **kwargs) -> torch.Tensor:

@@ -48,8 +48,9 @@ def prepare_run_dir(
     """Check the output folder belongs to this run and resolve `resume` ("latest" or a path) to a checkpoint.
 
     Raises before any work when the folder is not empty but holds no run (an unrelated folder), when it holds a
-    different run, when it holds checkpoints but no resume was asked for, when the resume path does not exist, or
-    when a Hub push is asked for without a token.
+    different run that saved something (checkpoints or a final summary; one that saved nothing, stopped by a bad
+    flag or a failing first step, is taken over, its tracker logs left in place), when it holds checkpoints but no
+    resume was asked for, when the resume path does not exist, or when a Hub push is asked for without a token.
     """
     root = Path(output_dir)
     if push_to_hub:
@@ -124,13 +125,13 @@ class RunMeter:
         self.steps = 0
         self._warm_start: float | None = None
         self.last_logs: dict[str, float] = {}
-        if torch.cuda.is_available():  # this session's peak, not an earlier training's in the same process
-            torch.cuda.reset_peak_memory_stats()
 
     @classmethod
     def for_run(cls, args: argparse.Namespace, accelerator: Accelerator) -> RunMeter:
         """The meter of a training script: samples per optimizer step over every process, `--max_minutes`."""
         samples_per_step = args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+        if accelerator.device.type == "cuda":  # this session's peak, not an earlier training's in the same process
+            torch.cuda.reset_peak_memory_stats(accelerator.device)
         return cls(args.max_minutes, samples_per_step)
 
     def step(self) -> None:
