@@ -77,8 +77,12 @@ def test_a_cpu_generator_drives_a_cuda_maskgit_and_generator_lists_give_each_ima
 
 
 def test_compiled_decoding_uses_cuda_graphs_and_samples_valid_tokens(half_far):
+    from torch._dynamo.utils import counters
+
     tokens = half_far.sample([0, 1], guidance_scale=2.0, generator=torch.manual_seed(0), compile=True)
+    graphs = counters["stats"]["unique_graphs"]
     again = half_far.sample([0, 1], guidance_scale=2.0, generator=torch.manual_seed(0), compile=True)
+    assert counters["stats"]["unique_graphs"] == graphs  # no recompilation: not for the new cache, nor any position
     assert tokens.shape == (2, 2, GRID**2) and int(tokens.max()) < VOCAB
     assert torch.equal(tokens, again)  # a new cache re-records the graph; the draws are the same
     eager = half_far.sample([0, 1], guidance_scale=2.0, generator=torch.manual_seed(0))
