@@ -6,13 +6,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 from PIL import Image
 
 UPLOAD = Path(__file__).resolve().parents[1] / "upload"
@@ -108,9 +108,7 @@ def space_url():
         pytest.importorskip("gradio", reason="the Space needs gradio: pip install gradio")
         app = load_script(UPLOAD / "space" / "app.py")
         demo = app.build_demo(app.load_pipeline(device="cpu"))  # the bundled model
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
         try:
             yield f"http://127.0.0.1:{port}/"

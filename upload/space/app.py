@@ -5,13 +5,15 @@ Runs on CUDA (generator in fp16) when there is a GPU, else on CPU in fp32. Local
 """
 
 import os
+from pathlib import Path
 
 import gradio as gr
 import torch
 from PIL import Image
-from transformers import AutoModel
 
+import hf_vq
 from hf_vq import FQGANPipeline, bundled_model_path
+from hf_vq.utils import is_hub_id
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MIN_SIDE = 112  # small images (the bundled model's are 28x28) are enlarged, pixel for pixel, for the gallery
@@ -20,15 +22,17 @@ MIN_SIDE = 112  # small images (the bundled model's are 28x28) are enlarged, pix
 def load_pipeline(model: str | None = None, device: str = DEVICE) -> FQGANPipeline:
     """The pipeline on `device`; on CUDA its generator is loaded in fp16 (its logits stay fp32, see README)."""
     model = model or os.environ.get("HF_VQ_MODEL") or str(bundled_model_path())
-    dtype = torch.float16 if device == "cuda" else torch.float32
-    transformer = AutoModel.from_pretrained(model, subfolder="transformer", dtype=dtype)
-    pipe = FQGANPipeline.from_pretrained(model, transformer=transformer).to(device)
+    if not Path(model).exists() and not is_hub_id(model):
+        raise SystemExit(f"HF_VQ_MODEL={model}: no such folder, and not a Hub id such as org/name")
+    pipe = hf_vq.load_pipeline(model, "fp16" if torch.device(device).type == "cuda" else "fp32", device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def build_demo(pipe: FQGANPipeline) -> gr.Blocks:
-    labels = [pipe.config.id2label[i] for i in sorted(pipe.config.id2label)]
+    names = {int(i): name for i, name in pipe.config.id2label.items()}
+    # class names in id order; a pipeline without names offers its ids
+    labels = [names[i] for i in sorted(names)] or [str(i) for i in range(pipe.transformer.config.num_classes)]
     model = pipe.config._name_or_path
     model = "the Fashion-MNIST model bundled with hf_vq" if model == str(bundled_model_path()) else f"`{model}`"
 
