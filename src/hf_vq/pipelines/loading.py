@@ -26,6 +26,9 @@ def load_pipeline(model: str | Path, dtype: str = "fp32", device: str | torch.de
     Only the generator changes precision (its logits stay fp32, see `blocks.OutputHead`); the tokenizer, a small
     part of the time, stays fp32.
     """
+    if Path(model).is_dir() and not (Path(model) / "model_index.json").is_file():
+        raise ValueError(f"{model} is not a pipeline folder (it has no model_index.json): a tokenizer or generator "
+                         "alone does not generate; put the two together with `hf-vq assemble`")
     dtype = getattr(torch, GENERATOR_DTYPES[dtype])
     transformer = AutoModel.from_pretrained(model, subfolder="transformer", dtype=dtype)
     pipe = FQGANPipeline.from_pretrained(model, transformer=transformer)
