@@ -55,7 +55,7 @@ def test_generate_takes_the_gpu_when_there_is_one_and_draws_on_the_cpu(pipe_dir,
 
 
 def test_generate_bad_input(pipe_dir, tmp_path):
-    with pytest.raises(SystemExit, match="vqvae is not a pipeline folder .* hf-vq assemble"):
+    with pytest.raises(SystemExit, match="vqvae is not a pipeline folder .* `hf-vq assemble`"):
         main(["generate", "--model", str(pipe_dir / "vqvae"), "--labels", "0", "--out", str(tmp_path / "g.png")])
     with pytest.raises(SystemExit, match="Did you mean"):
         main(["generate", "--model", str(pipe_dir), "--labels", "Trousers", "--out", str(tmp_path / "g.png")])
