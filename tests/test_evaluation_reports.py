@@ -224,7 +224,10 @@ def test_cli_evaluate_pipeline_samples_scores_and_resumes(tmp_path):
         cli.main([*argv, "--dtype", "bf16"])
     cli.main([*argv[:4], str(tmp_path / "bf16"), *argv[5:], "--dtype", "bf16", "--output", str(tmp_path / "bf16.json")])
     half = json.loads((tmp_path / "bf16.json").read_text())
-    assert half["dtype"] == "bf16" and "dtype" not in result and half["num_samples"] == 150
+    assert half["dtype"] == "bf16" and result["dtype"] == "fp32" and half["num_samples"] == 150
+    # every setting that changes the samples is recorded, defaults resolved
+    assert {k: result[k] for k in ("guidance_scale", "temperature", "top_k", "top_p", "compile")} == \
+        {"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "compile": False}
     manifest = json.loads((tmp_path / "bf16" / "samples.json").read_text())
     assert manifest["settings"]["dtype"] == "bf16"
     # the same sample file scored on its own gives the pipeline command's numbers

@@ -25,7 +25,7 @@ NETWORK = {"name": "fmnist-classifier-v1", "sha256": SHA, "fd_metric": "fd_fmnis
 # As `hf-vq evaluate pipeline --output` writes it (evaluation/command.py), with the bundled classifier's features.
 GENERATION = {
     "hf_vq_version": "0.1.0", "pipeline": "runs/fmnist-far/pipeline", "samples": "runs/samples/samples.npz",
-    "reference": "fashion-mnist:test", "seed": 0, "per_class": 50, "guidance_scale": 1.5,
+    "dataset": "fashion-mnist", "reference": "fashion-mnist:test", "seed": 0, "per_class": 50, "guidance_scale": 1.5,
     "num_samples": 150, "num_reference": 10000, "image_size": [8, 8], "feature_network": NETWORK,
     "fd_fmnist": 12.345678901234567, "is_fmnist": 7.25, "precision": 0.6133, "recall": 0.4211,
     "class_accuracy": 0.9, "ar_validation_perplexity": {"perplexity": 30.5, "per_codebook": [20.125, 40.25],
@@ -120,6 +120,14 @@ def test_card_metadata_reads_back(pipe_dir):
     assert all(v in text for v in (*GENERATION["protocol"].values(), *RECONSTRUCTION["protocol"].values()))
     assert "2411.16681" in text and "2406.06525" in text  # FQGAN, LlamaGen: this pipeline's parts
     assert "2411.04406" not in text and "2110.04627" not in text  # VQ-KD, ViT-VQGAN: not its parts
+
+
+def test_the_ar_perplexity_is_filed_under_its_own_split(pipe_dir):
+    held_out = {**GENERATION, "ppl_split": "validation"}
+    data = pipeline_model_card(pipe_dir, "me/tiny-far", [held_out], dataset=FASHION_MNIST).data
+    splits = {(r.metric_type, r.dataset_split) for r in data.eval_results}
+    assert ("ar_validation_perplexity", "validation") in splits and ("fd_fmnist", "test") in splits
+    assert {split for key, split in splits if key != "ar_validation_perplexity"} == {"test"}
 
 
 def test_card_of_the_pipeline_object_equals_the_folders(pipe, pipe_dir):

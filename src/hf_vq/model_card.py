@@ -299,6 +299,7 @@ class _Metric:
     task: str
     args: dict[str, Any] | None
     config: str | None
+    split: str | None = None  # where it differs from its evaluation's (the AR perplexity's held-out split)
 
 
 @dataclass
@@ -365,18 +366,20 @@ def _metrics_of(result: dict[str, Any]) -> list[_Metric]:
                 continue
             extra = {} if index is None else {"sub_codebook": index}
             suffix = "" if index is None else f", sub-codebook {index}"
-            metrics.append(_Metric(key, number, name + suffix, task, {**args, **extra} or None, config))
+            split = result.get("ppl_split") if key == "ar_validation_perplexity" else None
+            metrics.append(_Metric(key, number, name + suffix, task, {**args, **extra} or None, config, split))
     return metrics
 
 
 def _dataset_of(result: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(Hub id, split) an evaluation result names: `dataset`/`split` (tokenizer) or `reference` "DATASET:SPLIT"."""
-    if isinstance(result.get("dataset"), str):
-        return hub_dataset_id(result["dataset"]), result.get("split")
+    """(Hub id, split) an evaluation result names: a generation's `reference` "DATASET:SPLIT" (the images its samples
+    are compared with), else `dataset`/`split` (a tokenizer's)."""
     reference = result.get("reference")
     if isinstance(reference, str) and ":" in reference and not reference.endswith(".npz"):
         name, split = reference.rsplit(":", 1)
         return hub_dataset_id(name), split
+    if isinstance(result.get("dataset"), str):
+        return hub_dataset_id(result["dataset"]), result.get("split")
     return None, None  # a reference batch file: its dataset is not recorded in the result
 
 
@@ -427,7 +430,7 @@ def _eval_results(evaluations: list[_Evaluation]) -> list[EvalResult]:
                 task_type=m.task, task_name="Image reconstruction (tokenizer)" if m.task == RECONSTRUCTION_TASK
                 else "Class-conditional image generation",
                 dataset_type=ev.dataset_id, dataset_name=DATASET_NAMES.get(ev.dataset_id, ev.dataset_id),
-                dataset_split=ev.dataset_split, metric_type=m.key, metric_value=m.value, metric_name=m.name,
+                dataset_split=m.split or ev.dataset_split, metric_type=m.key, metric_value=m.value, metric_name=m.name,
                 metric_config=m.config, metric_args=m.args,
             ))
     return results
@@ -442,7 +445,8 @@ def _evaluation_text(evaluations: list[_Evaluation]) -> str:
     for ev in evaluations:
         dataset = ev.dataset_id or str(ev.result.get("dataset") or ev.result.get("reference") or "?")
         for m in ev.metrics:
-            rows.append(f"| {ev.title} | {m.name} | `{m.key}` | {m.value:.4g} | {dataset} | {ev.dataset_split or ''} |")
+            split = m.split or ev.dataset_split or ""
+            rows.append(f"| {ev.title} | {m.name} | `{m.key}` | {m.value:.4g} | {dataset} | {split} |")
     blocks = [f"<details><summary>{ev.title}: the full result</summary>\n\n```json\n"
               f"{json.dumps(ev.result, indent=2, ensure_ascii=False)}\n```\n\n</details>" for ev in evaluations]
     return "\n".join(rows) + "\n\n" + "\n\n".join(blocks)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 from pathlib import Path
 
@@ -210,11 +211,15 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
     pipe.set_progress_bar_config(disable=True)
     if args.compile and not getattr(pipe.transformer, "is_autoregressive", False):
         raise ValueError("--compile is for AR generators (FAR/GPT); this pipeline's generator samples eagerly")
-    # Left out at their defaults, so that sample folders started before these flags existed still resume.
-    knobs = {k: v for k, v in (("guidance_scale", args.guidance_scale),
-                               ("num_inference_steps", args.num_inference_steps),
-                               ("compile", args.compile or None)) if v is not None}
-    recorded = {**knobs, "dtype": args.dtype} if args.dtype != "fp32" else knobs
+    # Every setting that changes the samples, defaults resolved, recorded with the samples and the result.
+    recorded = {k: p.default for k, p in inspect.signature(type(pipe).__call__).parameters.items()
+                if k in ("guidance_scale", "temperature", "top_k", "top_p")}
+    if args.guidance_scale is not None:
+        recorded["guidance_scale"] = args.guidance_scale
+    if not getattr(pipe.transformer, "is_autoregressive", False):
+        recorded["num_inference_steps"] = pipe.transformer.num_sampling_steps(args.num_inference_steps)
+    knobs = {**recorded, "compile": args.compile}
+    recorded |= {"compile": args.compile, "dtype": args.dtype}
     num_classes = pipe.transformer.config.num_classes
     settings = {"pipeline": model, **recorded}
     ppl_data = None  # loaded and checked before sampling, so a bad held-out set fails before the long part
@@ -252,6 +257,7 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
         tokens = tokenize_images(pipe.vqvae, ppl_data[0], args.batch_size)
         batches = zip(tokens.split(args.batch_size), torch.from_numpy(ppl_data[1]).split(args.batch_size))
         result["ar_validation_perplexity"] = validation_perplexity(pipe.transformer, batches).to_dict()
+        result["ppl_split"], result["ppl_max_images"] = args.ppl_split, args.ppl_max_images
     protocol = {k: PROTOCOL[k] for k in ("frechet", "score", "precision_recall")}
     return _finish({"pipeline": model, "samples": str(path), "dataset": args.dataset, "reference": reference.source,
                     "seed": args.seed,
