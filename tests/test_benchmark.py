@@ -334,6 +334,14 @@ def test_a_multi_process_run_refuses_an_uneven_batch_and_a_device_before_any_wor
     assert not (tmp_path / "results").exists() and not (tmp_path / "work").exists()
 
 
+@needs_fmnist
+def test_too_few_samples_for_the_frechet_distance_are_refused_before_any_stage(tmp_path):
+    spec = load_spec(write_spec(tmp_path / "spec", num_samples=50))
+    with pytest.raises(ValueError, match="the spec's num_samples gives 50 images, but a Fréchet distance"):
+        BenchmarkRun(spec, tmp_path / "results", tmp_path / "work").run()
+    assert not (tmp_path / "work").exists()
+
+
 def test_the_recorded_command_is_the_one_a_user_types_again(monkeypatch):
     from hf_vq.benchmark.runner import command_line
 

@@ -191,6 +191,12 @@ def test_cli_evaluate_pipeline_refuses_compile_for_a_nar_generator_before_sampli
     with pytest.raises(SystemExit, match="--compile is for AR generators"):
         cli.main(["evaluate", "pipeline", str(tmp_path / "pipe"), "--samples_dir", str(tmp_path / "samples"),
                   "--compile", "--ppl_split", "none"])
+    # too few samples (or reference images) for a Fréchet distance on the 128-d features: refused before sampling
+    for flags, what in [(["--per_class", "40"], "--per_class 40 x 3 classes gives 120 images"),
+                        (["--reference_max_images", "100"], "--reference_max_images 100 gives 100 images")]:
+        with pytest.raises(SystemExit, match=f"{what}, but a Fréchet distance .* 128-d features needs more than 128"):
+            cli.main(["evaluate", "pipeline", str(tmp_path / "pipe"), "--samples_dir", str(tmp_path / "samples"),
+                      "--ppl_split", "none", *flags])
     assert not (tmp_path / "samples").exists()
 
 

@@ -170,6 +170,7 @@ class BenchmarkRun:
                     "(its data, seed, feature network, budget, proposal networks or shared flags differ): rows of "
                     "one table must share them; use another --output_dir")
         check_comparable([*existing, {"feature_network": self.network.describe()}])
+        self.network.check_enough_images(self.spec.num_samples, "the spec's num_samples")
         from ..tokenizers import FrozenTeacher
 
         for name in sorted({t for row in self.rows for t in self.spec.teachers(row)}):

@@ -221,6 +221,9 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
     knobs = {**recorded, "compile": args.compile}
     recorded |= {"compile": args.compile, "dtype": args.dtype}
     num_classes = pipe.transformer.config.num_classes
+    network.check_enough_images(num_classes * args.per_class, f"--per_class {args.per_class} x {num_classes} classes")
+    if args.reference_max_images is not None:
+        network.check_enough_images(args.reference_max_images, f"--reference_max_images {args.reference_max_images}")
     settings = {"pipeline": model, **recorded}
     ppl_data = None  # loaded and checked before sampling, so a bad held-out set fails before the long part
     if args.ppl_split != "none" and getattr(pipe.transformer, "is_autoregressive", False):

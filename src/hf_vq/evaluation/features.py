@@ -43,6 +43,17 @@ class FeatureNetwork(ABC):
         """(features, logits) of a batch of images in [0, 1]."""
 
     @property
+    @abstractmethod
+    def feature_dim(self) -> int:
+        """D, the width of the features: a Fréchet distance needs more than D images in each set."""
+
+    def check_enough_images(self, count: int, what: str) -> None:
+        """Refuse, before any sampling, a set too small for a Fréchet distance on these features."""
+        if count <= self.feature_dim:
+            raise ValueError(f"{what} gives {count} images, but a Fréchet distance on {self.name}'s "
+                             f"{self.feature_dim}-d features needs more than {self.feature_dim} in each set")
+
+    @property
     def id2label(self) -> dict[int, str] | None:
         """Class names when the logits are the classes of the generated data (class accuracy), else None."""
         return None
@@ -65,6 +76,8 @@ class InceptionNetwork(FeatureNetwork):
 
         self.sha256 = file_sha256(find_fid_weights(weights))
         self.model = InceptionFeatureExtractor(weights).to(device)
+
+    feature_dim = 2048  # pool3
 
     def extract(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(self.model.parameters()).device
@@ -99,6 +112,10 @@ class ClassifierNetwork(FeatureNetwork):
     @property
     def id2label(self) -> dict[int, str]:
         return self.judge.id2label
+
+    @property
+    def feature_dim(self) -> int:
+        return next(m for m in self.judge.model.classifier.modules() if isinstance(m, torch.nn.Linear)).in_features
 
     def extract(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.judge.features_and_logits(images)
