@@ -1,4 +1,4 @@
-"""Tokenize an image dataset (each image and its horizontal flip) into a `datasets` dataset of codes and labels.
+r"""Tokenize an image dataset (each image and its horizontal flip) into a `datasets` dataset of codes and labels.
 
     python examples/extract_codes.py --tokenizer runs/fmnist-tokenizer/tokenizer --dataset fashion-mnist \
         --resolution 28 --output_dir runs/fmnist-codes

@@ -1,4 +1,4 @@
-"""Train a FAR (k > 1) or LlamaGen GPT (k = 1) class-conditional AR generator on extracted codes.
+r"""Train a FAR (k > 1) or LlamaGen GPT (k = 1) class-conditional AR generator on extracted codes.
 
     accelerate launch examples/train_far.py --codes_dir runs/fmnist-codes \
         --tokenizer runs/fmnist-tokenizer/tokenizer --model_config examples/configs/fmnist_far.json \

@@ -1,4 +1,4 @@
-"""Train a small masked autoencoder (MAE) on Fashion-MNIST and save its encoder as a self-supervised VQ-KD teacher.
+r"""Train a small masked autoencoder (MAE) on Fashion-MNIST and save its encoder as a self-supervised VQ-KD teacher.
 
     python examples/train_fmnist_mae_teacher.py --output_dir outputs/fmnist-mae-teacher-p4 --epochs 3 --seed 0 \
         --num_threads 1

@@ -1,4 +1,4 @@
-"""Train an image tokenizer (VQGAN, FQGAN-Dual/Triple, FSQ, LFQ) with Accelerate.
+r"""Train an image tokenizer (VQGAN, FQGAN-Dual/Triple, FSQ, LFQ) with Accelerate.
 
     accelerate launch examples/train_fqgan.py --tokenizer_config examples/configs/fmnist_fqgan_dual.json \
         --dataset fashion-mnist --resolution 28 --output_dir runs/fmnist-tokenizer --perceptual_weight 0

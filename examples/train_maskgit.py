@@ -1,4 +1,4 @@
-"""Train a MaskGIT (NAR) class-conditional generator on extracted codes.
+r"""Train a MaskGIT (NAR) class-conditional generator on extracted codes.
 
     accelerate launch examples/train_maskgit.py --codes_dir runs/fmnist-codes \
         --tokenizer runs/fmnist-tokenizer/tokenizer --model_config examples/configs/fmnist_maskgit.json \

@@ -1,4 +1,4 @@
-"""Train a ViT-VQGAN tokenizer: L2 + LPIPS + a StyleGAN2 discriminator (lazy R1), Adam with warmup and cosine decay.
+r"""Train a ViT-VQGAN tokenizer: L2 + LPIPS + a StyleGAN2 discriminator (lazy R1), Adam with warmup and cosine decay.
 
     accelerate launch examples/train_vitvqgan.py --tokenizer_config examples/configs/fmnist_vitvqgan.json \
         --dataset fashion-mnist --resolution 28 --output_dir runs/fmnist-vitvqgan

@@ -1,4 +1,4 @@
-"""VQ-KD stage 1: distil a frozen image-understanding teacher's patch features into a cosine codebook.
+r"""VQ-KD stage 1: distil a frozen image-understanding teacher's patch features into a cosine codebook.
 
     accelerate launch examples/train_vqkd.py --tokenizer_config CONFIG.json --teacher openai/clip-vit-base-patch16 \
         --dataset imagenet-1k --resolution 224 --output_dir runs/vqkd

@@ -1,4 +1,4 @@
-"""VQ-KD stage 2: train a pixel decoder on the frozen codes of a stage-1 tokenizer.
+r"""VQ-KD stage 2: train a pixel decoder on the frozen codes of a stage-1 tokenizer.
 
     accelerate launch examples/train_vqkd_pixel_decoder.py --tokenizer runs/vqkd/tokenizer \
         --dataset imagenet-1k --resolution 256 --output_dir runs/vqkd-pixels --vgg16_path ... --lpips_path ...

@@ -484,3 +484,7 @@ def main(argv: list[str] | None = None) -> dict:
     except (ValueError, OSError, TypeError) as err:  # OSError: missing folders, Hub and network failures
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SystemExit(f"linear probe: {message}") from err
+
+
+if __name__ == "__main__":  # `python -m hf_vq.evaluation.linear_probe`, from an install without examples/
+    main()
