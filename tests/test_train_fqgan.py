@@ -148,3 +148,27 @@ def test_tensorboard_logging_without_tensorboard_is_refused_up_front(tmp_path, i
     with pytest.raises(ValueError, match="needs the tensorboard package"):
         run(tmp_path, imagefolder, "--max_train_steps", "1", "--report_to", "tensorboard")
     assert not (tmp_path / "out").exists()
+
+
+def test_from_the_command_line_bad_input_ends_in_one_line_and_training_errors_keep_their_traceback(
+        tmp_path, imagefolder, monkeypatch):
+    import sys
+
+    from hf_vq.training.recipes import TokenizerGANRecipe
+
+    missing = ["train_fqgan.py", "--tokenizer_config", str(tmp_path / "missing.json"), "--dataset", str(imagefolder),
+               "--output_dir", str(tmp_path / "out")]
+    monkeypatch.setattr(sys, "argv", missing)
+    with pytest.raises(SystemExit, match=r"^train_fqgan: .*missing\.json"):
+        train_fqgan.main()
+
+    def broken_step(self, batch, step):
+        raise ValueError("a bug in the middle of training")
+
+    monkeypatch.setattr(TokenizerGANRecipe, "training_step", broken_step)
+    (tmp_path / "tok.json").write_text(json.dumps(TINY))
+    monkeypatch.setattr(sys, "argv", ["train_fqgan.py", "--tokenizer_config", str(tmp_path / "tok.json"), "--dataset",
+                                      str(imagefolder), "--resolution", "8", "--output_dir", str(tmp_path / "run"),
+                                      "--perceptual_weight", "0", "--train_batch_size", "4", "--report_to", "none"])
+    with pytest.raises(ValueError, match="a bug in the middle of training"):
+        train_fqgan.main()

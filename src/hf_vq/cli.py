@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .pipelines.loading import GENERATOR_DTYPES, bundled_model_path, load_pipeline
-from .utils import DefaultsHelpFormatter, device_arg, launched_processes, save_image
+from .utils import DefaultsHelpFormatter, device_arg, error_line, launched_processes, save_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 OVERWRITE_HELP = "replace an existing output file hf-vq did not write (its own outputs are replaced anyway)"
@@ -229,8 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except (ValueError, OSError, TypeError) as err:  # OSError: missing files, Hub and network failures
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SystemExit(f"hf-vq {args.command}: {message}") from err
+        raise SystemExit(f"hf-vq {args.command}: {error_line(err)}") from err
 
 
 if __name__ == "__main__":

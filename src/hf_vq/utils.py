@@ -77,6 +77,12 @@ def device_arg(value: str) -> str:
     return value
 
 
+def error_line(err: BaseException) -> str:
+    """An exception's first line (its type when it has no message): what a command prints instead of a traceback."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def launched_processes() -> int:
     """How many processes the launcher (`accelerate launch`, `torchrun`) started; 1 outside a launch."""
     return int(os.environ.get("WORLD_SIZE", "1"))

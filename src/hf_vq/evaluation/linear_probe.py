@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..generators.sampling import eval_mode
-from ..utils import DefaultsHelpFormatter, device_arg
+from ..utils import DefaultsHelpFormatter, device_arg, error_line
 from .images import from_uint8
 
 DEFAULT_WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -363,7 +363,7 @@ def _load(model: str | None, target: str | None) -> tuple[str, str, nn.Module, n
     except OSError as err:
         if local:
             raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = error_line(err)
         raise FileNotFoundError(f"{path}: no such folder, and loading it as a Hub repo failed ({first})") from err
     return path, target, pipe.vqvae, pipe.transformer
 
@@ -482,8 +482,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         return run_probe(args)
     except (ValueError, OSError, TypeError) as err:  # OSError: missing folders, Hub and network failures
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SystemExit(f"linear probe: {message}") from err
+        raise SystemExit(f"linear probe: {error_line(err)}") from err
 
 
 if __name__ == "__main__":  # `python -m hf_vq.evaluation.linear_probe`, from an install without examples/

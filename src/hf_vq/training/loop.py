@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..model_card import hub_dataset_id, training_text, write_card_if_missing
-from ..utils import create_hub_repo, push_folder
+from ..utils import create_hub_repo, error_line, push_folder
 from .checkpointing import (
     RunMeter,
     add_run_arguments,
@@ -70,6 +70,7 @@ class TrainingRecipe:
     name: str = "train"
     trainable: tuple[str, ...] = ("model",)
     default_checkpointing_steps: int = 500
+    training_started: bool = False  # set by the loop at its first step: what fails before is the input's fault
 
     def __init__(self, args: argparse.Namespace):
         """Read the configs and check the flags: what the run's identity needs, and cheap checks."""
@@ -139,8 +140,20 @@ def parse_recipe_args(recipe_cls: type[TrainingRecipe], argv: list[str] | None =
 
 
 def run(recipe_cls: type[TrainingRecipe], argv: list[str] | None = None) -> nn.Module:
-    """Parse the command line and train; what `examples/train_*.py` call."""
-    return train(recipe_cls(parse_recipe_args(recipe_cls, argv)))
+    """Parse the command line and train; what `examples/train_*.py` call.
+
+    From the command line (`argv` None), bad input found before the first training step ends the script with one
+    line, as `hf-vq` commands do; a failure during training keeps its traceback, and a caller passing `argv` gets
+    the exception.
+    """
+    recipe = None
+    try:
+        recipe = recipe_cls(parse_recipe_args(recipe_cls, argv))
+        return train(recipe)
+    except (ValueError, OSError, TypeError) as err:
+        if argv is not None or getattr(recipe, "training_started", False):
+            raise
+        raise SystemExit(f"{recipe_cls.name}: {error_line(err)}") from err
 
 
 def train(recipe: TrainingRecipe, keep_process_group: bool = False) -> nn.Module:
@@ -226,6 +239,7 @@ def train(recipe: TrainingRecipe, keep_process_group: bool = False) -> nn.Module
     for module in modules:
         module.train()
     micro_step = global_step * args.gradient_accumulation_steps
+    recipe.training_started = True
     for batch in batches_from(accelerator, loader, global_step, args.gradient_accumulation_steps):
         if global_step >= args.max_train_steps:
             break

@@ -69,6 +69,9 @@ class GeneratorRecipe(TrainingRecipe):
         self.id2label = dict(enumerate(self.codes.features["label"].names))
         self.tokenizer = AutoImageTokenizer.from_pretrained(args.tokenizer).eval()
         k, n = self.codes.features["codes"].shape
+        if k != self.tokenizer.num_codebooks:
+            raise ValueError(f"{args.codes_dir} holds codes of {k} sub-codebooks, but --tokenizer {args.tokenizer} "
+                             f"has {self.tokenizer.num_codebooks}: extract the codes with the tokenizer you train for")
         self.model_kwargs = read_model_config(args, "model_config", self._saved_config)
         derived = dict(vocab_size=self.tokenizer.codebook_sizes[0], num_codebooks=k, grid_size=int(round(n**0.5)),
                        num_classes=len(self.id2label))
