@@ -64,6 +64,10 @@ def test_stage_one_distils_and_stage_two_leaves_the_codes_alone(tmp_path, imagef
         ["evaluate", "tokenizer", str(tmp_path / "s1" / "tokenizer"), "--dataset", str(imagefolder), "--split",
          "train", "--features", "none", "--teacher", str(teacher)]))
     assert stage1_only["psnr_db"] is None and stage1_only["teacher_cosine"] == result["teacher_cosine"]
+    # what was measured, and against which teacher, is in the result
+    assert result["teacher"] == stage1_only["teacher"] == str(teacher)
+    assert set(result["protocol"]) == {"codebook", "psnr_db", "ssim", "teacher_cosine"}  # --features none
+    assert set(stage1_only["protocol"]) == {"codebook", "teacher_cosine"} and "no pixel decoder" in stage1_only["note"]
 
 
 def test_bad_stage_inputs_are_refused_before_work(tmp_path, imagefolder, teacher):

@@ -182,11 +182,17 @@ def evaluate_tokenizer_command(args: argparse.Namespace) -> dict:
         raise ValueError(f"--resolution {resolution}: this tokenizer only takes {tokenizer.sample_size} px images")
     images, _ = dataset_images(args.dataset, args.split, resolution, tokenizer.in_channels, args.max_images)
     result = evaluate_tokenizer(tokenizer, images, network, lpips_model, teacher, args.batch_size, progress=True)
-    protocol = {k: PROTOCOL[k] for k in ("psnr_db", "ssim", "codebook", "frechet")}
-    if lpips_model is not None:
-        protocol["lpips"] = PROTOCOL["lpips"]
+    measured = ["codebook"]
+    if tokenizer.can_decode:
+        measured += ["psnr_db", "ssim"] + (["lpips"] if lpips_model is not None else [])
+        measured += ["frechet"] if network is not None else []
+    else:
+        result["note"] = "no pixel decoder (VQ-KD before stage 2): no reconstruction metrics"
+    if teacher is not None:
+        measured.append("teacher_cosine")
+        result["teacher"] = args.teacher
     return _finish({"tokenizer": str(args.model), "dataset": args.dataset, "split": args.split, **result,
-                    "protocol": protocol}, args)
+                    "protocol": {k: PROTOCOL[k] for k in measured}}, args)
 
 
 def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:

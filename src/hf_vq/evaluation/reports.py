@@ -30,6 +30,7 @@ PROTOCOL = {
     "ssim": "skimage structural_similarity defaults (7x7 uniform window, data_range 1) on uint8-rounded images",
     "lpips": "LPIPS-VGG v0.1, mean per image",
     "codebook": "usage, entropy (nats) and perplexity exp(entropy) per sub-codebook over the whole set",
+    "teacher_cosine": "mean over images of the mean over patches of cos(predicted, teacher patch features)",
     "frechet": "Fréchet distance of Gaussians fitted to the feature network's pooled features (float64)",
     "score": "ADM's Inception Score: exp(mean KL(p(y|x) || p(y))) over splits of 5000, mean of splits",
     "precision_recall": "Kynkäänniemi et al. as ADM's evaluator: k = 3, fp32 distances",
