@@ -210,10 +210,9 @@ def test_generator_script_under_fsdp_previews_and_saves_the_full_model(tmp_path,
     assert (out / "samples" / "step-0000002.png").is_file()
 
 
-@pytest.mark.parametrize("every_rank", [True, False])  # the final save; previews (gathered to the CPU)
-def test_the_full_model_of_a_one_process_fsdp_run_holds_the_ema_weights(every_rank):
+def test_the_full_model_of_a_one_process_fsdp_run_holds_the_ema_weights():
     """On one rank the gathered state shares memory with the parameters, which get the training weights back when
-    the EMA weights are swapped out again."""
+    the EMA weights are swapped out again: for the final save and for previews (gathered to the CPU)."""
     from conftest import run_in_own_process_group
 
     out = run_in_own_process_group(
@@ -230,10 +229,11 @@ def test_the_full_model_of_a_one_process_fsdp_run_holds_the_ema_weights(every_ra
             for p in model.parameters():
                 p.add_(10.0)  # training moves the weights away from their average
         average = [p.full_tensor().clone() for p in ema.shadow_params]
-        full = _full_model(model, frame, ema, every_rank=EVERY_RANK)
-        assert all(torch.equal(a, b) for a, b in zip(full.parameters(), average, strict=True))
-        assert not torch.equal(model[0].weight.full_tensor(), average[0])  # the training weights are back
+        for every_rank in (True, False):
+            full = _full_model(model, frame, ema, every_rank=every_rank)
+            assert all(torch.equal(a, b) for a, b in zip(full.parameters(), average, strict=True)), every_rank
+            assert not torch.equal(model[0].weight.full_tensor(), average[0])  # the training weights are back
         print("ema")
-        """.replace("EVERY_RANK", str(every_rank))
+        """
     )
     assert "ema" in out
