@@ -251,6 +251,8 @@ def test_the_fashion_mnist_spec_loads():
     assert [r.kind for r in spec.rows] == ["vqgan", "fsq", "vqkd", "vqkd", "fqgan"]
     assert spec.teachers(spec.row("VQ-KD (MAE teacher)")) == ["bundled:fmnist-mae-teacher-p4"]
     assert spec.teachers(spec.row("FQGAN-Dual")) == ["bundled:fmnist-vit-teacher-p4"]
+    smoke = load_spec(Path(__file__).parents[1] / "examples" / "benchmarks" / "fmnist_vqkd_smoke.json")
+    assert [r.kind for r in smoke.rows] == ["vqgan", "fsq", "vqkd"] and smoke.num_samples == 200
 
 
 @needs_fmnist
