@@ -117,6 +117,8 @@ def test_quick_spec_writes_rows_table_and_plot(resumed):
     table = (results / "TABLE.md").read_text()
     assert table == render_table(rows, noise)
     assert "| VQGAN | 1 x 64 |" in table and "[AR](row-vqgan-ar.png)" in table
+    commit = rows[0]["git_commit"][:12] if rows[0]["git_commit"] else "not recorded"
+    assert f"hf_vq commit: `{commit}` (every row)" in table  # which code measured the rows
     plot = (results / "plot.svg").read_text()
     write_table(results)
     assert (results / "TABLE.md").read_text() == table and (results / "plot.svg").read_text() == plot

@@ -113,6 +113,12 @@ def render_table(rows: list[dict[str, Any]], noise: dict[str, Any] | None) -> st
     total = sum(row["total_minutes"] for row in rows)
     noun = "row" if len(rows) == 1 else "rows"
     lines += ["", f"Total: {total:.1f} min for {len(rows)} {noun}. Plot: [{PLOT}]({PLOT}).", ""]
+    commits: dict[str, list[str]] = {}
+    for row in rows:
+        commits.setdefault((row.get("git_commit") or "not recorded")[:12], []).append(row["row"])
+    code = "; ".join(f"`{c}` ({', '.join(names)})" for c, names in commits.items()) if len(commits) > 1 else \
+        f"`{next(iter(commits))}` (every row)"
+    lines += [f"hf_vq commit: {code}; the row JSONs hold the full commits and the library versions.", ""]
     unmatched = [row["row"] for row in rows if not row.get("matched", True)]
     if unmatched:
         lines += [f"Unmatched (a training stage hit the minutes cap before its budget): {', '.join(unmatched)}.", ""]
