@@ -12,7 +12,7 @@ from pathlib import Path
 from hf_vq import AutoImageTokenizer
 from hf_vq.training.codes import extract_codes
 from hf_vq.training.data import load_image_dataset
-from hf_vq.utils import atomic_directory, check_output_dir
+from hf_vq.utils import atomic_directory, check_output_dir, error_line
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,4 +47,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError) as err:  # bad input, as the training scripts and hf-vq report it: one line
+        raise SystemExit(f"extract_codes: {error_line(err)}") from err

@@ -117,8 +117,9 @@ def test_quick_spec_writes_rows_table_and_plot(resumed):
     table = (results / "TABLE.md").read_text()
     assert table == render_table(rows, noise)
     assert "| VQGAN | 1 x 64 |" in table and "[AR](row-vqgan-ar.png)" in table
-    commit = rows[0]["git_commit"][:12] if rows[0]["git_commit"] else "not recorded"
-    assert f"hf_vq commit: `{commit}` (every row)" in table  # which code measured the rows
+    assert "hf_vq commit: `" in table and "(every row)" in table  # which code measured the rows
+    mixed = [{**rows[0], "git_commit": "a" * 40 + "-dirty"}, {**rows[1], "git_commit": "b" * 40}]
+    assert "`aaaaaaaaaaaa-dirty` (VQGAN); `bbbbbbbbbbbb` (FSQ)" in render_table(mixed, noise)
     plot = (results / "plot.svg").read_text()
     write_table(results)
     assert (results / "TABLE.md").read_text() == table and (results / "plot.svg").read_text() == plot
@@ -340,8 +341,14 @@ def test_a_multi_process_run_refuses_an_uneven_batch_and_a_device_before_any_wor
 
 @needs_fmnist
 def test_too_few_samples_for_the_frechet_distance_are_refused_before_any_stage(tmp_path):
-    spec = load_spec(write_spec(tmp_path / "spec", num_samples=50))
-    with pytest.raises(ValueError, match="the spec's num_samples gives 50 images, but a Fréchet distance"):
+    # 129 asked for, but 12 per class of the 10 classes are drawn
+    spec = load_spec(write_spec(tmp_path / "spec", num_samples=129))
+    with pytest.raises(ValueError, match="num_samples 129, drawn evenly over the classes, gives 120 images, but a "
+                                         "Fréchet distance"):
+        BenchmarkRun(spec, tmp_path / "results", tmp_path / "work").run()
+    dataset = {**QUICK["dataset"], "test_split": "test[:100]"}
+    spec = load_spec(write_spec(tmp_path / "spec", dataset=dataset))
+    with pytest.raises(ValueError, match="the test split 'test\\[:100\\]' gives 100 images"):
         BenchmarkRun(spec, tmp_path / "results", tmp_path / "work").run()
     assert not (tmp_path / "work").exists()
 

@@ -210,6 +210,9 @@ def test_cli_evaluate_pipeline_samples_scores_and_resumes(tmp_path):
             "--per_class", "50", "--reference_max_images", "200", "--ppl_split", "none", "--batch_size", "64"]
     with pytest.raises(SystemExit, match="labels up to 9"):  # Fashion-MNIST's 10 classes for a 3-class model
         cli.main([*argv[:-4], "--ppl_max_images", "50"])
+    with pytest.raises(SystemExit, match="an AR generator decodes one position per step"):
+        cli.main([*argv, "--num_inference_steps", "5"])
+    assert not (tmp_path / "samples").exists()  # both refused before sampling
     cli.main([*argv, "--max_batches", "1"])  # stopped early: no result yet
     assert not (tmp_path / "samples" / "samples.npz").exists()
     cli.main([*argv, "--output", str(tmp_path / "gen.json")])

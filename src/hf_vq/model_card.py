@@ -107,7 +107,7 @@ _RECONSTRUCTION_KEYS = {"rfid", "psnr_db", "ssim", "lpips", "codebook_usage", "c
                         "teacher_cosine"}
 _FEATURE_KEYS = {"fid", "rfid", "inception_score", "precision", "recall", "class_accuracy"}
 # Evaluation settings that change the numbers, recorded with each generation metric.
-_GENERATION_SETTINGS = ("guidance_scale", "num_inference_steps")
+_GENERATION_SETTINGS = ("guidance_scale", "num_inference_steps", "temperature", "top_k", "top_p")
 
 
 def template_path() -> Path:

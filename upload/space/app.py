@@ -21,9 +21,10 @@ MIN_SIDE = 112  # small images (the bundled model's are 28x28) are enlarged, pix
 
 def load_pipeline(model: str | None = None, device: str = DEVICE) -> FQGANPipeline:
     """The pipeline on `device`; on CUDA its generator is loaded in fp16 (its logits stay fp32, see README)."""
+    source = "the model" if model else "HF_VQ_MODEL"
     model = model or os.environ.get("HF_VQ_MODEL") or str(bundled_model_path())
     if not Path(model).exists() and not is_hub_id(model):
-        raise SystemExit(f"HF_VQ_MODEL={model}: no such folder, and not a Hub id such as org/name")
+        raise SystemExit(f"{source} {model}: no such folder, and not a Hub id such as org/name")
     pipe = hf_vq.load_pipeline(model, "fp16" if torch.device(device).type == "cuda" else "fp32", device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

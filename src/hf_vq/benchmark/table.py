@@ -115,10 +115,10 @@ def render_table(rows: list[dict[str, Any]], noise: dict[str, Any] | None) -> st
     lines += ["", f"Total: {total:.1f} min for {len(rows)} {noun}. Plot: [{PLOT}]({PLOT}).", ""]
     commits: dict[str, list[str]] = {}
     for row in rows:
-        commits.setdefault((row.get("git_commit") or "not recorded")[:12], []).append(row["row"])
+        commits.setdefault(_short_commit(row.get("git_commit")), []).append(row["row"])
     code = "; ".join(f"`{c}` ({', '.join(names)})" for c, names in commits.items()) if len(commits) > 1 else \
         f"`{next(iter(commits))}` (every row)"
-    lines += [f"hf_vq commit: {code}; the row JSONs hold the full commits and the library versions.", ""]
+    lines += [f"hf_vq commit: {code}; the row JSONs hold the library versions.", ""]
     unmatched = [row["row"] for row in rows if not row.get("matched", True)]
     if unmatched:
         lines += [f"Unmatched (a training stage hit the minutes cap before its budget): {', '.join(unmatched)}.", ""]
@@ -209,3 +209,10 @@ def write_table(folder: str | Path) -> list[Path]:
     for name, text in ((TABLE, render_table(rows, noise)), (PLOT, render_plot(rows))):
         written.append(write_file_atomic(folder / name, lambda p, t=text: p.write_text(t)))
     return written
+
+
+def _short_commit(commit: str | None) -> str:
+    """A row's commit as the table shows it: 12 hex digits, keeping the mark of uncommitted changes."""
+    if not commit:
+        return "not recorded"
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")

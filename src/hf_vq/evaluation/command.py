@@ -181,6 +181,9 @@ def evaluate_tokenizer_command(args: argparse.Namespace) -> dict:
     if tokenizer.fixed_size and resolution != tokenizer.sample_size:
         raise ValueError(f"--resolution {resolution}: this tokenizer only takes {tokenizer.sample_size} px images")
     images, _ = dataset_images(args.dataset, args.split, resolution, tokenizer.in_channels, args.max_images)
+    if network is not None and tokenizer.can_decode:  # the rFD compares reconstructions with these images
+        network.check_enough_images(len(images), f"{args.dataset}:{args.split}" + (
+            f" (--max_images {args.max_images})" if args.max_images else ""))
     result = evaluate_tokenizer(tokenizer, images, network, lpips_model, teacher, args.batch_size, progress=True)
     measured = ["codebook"]
     if tokenizer.can_decode:
@@ -222,13 +225,14 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
                 if k in ("guidance_scale", "temperature", "top_k", "top_p")}
     if args.guidance_scale is not None:
         recorded["guidance_scale"] = args.guidance_scale
+    steps = pipe.transformer.num_sampling_steps(args.num_inference_steps)  # refuses a count an AR model cannot take
     if not getattr(pipe.transformer, "is_autoregressive", False):
-        recorded["num_inference_steps"] = pipe.transformer.num_sampling_steps(args.num_inference_steps)
+        recorded["num_inference_steps"] = steps
     knobs = {**recorded, "compile": args.compile}
     recorded |= {"compile": args.compile, "dtype": args.dtype}
     num_classes = pipe.transformer.config.num_classes
     network.check_enough_images(num_classes * args.per_class, f"--per_class {args.per_class} x {num_classes} classes")
-    if args.reference_max_images is not None:
+    if args.reference_max_images is not None and not args.reference:
         network.check_enough_images(args.reference_max_images, f"--reference_max_images {args.reference_max_images}")
     settings = {"pipeline": model, **recorded}
     ppl_data = None  # loaded and checked before sampling, so a bad held-out set fails before the long part

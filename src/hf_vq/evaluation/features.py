@@ -43,13 +43,14 @@ class FeatureNetwork(ABC):
         """(features, logits) of a batch of images in [0, 1]."""
 
     @property
-    @abstractmethod
-    def feature_dim(self) -> int:
-        """D, the width of the features: a Fréchet distance needs more than D images in each set."""
+    def feature_dim(self) -> int | None:
+        """D, the width of the features (a Fréchet distance needs more than D images in each set); None when
+        unknown, which leaves the count to be checked when the distance is computed."""
+        return None
 
     def check_enough_images(self, count: int, what: str) -> None:
         """Refuse, before any sampling, a set too small for a Fréchet distance on these features."""
-        if count <= self.feature_dim:
+        if self.feature_dim is not None and count <= self.feature_dim:
             raise ValueError(f"{what} gives {count} images, but a Fréchet distance on {self.name}'s "
                              f"{self.feature_dim}-d features needs more than {self.feature_dim} in each set")
 
@@ -114,8 +115,9 @@ class ClassifierNetwork(FeatureNetwork):
         return self.judge.id2label
 
     @property
-    def feature_dim(self) -> int:
-        return next(m for m in self.judge.model.classifier.modules() if isinstance(m, torch.nn.Linear)).in_features
+    def feature_dim(self) -> int | None:
+        head = next((m for m in self.judge.model.classifier.modules() if isinstance(m, torch.nn.Linear)), None)
+        return None if head is None else head.in_features
 
     def extract(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.judge.features_and_logits(images)

@@ -157,8 +157,8 @@ class RunMeter:
 
     @staticmethod
     def peak_memory_mib(device: torch.device) -> float:
-        """Peak allocated CUDA memory since the meter started, or on CPU this process's peak resident memory (over
-        its whole life: the OS keeps no other)."""
+        """Peak allocated CUDA memory since the last reset (`for_run` resets it for a run), or on CPU this
+        process's peak resident memory (over its whole life: the OS keeps no other)."""
         if device.type == "cuda":
             return torch.cuda.max_memory_allocated(device) / 2**20
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

@@ -150,7 +150,7 @@ def run(recipe_cls: type[TrainingRecipe], argv: list[str] | None = None) -> nn.M
     try:
         recipe = recipe_cls(parse_recipe_args(recipe_cls, argv))
         return train(recipe)
-    except (ValueError, OSError, TypeError) as err:
+    except (ValueError, OSError) as err:  # not TypeError: before training that is a bug, whose traceback helps
         if argv is not None or getattr(recipe, "training_started", False):
             raise
         raise SystemExit(f"{recipe_cls.name}: {error_line(err)}") from err
