@@ -126,6 +126,9 @@ def test_rope_table_rows():
     angles = torch.tensor([row * f for f in freqs] + [col * f for f in freqs])
     expected = torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
     torch.testing.assert_close(table[1 + row * grid + col], expected)
+    # built where the activations are (no copy from the host per forward): "meta" stands in for a GPU
+    on_device = rope_2d_table(grid, head_dim, 10000.0, num_prefix=1, device="meta")
+    assert on_device.device.type == "meta" and on_device.shape == table.shape
 
 
 @pytest.mark.parametrize("cache_cls", [StaticKVCache, FixedShapeKVCache])

@@ -19,17 +19,19 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def rope_2d_table(grid_size: int, head_dim: int, theta: float, num_prefix: int) -> torch.Tensor:
+def rope_2d_table(grid_size: int, head_dim: int, theta: float, num_prefix: int,
+                  device: torch.device | str | None = None) -> torch.Tensor:
     """LlamaGen's 2D rotary table: (num_prefix + grid_size**2, head_dim // 2, 2) float32 (cos, sin) pairs.
 
     Row `num_prefix + t` rotates image token t (raster order): the first head_dim/4 pairs by its row index,
     the rest by its column index. The `num_prefix` condition rows are zero, not identity, so the condition's
     rotated q and k vanish and it reaches other tokens only through its values. Real pairs rather than complex
-    numbers, as in LlamaGen, so the rotation also compiles (inductor generates no code for complex ops).
+    numbers, as in LlamaGen, so the rotation also compiles (inductor generates no code for complex ops). Built on
+    `device`, as transformers builds its rotary tables, not copied there from the host at every forward.
     """
     half = head_dim // 2
-    freqs = 1.0 / (theta ** (torch.arange(0, half, 2)[: half // 2].float() / half))
-    angles = torch.outer(torch.arange(grid_size, dtype=torch.float32), freqs)
+    freqs = 1.0 / (theta ** (torch.arange(0, half, 2, device=device)[: half // 2].float() / half))
+    angles = torch.outer(torch.arange(grid_size, dtype=torch.float32, device=device), freqs)
     grid = torch.cat(
         [
             angles[:, None, :].expand(-1, grid_size, -1),  # row index
@@ -38,7 +40,7 @@ def rope_2d_table(grid_size: int, head_dim: int, theta: float, num_prefix: int) 
         dim=-1,
     ).flatten(0, 1)
     table = torch.stack([torch.cos(grid), torch.sin(grid)], dim=-1)
-    return torch.cat([torch.zeros(num_prefix, half, 2), table])
+    return torch.cat([torch.zeros(num_prefix, half, 2, device=device), table])
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:

@@ -225,7 +225,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
     def rope_table(self, device: torch.device) -> torch.Tensor:
         """(cls_token_num + N, head_dim // 2, 2) 2D RoPE (cos, sin) rows, the condition row zeroed."""
         c = self.config
-        return rope_2d_table(c.grid_size, c.head_dim, c.rope_theta, c.cls_token_num).to(device)
+        return rope_2d_table(c.grid_size, c.head_dim, c.rope_theta, c.cls_token_num, device)
 
     def forward(
         self,

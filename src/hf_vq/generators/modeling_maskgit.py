@@ -88,7 +88,7 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """`predict`'s logits, and the hidden states of `MaskGITOutput` when `output_hidden_states`."""
         c = self.config
-        rope = rope_2d_table(c.grid_size, c.head_dim, c.rope_theta, 1).to(input_ids.device)
+        rope = rope_2d_table(c.grid_size, c.head_dim, c.rope_theta, 1, input_ids.device)
         x = torch.cat([self.cls_embedding(class_labels), self.embed_tokens(input_ids)], dim=1)
         x = self.tok_dropout(x.float())  # the residual stream is fp32 (see `TransformerBlock`)
         all_hidden_states = (x,) if output_hidden_states else None
