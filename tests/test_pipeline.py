@@ -136,9 +136,10 @@ def test_loads_from_hub_id_offline(pipe, tmp_path):
     script = textwrap.dedent(
         """
         import torch
-        from hf_vq import FQGANPipeline
+        from hf_vq import AutoImageTokenizer, FQGANPipeline
         pipe = FQGANPipeline.from_pretrained("org/fqgan-tiny")
         images = pipe(["Trouser"], num_images_per_label=2, output_type="pt", generator=torch.manual_seed(0)).images
+        assert type(AutoImageTokenizer.from_pretrained("org/fqgan-tiny")) is type(pipe.vqvae)  # the repo's vqvae/
         print(tuple(images.shape))
         """
     )
