@@ -155,7 +155,7 @@ class BenchmarkRun:
         """Refuse a result folder of another spec or feature network, a teacher that does not load, and a dataset
         without labels."""
         from ..evaluation.reports import check_comparable
-        from ..training.data import check_labelled, load_image_dataset
+        from ..training.data import check_labelled
 
         self._check_folder(self.output_dir, "result")
         self._check_folder(self.work_dir, "work")
@@ -174,19 +174,17 @@ class BenchmarkRun:
 
         for name in sorted({t for row in self.rows for t in self.spec.teachers(row)}):
             FrozenTeacher.from_pretrained(name)  # a missing or damaged teacher fails now, not hours into the run
-        for split in (self.spec.train_split, self.spec.test_split):
-            check_labelled(self.spec.dataset, split, "the proposal networks are class-conditional and the table "
-                                                     "scores class accuracy")
+        why = "the proposal networks are class-conditional and the table scores class accuracy"
+        train, test = (check_labelled(self.spec.dataset, split, why)
+                       for split in (self.spec.train_split, self.spec.test_split))
         # every Fréchet distance compares the samples (drawn evenly over the classes, as `sample` does)
         # or the reconstructions with the test split
-        num_classes = getattr(load_image_dataset(self.spec.dataset, self.spec.train_split).features["label"],
-                              "num_classes", None)
+        num_classes = getattr(train.features["label"], "num_classes", None)
         drawn = self.spec.num_samples if num_classes is None else num_classes * max(1, self.spec.num_samples //
                                                                                      num_classes)
         self.network.check_enough_images(drawn, f"the spec's num_samples {self.spec.num_samples}, drawn evenly over "
                                                 "the classes,")
-        test_images = len(load_image_dataset(self.spec.dataset, self.spec.test_split))
-        self.network.check_enough_images(test_images, f"the test split {self.spec.test_split!r}")
+        self.network.check_enough_images(len(test), f"the test split {self.spec.test_split!r}")
 
     def _check_folder(self, folder: Path, what: str) -> None:
         if folder.exists() and not folder.is_dir():

@@ -111,10 +111,12 @@ def _load_fashion_mnist_split(split: str) -> Dataset:
     )
 
 
-def check_labelled(source: str | os.PathLike, split: str, why: str) -> None:
-    """Refuse, before any work, a dataset split without class labels; `why` says what needs them."""
-    if "label" not in load_image_dataset(source, split).column_names:
+def check_labelled(source: str | os.PathLike, split: str, why: str) -> Dataset:
+    """The split, refused before any work when it has no class labels; `why` says what needs them."""
+    ds = load_image_dataset(source, split)
+    if "label" not in ds.column_names:
         raise ValueError(f"{source}:{split} has no class labels: {why}; use a labelled dataset")
+    return ds
 
 
 def _resolve_column(ds: Dataset, requested: str | None, kind: str) -> str | None:
