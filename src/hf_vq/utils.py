@@ -153,6 +153,9 @@ def save_pretrained_atomic(obj, path: str | os.PathLike, writer: str, overwrite:
     return Path(path)
 
 
+EXIF_SOFTWARE = 0x0131  # the EXIF "Software" tag, where `save_image` marks an image as hf_vq's
+
+
 def software_tag() -> str:
     """What hf_vq writes into the images it saves (EXIF / PNG "Software"), so that a rerun knows them as its own."""
     from . import __version__
@@ -178,9 +181,6 @@ def written_by_hf_vq(path: str | os.PathLike) -> bool:
     except (OSError, ValueError):
         return False
     return str(software).startswith("hf-vq")
-
-
-EXIF_SOFTWARE = 0x0131
 
 
 def save_image(image, path: str | os.PathLike) -> Path:

@@ -218,7 +218,8 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
     model = args.model or str(bundled_model_path())
     pipe = load_pipeline(model, args.dtype, args.device)
     pipe.set_progress_bar_config(disable=True)
-    if args.compile and not getattr(pipe.transformer, "is_autoregressive", False):
+    autoregressive = getattr(pipe.transformer, "is_autoregressive", False)
+    if args.compile and not autoregressive:
         raise ValueError("--compile is for AR generators (FAR/GPT); this pipeline's generator samples eagerly")
     # Every setting that changes the samples, defaults resolved, recorded with the samples and the result.
     recorded = {k: p.default for k, p in inspect.signature(type(pipe).__call__).parameters.items()
@@ -226,7 +227,7 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
     if args.guidance_scale is not None:
         recorded["guidance_scale"] = args.guidance_scale
     steps = pipe.transformer.num_sampling_steps(args.num_inference_steps)  # refuses a count an AR model cannot take
-    if not getattr(pipe.transformer, "is_autoregressive", False):
+    if not autoregressive:
         recorded["num_inference_steps"] = steps
     knobs = {**recorded, "compile": args.compile}
     recorded |= {"compile": args.compile, "dtype": args.dtype}
@@ -236,7 +237,7 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
         network.check_enough_images(args.reference_max_images, f"--reference_max_images {args.reference_max_images}")
     settings = {"pipeline": model, **recorded}
     ppl_data = None  # loaded and checked before sampling, so a bad held-out set fails before the long part
-    if args.ppl_split != "none" and getattr(pipe.transformer, "is_autoregressive", False):
+    if args.ppl_split != "none" and autoregressive:
         size = pipe.transformer.config.grid_size * pipe.vqvae.downsample_factor
         ppl_images, ppl_labels = dataset_images(args.dataset, args.ppl_split, size, pipe.vqvae.in_channels,
                                                 args.ppl_max_images)

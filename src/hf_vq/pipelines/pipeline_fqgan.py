@@ -62,9 +62,14 @@ def load_id2label(source: str | os.PathLike | None = None) -> dict[int, str]:
     return {int(k): v for k, v in table.items()}
 
 
+def _ids_beyond(id2label: dict[int, str], num_classes: int) -> list[int]:
+    """The ids `id2label` names that a generator of `num_classes` classes does not have."""
+    return sorted(i for i in id2label if not 0 <= i < num_classes)
+
+
 def check_labels(id2label: dict[int, str], num_classes: int) -> None:
     """Raise when class names are given for ids a generator of `num_classes` classes does not have."""
-    beyond = sorted(i for i in id2label if not 0 <= i < num_classes)
+    beyond = _ids_beyond(id2label, num_classes)
     if beyond:
         raise ValueError(f"the labels name class ids up to {max(beyond)}, but the generator has {num_classes} classes "
                          f"(ids 0-{num_classes - 1}): give the labels of the data it was trained on")
@@ -73,11 +78,11 @@ def check_labels(id2label: dict[int, str], num_classes: int) -> None:
 def _labels_within(id2label: dict[int, str], num_classes: int) -> dict[int, str]:
     """`id2label` without the names of ids the generator lacks, which a saved folder may hold: `hf-vq assemble`
     gave every pipeline ImageNet's 1000 names before it checked them. Dropped with a warning, so the folder loads."""
-    kept = {i: name for i, name in id2label.items() if 0 <= i < num_classes}
-    if len(kept) < len(id2label):
+    beyond = set(_ids_beyond(id2label, num_classes))
+    if beyond:
         logger.warning("dropping %d class names for ids this %d-class generator does not have (re-save the pipeline "
-                       "to keep them out)", len(id2label) - len(kept), num_classes)
-    return kept
+                       "to keep them out)", len(beyond), num_classes)
+    return {i: name for i, name in id2label.items() if i not in beyond}
 
 
 def check_components(vqvae: ImageTokenizerMixin, transformer: torch.nn.Module) -> None:

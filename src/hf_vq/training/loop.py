@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..model_card import hub_dataset_id, training_text, write_card_if_missing
-from ..utils import create_hub_repo, error_line, push_folder
+from ..utils import create_hub_repo, error_line, launched_processes, push_folder
 from .checkpointing import (
     RunMeter,
     add_run_arguments,
@@ -177,7 +177,7 @@ def train(recipe: TrainingRecipe, keep_process_group: bool = False) -> nn.Module
         torch.distributed.barrier()
     recipe.setup()
     dataset, collate_fn = recipe.train_dataset()
-    processes = int(os.environ.get("WORLD_SIZE", "1"))  # as the launcher set it; the Accelerator comes later
+    processes = launched_processes()  # as the launcher set it; the Accelerator comes later
     if len(dataset) < args.train_batch_size * processes:
         raise ValueError(
             f"the training set has {len(dataset)} examples, fewer than one batch ({args.train_batch_size} per process "
