@@ -7,10 +7,16 @@ import sys
 from pathlib import Path
 
 from .pipelines.loading import GENERATOR_DTYPES, bundled_model_path, load_pipeline
-from .utils import DefaultsHelpFormatter, device_arg, error_line, launched_processes, save_image
+from .utils import (
+    DefaultsHelpFormatter,
+    add_overwrite_argument,
+    device_arg,
+    error_line,
+    launched_processes,
+    save_image,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-OVERWRITE_HELP = "replace an existing output file hf-vq did not write (its own outputs are replaced anyway)"
 
 
 def generate(args: argparse.Namespace) -> None:
@@ -169,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generator weights (logits stay fp32; on a CPU the activations too): half precision samples "
                    "faster on GPUs and on CPUs with fast half GEMMs, and keeps nearly all of fp32's tokens (README)")
     g.add_argument("--seed", type=int, default=0, help="drawn on the CPU: the same draws on any device")
-    g.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    add_overwrite_argument(g)
     g.add_argument("--device", default=None, type=device_arg, help="default: cuda when available, else cpu")
     g.set_defaults(func=generate)
 
@@ -178,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--image", required=True, help="an image of the tokenizer's channels, its size divisible by the "
                    "tokenizer's downsampling")
     r.add_argument("--out", default="reconstruction.png", help="a .png, .jpg or .webp file")
-    r.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    add_overwrite_argument(r)
     r.set_defaults(func=reconstruct)
 
     c = sub.add_parser("convert", help="official checkpoint -> save_pretrained folder")

@@ -194,6 +194,12 @@ def save_image(image, path: str | os.PathLike) -> Path:
     return write_file_atomic(path, lambda tmp: image.save(tmp, format=image_format, exif=exif))
 
 
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    """The --overwrite flag of commands that write files, passed on to `check_output_file`."""
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file hf-vq did not "
+                        "write (its own outputs are replaced anyway)")
+
+
 def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...], flag: str = "output",
                       overwrite: bool = False) -> Path:
     """Refuse, before any work, an output file path that is a folder, has another extension, or cannot be written,

@@ -18,7 +18,7 @@ DEFAULT_FEATURES = {"fashion-mnist": "fmnist"}  # other datasets: the FID Incept
 def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> None:
     """Register `evaluate tokenizer` and `evaluate pipeline` on the `hf-vq` parser."""
     from ..pipelines.loading import GENERATOR_DTYPES
-    from ..utils import device_arg
+    from ..utils import add_overwrite_argument, device_arg
 
     e = sub.add_parser("evaluate", help="metrics of a tokenizer or a pipeline, as JSON", formatter_class=formatter)
     kinds = e.add_subparsers(dest="target", required=True)
@@ -35,8 +35,7 @@ def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> 
                        help="default: cuda when available, else cpu (under a multi-process launch each process "
                             "uses its launcher's device, and --device is refused)")
         p.add_argument("--output", default=None, help="write the JSON result here (.json)")
-        p.add_argument("--overwrite", action="store_true",
-                       help="replace an existing --output hf-vq did not write (its own results are replaced anyway)")
+        add_overwrite_argument(p)
 
     t = kinds.add_parser("tokenizer", help="PSNR, SSIM, LPIPS, codebook statistics, rFID / rfd_fmnist",
                          formatter_class=formatter)

@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..generators.sampling import eval_mode
-from ..utils import DefaultsHelpFormatter, device_arg, error_line
+from ..utils import DefaultsHelpFormatter, add_overwrite_argument, device_arg, error_line
 from .images import from_uint8
 
 DEFAULT_WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -393,8 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="write the JSON result here (.json)")
     p.add_argument("--plot", default=None,
                    help="PNG of top-1 per block (default: beside --output when several blocks; needs matplotlib)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace existing output files hf-vq did not write (its own are replaced anyway)")
+    add_overwrite_argument(p)
     return p
 
 
