@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +32,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# Ops whose result the host must wait for on an accelerator: a value read (`.item()`, `int()`, `bool()`) or an
+# output shape that depends on the values (a boolean mask).
+HOST_READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2"}
+
+
+class HostReads(TorchDispatchMode):
+    """Records the ops run inside it that make the host wait for the device (see HOST_READS)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._schema.name.split("::")[-1] in HOST_READS:
+            self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
 
 
 def run_in_own_process_group(script: str, backend: str = "gloo") -> str:

@@ -52,6 +52,23 @@ def test_a_half_model_trains_through_its_fp32_logits(half_far):
     assert all(torch.isfinite(p.grad).all() for p in half_far.parameters() if p.grad is not None)
 
 
+def test_training_forwards_never_make_the_host_wait_for_the_gpu(half_far):
+    from hf_vq.quantizers import VectorQuantizer
+
+    ids = torch.randint(0, VOCAB, (3, 2, GRID**2), device="cuda")
+    labels = torch.tensor([0, 1, 2], device="cuda")
+    quantizer = VectorQuantizer(8, 4, kmeans_init=True).cuda().train()
+    z = torch.randn(2, 4, 4, 4, device="cuda")
+    quantizer(z)  # the k-means init reads its flag once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        half_far.train()(ids, labels, labels=ids)
+        quantizer(z)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_a_cpu_generator_drives_a_cuda_model_and_generator_lists_give_each_image_its_stream(half_far):
     a = half_far.sample([0, 1], generator=torch.manual_seed(3))
     b = half_far.sample([0, 1], generator=torch.manual_seed(3))

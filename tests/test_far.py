@@ -273,6 +273,34 @@ def test_forward_rejects_bad_input():
         model(ids[:2], labels)
 
 
+def test_input_values_are_read_in_eager_calls_but_not_in_a_training_step_off_the_cpu():
+    from hf_vq.utils import may_read_values
+
+    assert may_read_values("cpu") and may_read_values("cpu", training=True)
+    assert may_read_values("cuda:0")  # inference, and any eager call outside a training step
+    assert not may_read_values("cuda:0", training=True)  # the host would wait for the device at every step
+    assert not may_read_values("meta")
+    assert torch.compile(lambda: may_read_values("cpu"), backend="eager", fullgraph=True)() is False
+
+
+@pytest.mark.parametrize("cls", ["far", "maskgit"])
+def test_a_training_step_off_the_cpu_reads_no_values(cls):
+    """Nothing can be read on `meta`: there, as on a GPU, a training forward leaves the values unchecked (the
+    recipes check their whole dataset before the first step)."""
+    from hf_vq.generators import MaskGITConfig, MaskGITForClassConditionalGeneration
+
+    if cls == "far":
+        model = tiny_model(2)
+    else:
+        model = MaskGITForClassConditionalGeneration(MaskGITConfig(
+            vocab_size=VOCAB, num_codebooks=2, num_classes=CLASSES, hidden_size=32, num_hidden_layers=1,
+            num_attention_heads=4, grid_size=GRID))
+    model = model.to("meta").train()
+    ids, labels = random_ids(2).to("meta"), torch.tensor([0, 1, 2], device="meta")
+    kwargs = {"labels": ids} if cls == "far" else {}
+    assert model(ids, labels, **kwargs).loss.device.type == "meta"
+
+
 @pytest.mark.parametrize("k", [1, 2])
 def test_hidden_states_are_the_shifted_embeddings_then_every_backbone_block(k):
     model = tiny_model(k)

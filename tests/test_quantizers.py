@@ -465,3 +465,32 @@ def test_cosine_ema_codebooks_saved_under_the_old_key_load(tmp_path):
     fresh = VQKDTokenizer.from_preset("tiny")
     fresh.load_state_dict(old)  # strict: the old key is renamed, not left unexpected
     assert torch.equal(fresh.quantize.embedding.weight, codebook)
+
+
+@pytest.mark.parametrize("kind", ["vq", "cosine_ema"])
+def test_a_training_step_after_the_kmeans_init_reads_no_values(kind):
+    """On a GPU each read of a value (the init flag, a boolean mask) makes the host wait, at every step."""
+    from conftest import HostReads
+
+    from hf_vq.quantizers import CosineEMAQuantizer
+
+    torch.manual_seed(0)
+    make = {"vq": lambda: VectorQuantizer(8, 4, kmeans_init=True), "cosine_ema": lambda: CosineEMAQuantizer(8, 4)}[kind]
+    q = make().train()
+    z = torch.randn(2, 4, 4, 4)
+    with HostReads() as reads:
+        q(z)  # k-means of the first batch reads the flag
+    assert reads.ops and not q.needs_data_init
+    with HostReads() as reads:
+        q(z).losses["commit_loss"].item()
+    assert reads.ops == ["aten._local_scalar_dense.default"]  # the caller's .item(), nothing else
+
+    q.load_state_dict(make().state_dict())  # a checkpoint saved before the init: the flag is read again
+    assert q.needs_data_init
+
+
+def test_vq_used_codes_ignores_the_unfilled_window():
+    quantizer = VectorQuantizer(6, 2, usage_window=4)
+    assert not quantizer.used_codes().any()
+    quantizer.codebook_used.copy_(torch.tensor([-1, 5, 0, 5]))
+    assert quantizer.used_codes().tolist() == [True, False, False, False, False, True]

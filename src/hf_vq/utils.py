@@ -46,6 +46,21 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def may_read_values(device, training: bool = False) -> bool:
+    """Whether an input check may read the values of a tensor on `device` (ids in range, labels in range).
+
+    Not while compiling (a read splits the graph, and torch.export refuses it), not on `meta`, and not in a training
+    step off the CPU, where a read makes the host wait for the device at every step; the training recipes check
+    their whole dataset before the first step instead.
+    """
+    import torch
+
+    device = torch.device(device)
+    if torch.compiler.is_compiling() or device.type == "meta":
+        return False
+    return not training or device.type == "cpu"
+
+
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """argparse's formatter that shows defaults, except where a flag's help already states its own or there is none
     to show (None, an off switch)."""

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from ..utils import may_read_values
 from . import cpu_decoding
 
 
@@ -445,8 +446,8 @@ class TokenGridMixin:
                 f"input_ids has {length} positions on dim 2; the model takes {min_length} to "
                 f"grid_size**2 = {c.num_image_tokens}"
             )
-        if torch.compiler.is_compiling():
-            return  # a value check would break the graph (torch.compile fullgraph, torch.export): eager calls make it
+        if not may_read_values(input_ids.device, self.training):
+            return
         low, high = int(input_ids.min()), int(input_ids.max())
         if low < 0 or high >= c.vocab_size:
             raise ValueError(f"input_ids must lie in [0, {c.vocab_size}), got values in [{low}, {high}]")

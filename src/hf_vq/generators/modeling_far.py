@@ -250,7 +250,8 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         self._check_token_ids(input_ids, min_length=1)
-        class_labels = check_class_labels(class_labels, self.config.num_classes, input_ids.device, input_ids.shape[0])
+        class_labels = check_class_labels(class_labels, self.config.num_classes, input_ids.device,
+                                          input_ids.shape[0], self.training)
         if labels is not None and labels.shape != input_ids.shape:
             raise ValueError(
                 f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}"

@@ -137,7 +137,7 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             output_hidden_states = c.output_hidden_states
         self._check_token_ids(input_ids, min_length=c.num_image_tokens)
         batch = input_ids.shape[0]
-        class_labels = check_class_labels(class_labels, c.num_classes, input_ids.device, batch)
+        class_labels = check_class_labels(class_labels, c.num_classes, input_ids.device, batch, self.training)
         if masked_positions is None:
             masked_positions = self.random_mask(batch, input_ids.device, generator)
         elif masked_positions.shape != (batch, c.num_image_tokens) or masked_positions.dtype != torch.bool:

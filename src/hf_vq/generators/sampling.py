@@ -15,6 +15,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from ..utils import may_read_values
+
 CFG_SCHEDULES = ("constant", "linear")
 
 
@@ -65,8 +67,12 @@ def check_class_labels(
     num_classes: int,
     device: torch.device,
     batch_size: int | None = None,
+    training: bool = False,
 ) -> torch.Tensor:
-    """Class ids as a (B,) long tensor on `device`; ids lie in [0, num_classes], num_classes is the null class."""
+    """Class ids as a (B,) long tensor on `device`; ids lie in [0, num_classes], num_classes is the null class.
+
+    Their values are checked where `utils.may_read_values` allows (not in a training step off the CPU).
+    """
     labels = torch.as_tensor(class_labels, device=device)
     if labels.dim() != 1 or labels.numel() == 0:
         raise ValueError(f"class_labels must be a non-empty 1-D list or tensor of ids, got shape {tuple(labels.shape)}")
@@ -74,8 +80,8 @@ def check_class_labels(
         raise TypeError(f"class_labels must hold integer class ids, got dtype {labels.dtype}")
     if batch_size is not None and labels.shape[0] != batch_size:
         raise ValueError(f"class_labels has {labels.shape[0]} entries for a batch of {batch_size}")
-    if torch.compiler.is_compiling():
-        return labels.long()  # a value check would break the graph (fullgraph, torch.export): eager calls make it
+    if not may_read_values(labels.device, training):
+        return labels.long()
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high > num_classes:
         raise ValueError(

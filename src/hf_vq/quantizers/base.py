@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..utils import may_read_values
+
 
 @dataclass
 class QuantizerOutput:
@@ -39,10 +41,24 @@ class Quantizer(nn.Module):
         """
         return cls(codebook_size, dim, **kwargs)
 
+    _initted_seen = False  # set once the `initted` buffer has been read as True
+
     @property
     def needs_data_init(self) -> bool:
-        """True while the codebook waits to be initialised from the first training batch (k-means init)."""
-        return False
+        """True while the codebook waits to be initialised from the first training batch (k-means init).
+
+        A quantizer with such an init keeps an `initted` bool buffer, saved with the model. It is read until it is
+        seen set, and not after: on a GPU each read makes the host wait for the device, at every training step.
+        """
+        initted = getattr(self, "initted", None)
+        if self._initted_seen or initted is None:
+            return False
+        self._initted_seen = bool(initted)
+        return not self._initted_seen
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        self._initted_seen = False  # the loaded buffer may say otherwise
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -67,8 +83,7 @@ class Quantizer(nn.Module):
             raise ValueError(f"indices must have {ndim} dimensions, got shape {tuple(indices.shape)}")
         if indices.dtype.is_floating_point or indices.dtype == torch.bool:
             raise TypeError(f"indices must be an integer tensor, got {indices.dtype}")
-        # Values are checked in eager calls only: reading them syncs with the device and splits a compiled graph.
-        if torch.compiler.is_compiling() or not indices.numel():
+        if not indices.numel() or not may_read_values(indices.device):
             return
         if int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size:
             raise ValueError(

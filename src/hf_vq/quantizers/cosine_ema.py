@@ -100,18 +100,13 @@ class CosineEMAQuantizer(Quantizer):
         if dead_code_threshold > 0:  # saved with the model, so a resumed run restarts the same codes
             self.register_buffer("cluster_size", torch.ones(codebook_size))
 
-    @property
-    def needs_data_init(self) -> bool:
-        """True until k-means of the first training batch has set the codebook."""
-        return not bool(self.initted)
-
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """Quantize (B, D, H, W) latents to their most similar codes."""
         self.check_latents(z)
         b, _, h, w = z.shape
         with torch.autocast(z.device.type, enabled=False):  # similarities and the EMA in fp32
             flat = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, self.dim).float(), dim=-1)
-            if self.training and not bool(self.initted):
+            if self.training and self.needs_data_init:
                 self._kmeans_init(flat.detach())
             codebook = self.embedding()
             indices = (flat @ codebook.t()).argmax(dim=1)

@@ -101,11 +101,6 @@ class VectorQuantizer(Quantizer):
         if kmeans_init:
             self.register_buffer("initted", torch.tensor(False))
 
-    @property
-    def needs_data_init(self) -> bool:
-        """True until k-means has initialised the codebook (with `kmeans_init=True`)."""
-        return self.kmeans_init and not bool(self.initted)
-
     def codebook(self) -> torch.Tensor:
         """The (K, D) fp32 codebook, L2-normalised when `l2_norm`."""
         return self.embedding()
@@ -119,7 +114,7 @@ class VectorQuantizer(Quantizer):
             flat = z.permute(0, 2, 3, 1).reshape(-1, self.dim).float()
             if self.l2_norm:
                 flat = F.normalize(flat, dim=-1)
-            if self.training and self.kmeans_init and not self.initted:
+            if self.training and self.needs_data_init:
                 self._kmeans_init(flat.detach())
             codebook = self.codebook()
             distances = _squared_distances(flat, codebook)
@@ -146,8 +141,9 @@ class VectorQuantizer(Quantizer):
 
     def used_codes(self) -> torch.Tensor:
         """(K,) bool mask of the codes that appear in the usage window."""
-        recent = self.codebook_used[self.codebook_used >= 0]
-        return torch.zeros(self.codebook_size, dtype=torch.bool, device=recent.device).index_fill_(0, recent, True)
+        # Slot 0 takes the window's unfilled (-1) entries; a boolean mask instead would wait for the device.
+        used = torch.zeros(self.codebook_size + 1, dtype=torch.bool, device=self.codebook_used.device)
+        return used.index_fill_(0, self.codebook_used + 1, True)[1:]
 
     @torch.no_grad()
     def restart_dead_codes(self, latents: torch.Tensor) -> int:
