@@ -178,6 +178,29 @@ def test_r1_penalty_matches_closed_forms():
     torch.testing.assert_close(r1_penalty(Square(), real, gamma=2.0), expected)
 
 
+def test_r1_penalty_through_the_loss_scaler_keeps_fp16_gradients_that_would_flush_to_zero():
+    class TwoScales(nn.Module):  # D(x) = sum(a * (b * x)) in fp16: grad_x = a * b, below fp16's smallest subnormal
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Parameter(torch.full((2, 4, 4), 1e-4, dtype=torch.float16))
+            self.b = nn.Parameter(torch.full((2, 4, 4), 1e-4, dtype=torch.float16))
+
+        def forward(self, x):
+            return (self.a * (self.b * x)).sum(dim=(1, 2, 3))
+
+    disc, real = TwoScales(), torch.randn(3, 2, 4, 4, dtype=torch.float16)
+    expected = 10.0 / 2 * (disc.a.float() * disc.b.float()).pow(2).sum()
+    assert r1_penalty(disc, real) == 0  # flushed to zero
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    penalty = r1_penalty(disc, real, scaler=scaler)
+    torch.testing.assert_close(penalty, expected, rtol=2e-2, atol=0)
+    penalty.backward()
+    assert disc.a.grad is not None and disc.a.grad.dtype == torch.float16
+    # a disabled scaler (fp32 and bf16 runs have none) leaves the penalty as it was
+    linear, off = _Linear((2, 4, 4)), torch.amp.GradScaler("cpu", enabled=False)
+    torch.testing.assert_close(r1_penalty(linear, real.float(), scaler=off), r1_penalty(linear, real.float()))
+
+
 @pytest.mark.parametrize("batch, group_size, features", [(8, 4, 1), (8, 4, 2), (6, 4, 1), (3, 4, 1), (1, 4, 1)])
 def test_minibatch_stddev_matches_a_direct_computation(batch, group_size, features):
     torch.manual_seed(0)

@@ -144,9 +144,23 @@ def g_nonsaturating_loss(logits_fake: torch.Tensor) -> torch.Tensor:
     return F.softplus(-logits_fake).mean()
 
 
-def r1_penalty(discriminator: nn.Module, real: torch.Tensor, gamma: float = 10.0) -> torch.Tensor:
+def r1_penalty(
+    discriminator: nn.Module, real: torch.Tensor, gamma: float = 10.0, scaler: torch.amp.GradScaler | None = None
+) -> torch.Tensor:
     """R1 (Mescheder et al. 2018): gamma / 2 * mean over samples of ||grad_x D(x)||^2 at real images, differentiable
-    in the discriminator's weights. With lazy regularisation multiply it by the interval it is applied at."""
+    in the discriminator's weights. With lazy regularisation multiply it by the interval it is applied at.
+
+    Under fp16 mixed precision pass the run's loss scaler (`accelerator.scaler`): the input gradient is then taken
+    of the scaled output and unscaled in fp32, PyTorch's AMP recipe for gradient penalties, so that small gradients
+    do not flush to zero in fp16. An overflow makes the penalty inf, and the scaler skips that step as for any
+    other.
+    """
     real = real.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(discriminator(real).sum(), real, create_graph=True)
-    return gamma / 2 * grad.float().square().flatten(1).sum(dim=1).mean()
+    output = discriminator(real).float()
+    scale = torch.ones((), device=output.device)
+    if scaler is not None and scaler.is_enabled():
+        # The scaled mean, as under the mean losses: each sample's output gets scale / B, which fp16 can hold.
+        scale = scaler.scale(scale) / output.numel()  # the current scale, read without a host sync
+    (grad,) = torch.autograd.grad((output * scale).sum(), real, create_graph=True)
+    grad = grad.float() / scale
+    return gamma / 2 * grad.square().flatten(1).sum(dim=1).mean()

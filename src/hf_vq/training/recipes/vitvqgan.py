@@ -130,7 +130,7 @@ class ViTVQGANRecipe(TokenizerGANRecipe):
         d_loss = d_logistic_loss(self.discriminator(real), self.discriminator(fake))
         logs = {"discriminator_loss": d_loss.detach()}
         if args.r1_interval and step % args.r1_interval == 0:
-            r1 = r1_penalty(self.discriminator, real, args.r1_gamma)
+            r1 = r1_penalty(self.discriminator, real, args.r1_gamma, self.accelerator.scaler)
             d_loss = d_loss + args.r1_interval * r1
             logs["r1_penalty"] = r1.detach()
         return d_loss, logs
