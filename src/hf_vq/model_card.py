@@ -383,6 +383,20 @@ def _dataset_of(result: dict[str, Any]) -> tuple[str | None, str | None]:
     return None, None  # a reference batch file: its dataset is not recorded in the result
 
 
+def public_value(value: Any) -> Any:
+    """A result's value as a card shows it: an absolute local path names only its file (a folder inside the hf_vq
+    package, its place there), so that a published card does not show the author's folders."""
+    if isinstance(value, dict):
+        return {k: public_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [public_value(v) for v in value]
+    if not isinstance(value, str) or not os.path.isabs(value) or any(c.isspace() for c in value):
+        return value
+    parts = Path(value).parts
+    inside = [i for i in range(len(parts) - 1) if parts[i] == "hf_vq" and parts[i + 1] == "assets"]
+    return "/".join(parts[inside[-1]:]) if inside else f"(local) {Path(value).name}"
+
+
 def _evaluations(evaluation: dict | list[dict] | None, default_dataset: str | None) -> list[_Evaluation]:
     """Normalise evaluation JSON(s) into evaluations with their metrics; hand-written JSONs may nest sections."""
     if evaluation is None:
@@ -405,6 +419,7 @@ def _evaluations(evaluation: dict | list[dict] | None, default_dataset: str | No
             raise ValueError(f"evaluation {i + 1} holds no metric hf_vq knows (keys: {', '.join(result)}); give "
                              "the JSON `hf-vq evaluate ... --output` writes")
         for title, section in sections:
+            section = public_value(section)
             dataset_id, split = _dataset_of(section)
             found.append(_Evaluation(title, section, dataset_id or default_dataset, split, _metrics_of(section)))
     return found
