@@ -195,3 +195,15 @@ def test_saved_buffers_are_the_persistent_ones():
 
     assert sorted(saved_buffers(VQKDTokenizer.from_preset("tiny"))) == ["quantize.embedding.weight", "quantize.initted"]
     assert saved_buffers(nn.Linear(2, 2)) == []
+
+
+def test_allow_tf32_puts_fp32_matmuls_on_tf32(tmp_path, monkeypatch):
+    from hf_vq.training.checkpointing import start_run
+    from hf_vq.training.loop import parse_recipe_args
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    flags = ["--output_dir", str(tmp_path), "--report_to", "none"]
+    start_run(parse_recipe_args(TrainingRecipe, flags), "tf32", {"kind": "test"})
+    assert not torch.backends.cuda.matmul.allow_tf32  # off unless asked: fp32 runs stay bit-comparable
+    start_run(parse_recipe_args(TrainingRecipe, [*flags, "--allow_tf32"]), "tf32", {"kind": "test"})
+    assert torch.backends.cuda.matmul.allow_tf32

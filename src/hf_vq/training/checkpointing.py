@@ -248,6 +248,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, checkpointing_steps: int 
                    help="recompute the kept model's block activations in the backward pass: less memory (GPT-XL and "
                         "larger, tokenizers at 256 px), the same weights")
     p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    p.add_argument("--allow_tf32", action="store_true",
+                   help="fp32 matmuls on TF32 tensor cores (Ampere and later GPUs): faster fp32 training, as in "
+                        "diffusers' scripts")
     p.add_argument("--use_ema", action="store_true")
     p.add_argument("--ema_decay", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
@@ -264,6 +267,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, checkpointing_steps: int 
 
 def start_run(args: argparse.Namespace, name: str, run_identity: dict) -> Accelerator:
     """The Accelerator of a run (seedable data order, trackers on the main process) and the run's identity file."""
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
