@@ -146,3 +146,14 @@ def test_the_r1_penalty_under_fp16_autocast_and_the_loss_scaler_matches_fp32():
     with torch.autocast("cuda", torch.float16):
         penalty = r1_penalty(disc, x, scaler=torch.amp.GradScaler("cuda"))
     torch.testing.assert_close(penalty, reference, rtol=5e-2, atol=0)
+
+
+@pytest.mark.parametrize("implementation", ["eager", "flash_attention_2"])
+def test_the_attention_implementations_agree_with_sdpa_on_the_gpu(half_far, implementation):
+    if implementation == "flash_attention_2":
+        pytest.importorskip("flash_attn")
+    ids = torch.randint(0, VOCAB, (3, 2, GRID**2), device="cuda")
+    labels = torch.tensor([0, 1, 2], device="cuda")
+    expected = half_far(ids, labels).logits
+    half_far.set_attn_implementation(implementation)
+    torch.testing.assert_close(half_far(ids, labels).logits, expected, rtol=2e-2, atol=2e-2)

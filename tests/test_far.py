@@ -753,10 +753,46 @@ def test_transformers_model_conventions(tmp_path, k):
     checkpointed = grads()
     assert len(calls) == len(blocks)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checkpointed))
-    # attention runs through SDPA only: "eager" is refused by name, not silently ignored
-    model.save_pretrained(tmp_path / "far")
-    with pytest.raises(ValueError, match="attn_implementation='sdpa'"):
-        FARForClassConditionalGeneration.from_pretrained(tmp_path / "far", attn_implementation="eager")
+
+
+@pytest.mark.parametrize("cls", ["far", "gpt", "maskgit"])
+def test_attn_implementation_is_honoured_and_eager_returns_the_attention_weights(cls, tmp_path):
+    from hf_vq.generators import MaskGITConfig, MaskGITForClassConditionalGeneration
+
+    torch.manual_seed(0)
+    if cls == "maskgit":
+        model = MaskGITForClassConditionalGeneration(MaskGITConfig(
+            vocab_size=VOCAB, num_codebooks=2, num_classes=CLASSES, hidden_size=32, num_hidden_layers=2,
+            num_attention_heads=4, grid_size=GRID)).eval()
+    else:
+        model = tiny_model(1 if cls == "gpt" else 2)
+    k = model.config.num_codebooks
+    ids, labels = random_ids(k), torch.tensor([0, 1, 2])
+    assert model.config._attn_implementation == "sdpa"
+    sdpa = model(ids, labels)
+    with pytest.raises(ValueError, match="call model.set_attn_implementation"):
+        model(ids, labels, output_attentions=True)
+
+    model.set_attn_implementation("eager")  # a built model switches kernels
+    eager = model(ids, labels, output_attentions=True)
+    torch.testing.assert_close(eager.logits, sdpa.logits, rtol=1e-4, atol=1e-5)
+    length = ids.shape[2] + (1 if cls == "maskgit" else 0)  # FAR: the class token and the N - 1 shifted inputs
+    assert len(eager.attentions) == model.config.num_hidden_layers
+    for weights in eager.attentions:
+        assert weights.shape == (3, 4, length, length)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(3, 4, length))
+        future = torch.ones(length, length, dtype=torch.bool).triu(1)
+        assert (weights[..., future] == 0).all() == (cls != "maskgit")  # causal for FAR/GPT, bidirectional MaskGIT
+    as_tuple = model(ids, labels, output_attentions=True, return_dict=False)  # the dataclass order, Nones left out
+    assert len(as_tuple) == (4 if cls == "maskgit" else 2)
+    assert all(torch.equal(a, b) for a, b in zip(as_tuple[-1], eager.attentions))
+
+    model.save_pretrained(tmp_path / cls)
+    loaded = type(model).from_pretrained(tmp_path / cls, attn_implementation="eager")
+    assert loaded.config._attn_implementation == "eager"
+    torch.testing.assert_close(loaded.eval()(ids, labels).logits, sdpa.logits, rtol=1e-4, atol=1e-5)
+    with pytest.raises((ValueError, ImportError), match="flex"):  # no causal block mask is built for it
+        type(model).from_pretrained(tmp_path / cls, attn_implementation="flex_attention")
 
 
 def test_forward_traces_as_one_graph_for_fullgraph_compile_and_export():

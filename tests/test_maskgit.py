@@ -96,6 +96,18 @@ def test_training_forward_backpropagates():
     assert model.tok_embeddings_2.weight.grad.abs().sum() > 0
 
 
+def test_an_eval_forward_draws_its_mask_from_a_fixed_seed():
+    """transformers' eval contract: the same inputs give the same outputs (an evaluation's loss repeats)."""
+    model, ids, labels = tiny_model(2), random_ids(), torch.tensor([0, 1, 2])
+    first, second = model(ids, labels), model(ids, labels)
+    assert torch.equal(first.masked_positions, second.masked_positions) and torch.equal(first.loss, second.loss)
+    other = model(ids, labels, generator=torch.Generator().manual_seed(5))  # a generator still chooses
+    assert not torch.equal(other.masked_positions, first.masked_positions)
+    model.train()
+    masks = [model(ids, labels).masked_positions for _ in range(2)]  # training keeps drawing fresh masks
+    assert not torch.equal(*masks)
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_sample_shape_range_and_all_positions_filled(k):
     tokens = tiny_model(k).sample([0, 2, CLASSES], num_inference_steps=4, guidance_scale=2.0, top_k=8, top_p=0.9)

@@ -56,6 +56,16 @@ def test_shapes_dtypes_and_determinism(model):
     assert torch.equal(model.detokenize(indices), recon)
 
 
+def test_a_half_precision_tokenizer_tokenizes_and_detokenizes(model):
+    """Loaded with `torch_dtype=torch.bfloat16`, as diffusers users load models; codes are searched in fp32."""
+    half = model.to(torch.bfloat16)
+    indices = half.tokenize(images(model).bfloat16())
+    assert indices.dtype == torch.long and indices.shape[1] == model.num_codebooks
+    assert all(int(indices[:, j].max()) < size for j, size in enumerate(model.codebook_sizes))
+    if model.can_decode:
+        assert half.detokenize(indices).dtype == torch.bfloat16
+
+
 def test_encode_decode_outputs_and_tuples(model):
     x = images(model)
     enc = model.encode(x)

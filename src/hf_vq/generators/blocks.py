@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..utils import may_read_values
 from . import cpu_decoding
@@ -189,17 +190,49 @@ def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     return (weights.type_as(v) * v).sum(2, keepdim=True)
 
 
-class Attention(nn.Module):
-    """Multi-head attention with a fused [q; k; v] projection, 2D RoPE and SDPA."""
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    is_causal: bool = False,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T * scaling, masked) v written out (`attn_implementation="eager"`), the one implementation that
+    returns the attention weights: (B, H, L, d) inputs -> (B, L, H, d) output and (B, H, L, S) weights."""
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(2, 3)).float() * scaling
+    if is_causal and attention_mask is None:
+        length, keys = query.shape[2], key.shape[2]
+        attention_mask = torch.ones(length, keys, dtype=torch.bool, device=query.device).tril(keys - length)
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool \
+            else scores + attention_mask
+    weights = F.dropout(torch.softmax(scores, dim=-1).to(query.dtype), p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
-    def __init__(self, dim: int, num_heads: int, attention_dropout: float, resid_dropout: float):
+
+class Attention(nn.Module):
+    """Multi-head attention with a fused [q; k; v] projection and 2D RoPE.
+
+    Forwards without a KV cache (training, scoring, hidden states) run the kernel `config._attn_implementation`
+    names, read at each call as transformers' attention modules read it, so `set_attn_implementation` switches a
+    built model: "sdpa" (the default), "eager" (which also returns the weights) or "flash_attention_2". Cached
+    sampling runs its own static-shape SDPA path (or `single_query_attention`), whatever the implementation.
+    """
+
+    def __init__(self, config):
         super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.attention_dropout = attention_dropout
-        self.wqkv = Linear(dim, 3 * dim, bias=False)
-        self.wo = Linear(dim, dim, bias=False)
-        self.resid_dropout = nn.Dropout(resid_dropout)
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.attention_dropout = config.attention_dropout
+        self.wqkv = Linear(config.hidden_size, 3 * config.hidden_size, bias=False)
+        self.wo = Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.resid_dropout = nn.Dropout(config.resid_dropout)
 
     def forward(
         self,
@@ -209,29 +242,30 @@ class Attention(nn.Module):
         cache: StaticKVCache | None = None,
         layer_idx: int = 0,
         start: int | torch.Tensor = 0,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, L, D) -> (B, L, D) and the (B, H, L, S) attention weights (None unless the implementation is eager)."""
         batch, length, dim = x.shape
         qkv = self.wqkv(x).view(batch, length, 3, self.num_heads, self.head_dim)
         qk = apply_rope(qkv[:, :, :2], rope)
         q, k, v = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+        dropout = self.attention_dropout if self.training else 0.0
+        weights = None
+        if cache is None:
+            implementation = self.config._attn_implementation or "sdpa"
+            attend = eager_attention_forward if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
+            out, weights = attend(self, q, k, v, None, dropout=dropout, scaling=None, is_causal=causal)
+            return self.resid_dropout(self.wo(out.reshape(batch, length, dim))), weights
         mask = None
-        if cache is not None:
-            k, v = cache.update(layer_idx, start, k, v)
-            if causal:
-                mask = cache.causal_mask(start, length)
-                causal = mask is None
+        k, v = cache.update(layer_idx, start, k, v)
+        if causal:
+            mask = cache.causal_mask(start, length)
+            causal = mask is None
         if isinstance(cache, FixedShapeKVCache) and length == 1 and mask is not None:
             out = single_query_attention(q, k, v, mask)
         else:
-            out = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=mask,
-                dropout_p=self.attention_dropout if self.training else 0.0,
-                is_causal=causal and length > 1,
-            )
-        return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(batch, length, dim)))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                 is_causal=causal and length > 1)
+        return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(batch, length, dim))), weights
 
 
 class TransformerBlock(GradientCheckpointingLayer):
@@ -243,21 +277,12 @@ class TransformerBlock(GradientCheckpointingLayer):
     (rows, D) tensor per step, a negligible share of the memory traffic. `activation_checkpointing_enable()` on
     the model recomputes the block in the backward pass (transformers' layer contract)."""
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        intermediate_size: int,
-        eps: float,
-        attention_dropout: float,
-        resid_dropout: float,
-        ffn_dropout: float,
-    ):
+    def __init__(self, config):
         super().__init__()
-        self.attention = Attention(dim, num_heads, attention_dropout, resid_dropout)
-        self.feed_forward = FeedForward(dim, intermediate_size, ffn_dropout)
-        self.attention_norm = RMSNorm(dim, eps)
-        self.ffn_norm = RMSNorm(dim, eps)
+        self.attention = Attention(config)
+        self.feed_forward = FeedForward(config.hidden_size, config.intermediate_size, config.ffn_dropout)
+        self.attention_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(
         self,
@@ -267,9 +292,13 @@ class TransformerBlock(GradientCheckpointingLayer):
         cache: StaticKVCache | None = None,
         layer_idx: int = 0,
         start: int | torch.Tensor = 0,
-    ) -> torch.Tensor:
-        h = x.float() + self.attention(self.attention_norm(x), rope, causal, cache, layer_idx, start)
-        return h + self.feed_forward(self.ffn_norm(h))
+        output_attentions: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The block's output; with `output_attentions`, also its attention weights (eager attention only)."""
+        attended, weights = self.attention(self.attention_norm(x), rope, causal, cache, layer_idx, start)
+        h = x.float() + attended
+        h = h + self.feed_forward(self.ffn_norm(h))
+        return (h, weights) if output_attentions else h
 
 
 class LabelEmbedder(nn.Module):
@@ -291,18 +320,7 @@ class LabelEmbedder(nn.Module):
 
 def make_blocks(config, num_layers: int) -> nn.ModuleList:
     """`num_layers` TransformerBlocks sized from a FAR/MaskGIT config."""
-    return nn.ModuleList(
-        TransformerBlock(
-            config.hidden_size,
-            config.num_attention_heads,
-            config.intermediate_size,
-            config.rms_norm_eps,
-            config.attention_dropout,
-            config.resid_dropout,
-            config.ffn_dropout,
-        )
-        for _ in range(num_layers)
-    )
+    return nn.ModuleList(TransformerBlock(config) for _ in range(num_layers))
 
 
 def token_module_names(prefix: str, num_codebooks: int) -> list[str]:
@@ -374,11 +392,6 @@ class TokenGridMixin:
 
     def _add_token_modules(self, embedding_rows: int) -> None:
         c = self.config
-        if c._attn_implementation not in (None, "sdpa"):
-            # transformers lets any model load with "eager"; these blocks only run torch's SDPA, so say so
-            raise ValueError(f"{type(self).__name__} runs attention through torch's scaled_dot_product_attention "
-                             f"only: load it with attn_implementation='sdpa' (the default), not "
-                             f"{c._attn_implementation!r}")
         self._embedding_names = token_module_names("tok_embeddings", c.num_codebooks)
         for name in self._embedding_names:
             self.add_module(name, nn.Embedding(embedding_rows, c.hidden_size))
@@ -387,6 +400,17 @@ class TokenGridMixin:
         self._output_names = token_module_names("output", c.num_codebooks)
         for name in self._output_names:
             self.add_module(name, OutputHead(c.hidden_size, c.vocab_size))
+
+    def _check_output_attentions(self, output_attentions: bool | None) -> bool:
+        """`output_attentions`, its default read from the config; refused unless eager attention returns weights."""
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        implementation = self.config._attn_implementation or "sdpa"
+        if output_attentions and implementation != "eager":
+            raise ValueError(f"output_attentions=True needs the attention weights, which only eager attention "
+                             f"computes; this model runs {implementation!r}: call model.set_attn_implementation"
+                             "('eager') first, or load it with attn_implementation='eager'")
+        return output_attentions
 
     def get_input_embeddings(self) -> nn.Embedding:
         """The token embedding table; for k > 1 the first (visual) sub-codebook's, as the other k - 1 tables are

@@ -76,11 +76,14 @@ class FAROutput(ModelOutput):
             the final norm, not the normed state (Llama puts the normed one last): for k > 1 that norm acts on the
             outputs of the per-position AR head (`ar_head`), which runs after the backbone on its own k-long
             sequences and is not part of these states.
+        attentions: with `output_attentions=True` (eager attention), num_hidden_layers tensors of shape
+            (B, num_attention_heads, N, N): each backbone block's attention weights, rows the queries.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class _CausalStepper:
@@ -198,6 +201,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
     is_autoregressive = True
     _no_split_modules = ["TransformerBlock"]
     _supports_sdpa = True
+    _supports_flash_attn = True
 
     def __init__(self, config: FARConfig):
         super().__init__(config)
@@ -234,6 +238,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> FAROutput | tuple:
         r"""Teacher-forced logits for all positions, and the loss when `labels` are given.
 
@@ -244,11 +249,14 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             labels: (B, k, N) targets, normally `input_ids` itself; -100 entries are ignored.
             output_hidden_states: also return the backbone's hidden states (see `FAROutput`); default
                 `config.output_hidden_states`.
-            return_dict: False returns `FAROutput.to_tuple()`: (loss, logits, hidden_states) without the
-                entries that are None.
+            return_dict: False returns `FAROutput.to_tuple()`: (loss, logits, hidden_states, attentions) without
+                the entries that are None.
+            output_attentions: also return the backbone's attention weights (see `FAROutput`); needs
+                `attn_implementation="eager"`. Default `config.output_attentions`.
         """
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
+        output_attentions = self._check_output_attentions(output_attentions)
         self._check_token_ids(input_ids, min_length=1)
         class_labels = check_class_labels(class_labels, self.config.num_classes, input_ids.device,
                                           input_ids.shape[0], self.training)
@@ -265,8 +273,13 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         x = torch.cat([self.cls_embedding(class_labels), inputs], dim=1)
         x = self.tok_dropout(x.float())  # the residual stream is fp32 (see `TransformerBlock`)
         all_hidden_states = (x,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
         for layer in self.layers:
-            x = layer(x, rope[:length], causal=True)
+            if output_attentions:
+                x, weights = layer(x, rope[:length], causal=True, output_attentions=True)
+                all_attentions += (weights,)
+            else:
+                x = layer(x, rope[:length], causal=True)
             if output_hidden_states:
                 all_hidden_states += (x,)
 
@@ -286,7 +299,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             # Every codebook has N targets, so this is FAR's mean of the k per-codebook losses; with -100
             # entries it stays a per-token mean instead of dividing by zero for a fully ignored codebook.
             loss = F.cross_entropy(logits.flatten(0, 2), labels.flatten())
-        output = FAROutput(loss=loss, logits=logits, hidden_states=all_hidden_states)
+        output = FAROutput(loss=loss, logits=logits, hidden_states=all_hidden_states, attentions=all_attentions)
         return output.to_tuple() if return_dict is False else output
 
     # Not `forward`: `apply_forward_hook` runs a model-offload hook's onloading first, as diffusers' VAEs do.

@@ -47,12 +47,15 @@ class MaskGITOutput(ModelOutput):
             Position 0 holds the class (or null) token and position 1 + i image position i (masked positions
             hold the mask embedding). The last entry is the last block's output before the final norm (Llama puts
             the normed state last); the heads read norm(hidden_states[-1][:, 1:]).
+        attentions: with `output_attentions=True` (eager attention), num_hidden_layers tensors of shape
+            (B, num_attention_heads, 1 + N, 1 + N): each block's attention weights, rows the queries.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     masked_positions: torch.BoolTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
@@ -69,6 +72,7 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
     is_autoregressive = False
     _no_split_modules = ["TransformerBlock"]
     _supports_sdpa = True
+    _supports_flash_attn = True
 
     def __init__(self, config: MaskGITConfig):
         super().__init__(config)
@@ -84,21 +88,27 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         return self._predict(input_ids, class_labels, output_hidden_states=False)[0]
 
     def _predict(
-        self, input_ids: torch.Tensor, class_labels: torch.Tensor, output_hidden_states: bool
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """`predict`'s logits, and the hidden states of `MaskGITOutput` when `output_hidden_states`."""
+        self, input_ids: torch.Tensor, class_labels: torch.Tensor, output_hidden_states: bool,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        """`predict`'s logits, and the hidden states and attentions of `MaskGITOutput` when asked for."""
         c = self.config
         rope = rope_2d_table(c.grid_size, c.head_dim, c.rope_theta, 1, input_ids.device)
         x = torch.cat([self.cls_embedding(class_labels), self.embed_tokens(input_ids)], dim=1)
         x = self.tok_dropout(x.float())  # the residual stream is fp32 (see `TransformerBlock`)
         all_hidden_states = (x,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
         for layer in self.layers:
-            x = layer(x, rope, causal=False)
+            if output_attentions:
+                x, weights = layer(x, rope, causal=False, output_attentions=True)
+                all_attentions += (weights,)
+            else:
+                x = layer(x, rope, causal=False)
             if output_hidden_states:
                 all_hidden_states += (x,)
         x = self.norm(x[:, 1:])
         logits = torch.stack([self.head_logits(x, j) for j in range(c.num_codebooks)], dim=1)
-        return logits, all_hidden_states
+        return logits, all_hidden_states, all_attentions
 
     def random_mask(
         self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
@@ -118,6 +128,7 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         generator: torch.Generator | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> MaskGITOutput | tuple:
         r"""Mask whole positions of clean token grids and return the loss of predicting them.
 
@@ -126,27 +137,34 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             class_labels: (B,) class ids; dropped to the null class (num_classes) with class_dropout_prob in training.
             masked_positions: (B, N) bool positions to mask; drawn with `random_mask` when None. All False gives
                 the states of fully visible grids (the loss is then NaN: no position is predicted).
-            generator: torch.Generator for the random mask.
+            generator: torch.Generator for the random mask. Without one, training draws from torch's global
+                stream, and eval mode from a fixed seed (0), so that an evaluation gives the same loss each time.
             output_hidden_states: also return the hidden states (see `MaskGITOutput`); default
                 `config.output_hidden_states`.
-            return_dict: False returns `MaskGITOutput.to_tuple()`: (loss, logits, masked_positions, hidden_states)
-                without hidden_states when it is None.
+            return_dict: False returns `MaskGITOutput.to_tuple()`: (loss, logits, masked_positions, hidden_states,
+                attentions) without the entries that are None.
+            output_attentions: also return the attention weights (see `MaskGITOutput`); needs
+                `attn_implementation="eager"`. Default `config.output_attentions`.
         """
         c = self.config
         if output_hidden_states is None:
             output_hidden_states = c.output_hidden_states
+        output_attentions = self._check_output_attentions(output_attentions)
         self._check_token_ids(input_ids, min_length=c.num_image_tokens)
         batch = input_ids.shape[0]
         class_labels = check_class_labels(class_labels, c.num_classes, input_ids.device, batch, self.training)
         if masked_positions is None:
+            if generator is None and not self.training:
+                generator = torch.Generator(input_ids.device).manual_seed(0)
             masked_positions = self.random_mask(batch, input_ids.device, generator)
         elif masked_positions.shape != (batch, c.num_image_tokens) or masked_positions.dtype != torch.bool:
             raise ValueError(
                 f"masked_positions must be a bool tensor of shape ({batch}, {c.num_image_tokens}), got "
                 f"{masked_positions.dtype} {tuple(masked_positions.shape)}"
             )
-        logits, all_hidden_states = self._predict(
-            input_ids.masked_fill(masked_positions[:, None], c.mask_token), class_labels, output_hidden_states
+        logits, all_hidden_states, all_attentions = self._predict(
+            input_ids.masked_fill(masked_positions[:, None], c.mask_token), class_labels, output_hidden_states,
+            output_attentions,
         )
         targets = input_ids.masked_fill(~masked_positions[:, None], -100)
         losses = [
@@ -154,9 +172,8 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             for j in range(c.num_codebooks)
         ]
         loss = torch.stack(losses).mean()
-        output = MaskGITOutput(
-            loss=loss, logits=logits, masked_positions=masked_positions, hidden_states=all_hidden_states
-        )
+        output = MaskGITOutput(loss=loss, logits=logits, masked_positions=masked_positions,
+                               hidden_states=all_hidden_states, attentions=all_attentions)
         return output.to_tuple() if return_dict is False else output
 
     def num_sampling_steps(self, num_inference_steps: int | None = None) -> int:

@@ -108,7 +108,7 @@ class CosineEMAQuantizer(Quantizer):
             flat = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, self.dim).float(), dim=-1)
             if self.training and self.needs_data_init:
                 self._kmeans_init(flat.detach())
-            codebook = self.embedding()
+            codebook = self.embedding().float()  # a half-precision model still searches in fp32
             indices = (flat @ codebook.t()).argmax(dim=1)
             quantized = codebook[indices]
             losses = {"commit_loss": self.commitment_weight * F.mse_loss(flat, quantized.detach())}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -19,8 +19,22 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 from ..utils import check_config_types
 
 
+class _LossesOutput(BaseOutput):
+    """An output whose fields after the first default to None, as diffusers' outputs must for accelerate to rebuild
+    one from a dict (it does, moving a device-mapped model's outputs between devices); `losses` then becomes {}."""
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in fields(self)]
+        from_dict = isinstance(getattr(self, names[0]), dict) and all(getattr(self, n) is None for n in names[1:])
+        if self.losses is None and not from_dict:
+            self.losses = {}  # before BaseOutput registers the fields, so that tuples keep the dataclass order
+        super().__post_init__()
+        if self.losses is None:  # a dict without losses
+            self["losses"] = {}
+
+
 @dataclass
-class TokenizerEncoderOutput(BaseOutput):
+class TokenizerEncoderOutput(_LossesOutput):
     """Output of `encode`.
 
     Attributes:
@@ -31,8 +45,8 @@ class TokenizerEncoderOutput(BaseOutput):
     """
 
     latents: torch.Tensor
-    indices: torch.Tensor
-    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    indices: torch.Tensor | None = None
+    losses: dict[str, torch.Tensor] | None = None
     usage: list[torch.Tensor | None] | None = None
 
 
@@ -44,7 +58,7 @@ class TokenizerDecoderOutput(BaseOutput):
 
 
 @dataclass
-class TokenizerOutput(BaseOutput):
+class TokenizerOutput(_LossesOutput):
     """Output of the training `forward`.
 
     Attributes:
@@ -56,8 +70,8 @@ class TokenizerOutput(BaseOutput):
     """
 
     sample: torch.Tensor
-    indices: torch.Tensor
-    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    indices: torch.Tensor | None = None
+    losses: dict[str, torch.Tensor] | None = None
     usage: list[torch.Tensor | None] | None = None
 
 
