@@ -206,7 +206,10 @@ def test_latent_output_and_step_callbacks(pipe):
 
     def on_step(pipeline, step, timestep, tensors):
         assert pipeline is pipe and step == timestep
+        assert pipe.num_timesteps == pipe.transformer.num_sampling_steps() and pipe.guidance_scale == 2.0
+        assert pipe.do_classifier_free_guidance
         seen.append(tensors["tokens"].clone())
+        return tensors  # diffusers' callbacks hand their tensors back
 
     out = pipe(["Trouser", 0], num_images_per_label=2, output_type="latent", generator=torch.manual_seed(0),
                callback_on_step_end=on_step)
@@ -217,6 +220,19 @@ def test_latent_output_and_step_callbacks(pipe):
     torch.testing.assert_close(images, ((pipe.vqvae.detokenize(tokens).clamp(-1, 1) + 1) / 2))
     with pytest.raises(ValueError, match="can hold"):
         pipe(["Trouser"], callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents"])
+    # what a callback cannot do is refused, not ignored
+    with pytest.raises(ValueError, match="returned changed tokens"):
+        pipe(["Trouser"], callback_on_step_end=lambda p, i, t, kw: {"tokens": torch.zeros_like(kw["tokens"])})
+
+    def dynamic_guidance(pipeline, step, timestep, tensors):
+        pipeline._guidance_scale = 0.0  # diffusers' "turn CFG off midway" recipe
+        return tensors
+
+    with pytest.raises(ValueError, match="changed the guidance scale"):
+        pipe(["Trouser"], callback_on_step_end=dynamic_guidance)
+    pipe(["Trouser"], guidance_scale=1.0, callback_on_step_end=lambda p, i, t, kw: seen.append(
+        p.do_classifier_free_guidance))
+    assert seen[-1] is False
 
 
 def test_a_compiled_transformer_can_be_assigned(pipe):

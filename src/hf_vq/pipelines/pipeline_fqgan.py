@@ -195,6 +195,22 @@ class FQGANPipeline(DiffusionPipeline):
                     if getattr(h, "execution_device", None) is not None:
                         h.execution_device = cpu
 
+    # What diffusers pipelines expose to `callback_on_step_end`, for the call in progress.
+    @property
+    def guidance_scale(self) -> float:
+        """The classifier-free guidance scale of the current call."""
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Whether the current call guides (a scale of 1.0 samples the conditional model alone)."""
+        return self._guidance_scale != 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        """How many sampling steps (callback calls) the current call takes."""
+        return self._num_timesteps
+
     def get_label_ids(self, labels: int | str | Sequence[int | str]) -> list[int]:
         """Class names (case-insensitive) or ids -> ids, with a clear error listing close matches."""
         is_sequence = isinstance(labels, (list, tuple, torch.Tensor, np.ndarray)) and not isinstance(labels, str)
@@ -257,7 +273,9 @@ class FQGANPipeline(DiffusionPipeline):
                 seconds), later calls of the same shapes are faster.
             callback_on_step_end: as in diffusers pipelines, called as `callback_on_step_end(pipe, step, step,
                 {"tokens": tokens})` after each sampling step; `tokens` is the (B, k, N) grid so far (not yet
-                sampled entries: unspecified for AR, the mask id for NAR). What it returns is not fed back.
+                sampled entries: unspecified for AR, the mask id for NAR). It may read `pipe.guidance_scale`,
+                `pipe.do_classifier_free_guidance` and `pipe.num_timesteps`; it observes only: returning changed
+                tokens, or changing the guidance scale, raises an error.
             callback_on_step_end_tensor_inputs: the tensors passed to the callback; only "tokens" exists.
         """
         if output_type not in ("pil", "np", "pt", "latent"):
@@ -282,12 +300,23 @@ class FQGANPipeline(DiffusionPipeline):
                      generator=generator, num_inference_steps=num_inference_steps, compile=compile,
                      device=self._execution_device)
 
+        self._guidance_scale, self._num_timesteps = guidance_scale, steps
         with self.progress_bar(total=steps) as bar:
 
             def on_step(step: int, tokens: torch.Tensor) -> None:
                 bar.update()
-                if callback_on_step_end is not None:
-                    callback_on_step_end(self, step, step, {"tokens": tokens})
+                if callback_on_step_end is None:
+                    return
+                returned = callback_on_step_end(self, step, step, {"tokens": tokens}) or {}
+                # Refused loudly rather than ignored: the samplers fix the guidance for the whole call, and an AR
+                # generator's KV cache already holds the tokens a callback would replace.
+                changed = returned.get("tokens", tokens)
+                if changed is not tokens and not torch.equal(changed, tokens):
+                    raise ValueError("callback_on_step_end returned changed tokens; hf_vq's samplers do not take "
+                                     "tokens back from a callback, which may only observe them")
+                if self._guidance_scale != guidance_scale:
+                    raise ValueError(f"callback_on_step_end changed the guidance scale to {self._guidance_scale}; it "
+                                     "is fixed for a whole call: pass guidance_scale to the call instead")
 
             tokens = self.transformer.sample(ids, callback=on_step, **knobs)
         grid = self.transformer.config.grid_size
