@@ -245,3 +245,14 @@ def test_save_load_round_trip_and_auto_model(tmp_path):
     )
     bf16 = MaskGITForClassConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert bf16.sample([1, 2], num_inference_steps=3).shape == (2, 2, N)
+
+
+def test_forward_traces_as_one_graph_for_fullgraph_compile_and_export():
+    model, ids, labels = tiny_model(2), random_ids(), torch.tensor([0, 1, 2])
+    mask = model(ids, labels).masked_positions
+    expected = model(ids, labels, masked_positions=mask).logits
+    compiled = torch.compile(model, fullgraph=True, backend="eager")  # a graph break would raise
+    torch.testing.assert_close(compiled(ids, labels, masked_positions=mask).logits, expected)
+    assert compiled(ids, labels).masked_positions.shape == mask.shape  # a graph draws its mask from the global stream
+    exported = torch.export.export(model, (ids, labels), kwargs={"masked_positions": mask})
+    torch.testing.assert_close(exported.module()(ids, labels, masked_positions=mask).logits, expected)

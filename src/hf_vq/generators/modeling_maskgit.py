@@ -138,7 +138,8 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             masked_positions: (B, N) bool positions to mask; drawn with `random_mask` when None. All False gives
                 the states of fully visible grids (the loss is then NaN: no position is predicted).
             generator: torch.Generator for the random mask. Without one, training draws from torch's global
-                stream, and eval mode from a fixed seed (0), so that an evaluation gives the same loss each time.
+                stream, and eager eval calls from a fixed seed (0), so that an evaluation gives the same loss each
+                time (a compiled graph draws from the global stream).
             output_hidden_states: also return the hidden states (see `MaskGITOutput`); default
                 `config.output_hidden_states`.
             return_dict: False returns `MaskGITOutput.to_tuple()`: (loss, logits, masked_positions, hidden_states,
@@ -154,8 +155,8 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         batch = input_ids.shape[0]
         class_labels = check_class_labels(class_labels, c.num_classes, input_ids.device, batch, self.training)
         if masked_positions is None:
-            if generator is None and not self.training:
-                generator = torch.Generator(input_ids.device).manual_seed(0)
+            if generator is None and not self.training and not torch.compiler.is_compiling():
+                generator = torch.Generator(input_ids.device).manual_seed(0)  # a graph cannot create one
             masked_positions = self.random_mask(batch, input_ids.device, generator)
         elif masked_positions.shape != (batch, c.num_image_tokens) or masked_positions.dtype != torch.bool:
             raise ValueError(
