@@ -96,16 +96,34 @@ def test_training_forward_backpropagates():
     assert model.tok_embeddings_2.weight.grad.abs().sum() > 0
 
 
-def test_an_eval_forward_draws_its_mask_from_a_fixed_seed():
-    """transformers' eval contract: the same inputs give the same outputs (an evaluation's loss repeats)."""
-    model, ids, labels = tiny_model(2), random_ids(), torch.tensor([0, 1, 2])
+def test_an_eval_forward_masks_each_grid_as_a_function_of_its_ids():
+    """transformers' eval contract: the same inputs give the same outputs (an evaluation's loss repeats), here
+    whatever the batch a grid sits in; distinct grids still get their own masking ratios."""
+    model, labels = tiny_model(2), torch.tensor([0, 1, 2])
+    ids = random_ids()
     first, second = model(ids, labels), model(ids, labels)
     assert torch.equal(first.masked_positions, second.masked_positions) and torch.equal(first.loss, second.loss)
+    assert torch.equal(model(ids[1:2], labels[1:2]).masked_positions, first.masked_positions[1:2])
+    many = torch.randint(0, VOCAB, (64, 2, N), generator=torch.Generator().manual_seed(3))
+    counts = model(many, torch.zeros(64, dtype=torch.long)).masked_positions.sum(1)
+    assert len(counts.unique()) > 5  # ratios spread as the training law's, not one ratio for every grid
     other = model(ids, labels, generator=torch.Generator().manual_seed(5))  # a generator still chooses
     assert not torch.equal(other.masked_positions, first.masked_positions)
     model.train()
     masks = [model(ids, labels).masked_positions for _ in range(2)]  # training keeps drawing fresh masks
     assert not torch.equal(*masks)
+
+
+def test_hashed_uniform_numbers_are_uniform_and_independent_of_the_batch():
+    from hf_vq.generators.modeling_maskgit import hashed_uniform
+
+    keys = torch.randint(0, 16384, (4000, 16), generator=torch.Generator().manual_seed(0))
+    u = hashed_uniform(keys, 9)
+    assert u.shape == (4000, 9) and 0 <= float(u.min()) and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.std()) - 12**-0.5) < 0.01
+    assert torch.equal(hashed_uniform(keys[7:8], 9), u[7:8])
+    correlations = torch.corrcoef(u.t()) - torch.eye(9)
+    assert float(correlations.abs().max()) < 0.06
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -253,6 +271,6 @@ def test_forward_traces_as_one_graph_for_fullgraph_compile_and_export():
     expected = model(ids, labels, masked_positions=mask).logits
     compiled = torch.compile(model, fullgraph=True, backend="eager")  # a graph break would raise
     torch.testing.assert_close(compiled(ids, labels, masked_positions=mask).logits, expected)
-    assert compiled(ids, labels).masked_positions.shape == mask.shape  # a graph draws its mask from the global stream
+    assert torch.equal(compiled(ids, labels).masked_positions, mask)  # the eval mask traces: pure tensor ops
     exported = torch.export.export(model, (ids, labels), kwargs={"masked_positions": mask})
     torch.testing.assert_close(exported.module()(ids, labels, masked_positions=mask).logits, expected)

@@ -133,9 +133,11 @@ def test_the_ar_perplexity_is_filed_under_its_own_split(pipe_dir):
 def test_a_card_shows_no_local_folders(pipe_dir, tmp_path):
     local = {**GENERATION, "pipeline": "/home/me/venv/lib/python3.11/site-packages/hf_vq/assets/fmnist-fqgan-dual-far",
              "samples": "/tmp/runs/eval/samples/samples.npz", "dataset": str(tmp_path / "my-images")}
-    tokenizer_eval = {**RECONSTRUCTION, "tokenizer": "/scratch/me/run/tokenizer"}
+    local["reference"] = "/Users/Alice Smith/ref batch.npz"
+    tokenizer_eval = {**RECONSTRUCTION, "tokenizer": "~/run/tokenizer", "dataset": "file:///scratch/me/images"}
     text = pipeline_model_card(pipe_dir, "me/tiny-far", [local, tokenizer_eval], dataset=FASHION_MNIST).text
     assert "/tmp/" not in text and "/home/" not in text and "/scratch/" not in text and str(tmp_path) not in text
+    assert "Alice" not in text and "~/" not in text and '"reference": "(local) ref batch.npz"' in text
     assert '"pipeline": "hf_vq/assets/fmnist-fqgan-dual-far"' in text
     assert '"samples": "(local) samples.npz"' in text and '"tokenizer": "(local) tokenizer"' in text
     assert '"samples": "runs/samples/samples.npz"' in pipeline_model_card(pipe_dir, "me/x", GENERATION).text

@@ -487,6 +487,12 @@ def test_a_training_step_after_the_kmeans_init_reads_no_values(kind):
 
     q.load_state_dict(make().state_dict())  # a checkpoint saved before the init: the flag is read again
     assert q.needs_data_init
+    q(z)
+    q.initted.fill_(False)  # any write in place, or a new tensor (accelerate's loaders set one), is seen
+    assert q.needs_data_init
+    q(z)
+    q.initted = torch.tensor(False)
+    assert q.needs_data_init
 
 
 def test_vq_used_codes_ignores_the_unfilled_window():

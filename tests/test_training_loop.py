@@ -204,6 +204,6 @@ def test_allow_tf32_puts_fp32_matmuls_on_tf32(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     flags = ["--output_dir", str(tmp_path), "--report_to", "none"]
     start_run(parse_recipe_args(TrainingRecipe, flags), "tf32", {"kind": "test"})
-    assert not torch.backends.cuda.matmul.allow_tf32  # off unless asked: fp32 runs stay bit-comparable
+    assert not torch.backends.cuda.matmul.allow_tf32  # off unless asked, as torch leaves it
     start_run(parse_recipe_args(TrainingRecipe, [*flags, "--allow_tf32"]), "tf32", {"kind": "test"})
     assert torch.backends.cuda.matmul.allow_tf32

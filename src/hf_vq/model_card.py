@@ -384,17 +384,21 @@ def _dataset_of(result: dict[str, Any]) -> tuple[str | None, str | None]:
 
 
 def public_value(value: Any) -> Any:
-    """A result's value as a card shows it: an absolute local path names only its file (a folder inside the hf_vq
-    package, its place there), so that a published card does not show the author's folders."""
+    """A result's value as a card shows it: a local path (absolute, `~/...` or `file://...`) names only its file (a
+    folder inside the hf_vq package, its place there), so that a published card does not show the author's
+    folders."""
     if isinstance(value, dict):
         return {k: public_value(v) for k, v in value.items()}
     if isinstance(value, list):
         return [public_value(v) for v in value]
-    if not isinstance(value, str) or not os.path.isabs(value) or any(c.isspace() for c in value):
+    if not isinstance(value, str):
         return value
-    parts = Path(value).parts
+    path = os.path.expanduser(value.removeprefix("file://"))
+    if not os.path.isabs(path):
+        return value
+    parts = Path(path).parts
     inside = [i for i in range(len(parts) - 1) if parts[i] == "hf_vq" and parts[i + 1] == "assets"]
-    return "/".join(parts[inside[-1]:]) if inside else f"(local) {Path(value).name}"
+    return "/".join(parts[inside[-1]:]) if inside else f"(local) {Path(path).name}"
 
 
 def _evaluations(evaluation: dict | list[dict] | None, default_dataset: str | None) -> list[_Evaluation]:

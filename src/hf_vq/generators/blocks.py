@@ -205,9 +205,8 @@ def eager_attention_forward(
     returns the attention weights: (B, H, L, d) inputs -> (B, L, H, d) output and (B, H, L, S) weights."""
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     scores = torch.matmul(query, key.transpose(2, 3)).float() * scaling
-    if is_causal and attention_mask is None:
-        length, keys = query.shape[2], key.shape[2]
-        attention_mask = torch.ones(length, keys, dtype=torch.bool, device=query.device).tril(keys - length)
+    if is_causal and attention_mask is None:  # aligned top-left, as SDPA's is_causal
+        attention_mask = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device).tril()
     if attention_mask is not None:
         scores = scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool \
             else scores + attention_mask

@@ -34,6 +34,21 @@ from .sampling import (
 DEFAULT_NUM_STEPS = 12  # MaskGIT's and MAGE's decoding steps
 
 
+def hashed_uniform(keys: torch.LongTensor, count: int) -> torch.FloatTensor:
+    """(B, count) numbers in [0, 1), each a hash of its row of `keys` (B, L) and its column: the same row gives the
+    same numbers on any device, in any batch. Integer mixing as in the lowbias32 hash, on int64 with constants
+    below 2**31, so that no product overflows."""
+    mask = 0xFFFFFFFF
+    weights = (torch.arange(keys.shape[1], device=keys.device) * 0x2C1B3C6D + 0x9E3779B) & 0x7FFFFFFF
+    x = ((keys.long() & 0xFFFF) * weights).sum(dim=1, keepdim=True) & mask
+    x = (x + torch.arange(count, device=keys.device) * 0x61C88647) & mask
+    for multiplier, shift in ((0x7FEB352D, 15), (0x46CA68B, 16)):
+        x = x ^ (x >> 16)
+        x = (x * multiplier) & mask
+        x = x ^ (x >> shift)
+    return (x >> 8).float() / 2.0**24  # 24 bits: exact in float32, so never rounded up to 1
+
+
 @dataclass
 class MaskGITOutput(ModelOutput):
     """Masked-token prediction output.
@@ -116,8 +131,20 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         """(B, N) training mask: r ~ U[0, 1), ceil(cos(pi r / 2) N) random positions per sample."""
         n = self.config.num_image_tokens
         r = torch.rand(batch_size, device=device, generator=generator)
+        return self._mask_from_uniform(r, torch.rand(batch_size, n, device=device, generator=generator))
+
+    def input_mask(self, input_ids: torch.LongTensor) -> torch.BoolTensor:
+        """(B, N) mask of `random_mask`'s law whose draws are a hash of each sample's own ids: an eval forward
+        gives the same mask, and loss, for the same grid whatever the batch, while distinct grids get their own
+        masking ratios, as the training objective averages over; pure tensor ops, so graphs trace it too."""
+        n = self.config.num_image_tokens
+        uniform = hashed_uniform(input_ids.flatten(1), n + 1)
+        return self._mask_from_uniform(uniform[:, 0], uniform[:, 1:])
+
+    def _mask_from_uniform(self, r: torch.Tensor, scores: torch.Tensor) -> torch.BoolTensor:
+        n = self.config.num_image_tokens
         num_masked = torch.ceil(torch.cos(math.pi / 2 * r) * n).clamp(1, n)
-        ranks = torch.rand(batch_size, n, device=device, generator=generator).argsort(dim=1).argsort(dim=1)
+        ranks = scores.argsort(dim=1).argsort(dim=1)
         return ranks < num_masked[:, None]
 
     def forward(
@@ -138,8 +165,8 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             masked_positions: (B, N) bool positions to mask; drawn with `random_mask` when None. All False gives
                 the states of fully visible grids (the loss is then NaN: no position is predicted).
             generator: torch.Generator for the random mask. Without one, training draws from torch's global
-                stream, and eager eval calls from a fixed seed (0), so that an evaluation gives the same loss each
-                time (a compiled graph draws from the global stream).
+                stream, and eval mode takes `input_mask`, a function of each grid's ids, so that evaluating the
+                same grids gives the same loss each time (transformers' eval contract).
             output_hidden_states: also return the hidden states (see `MaskGITOutput`); default
                 `config.output_hidden_states`.
             return_dict: False returns `MaskGITOutput.to_tuple()`: (loss, logits, masked_positions, hidden_states,
@@ -154,9 +181,9 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         self._check_token_ids(input_ids, min_length=c.num_image_tokens)
         batch = input_ids.shape[0]
         class_labels = check_class_labels(class_labels, c.num_classes, input_ids.device, batch, self.training)
-        if masked_positions is None:
-            if generator is None and not self.training and not torch.compiler.is_compiling():
-                generator = torch.Generator(input_ids.device).manual_seed(0)  # a graph cannot create one
+        if masked_positions is None and generator is None and not self.training:
+            masked_positions = self.input_mask(input_ids)
+        elif masked_positions is None:
             masked_positions = self.random_mask(batch, input_ids.device, generator)
         elif masked_positions.shape != (batch, c.num_image_tokens) or masked_positions.dtype != torch.bool:
             raise ValueError(

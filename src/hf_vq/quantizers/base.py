@@ -41,24 +41,26 @@ class Quantizer(nn.Module):
         """
         return cls(codebook_size, dim, **kwargs)
 
-    _initted_seen = False  # set once the `initted` buffer has been read as True
+    _initted_seen: tuple[torch.Tensor, int] | None = None  # the `initted` tensor and its version, when read set
 
     @property
     def needs_data_init(self) -> bool:
         """True while the codebook waits to be initialised from the first training batch (k-means init).
 
-        A quantizer with such an init keeps an `initted` bool buffer, saved with the model. It is read until it is
-        seen set, and not after: on a GPU each read makes the host wait for the device, at every training step.
+        A quantizer with such an init keeps an `initted` bool buffer, saved with the model. Its value is read only
+        while it may have changed since it was last read as set (another tensor, or one written in place since): on
+        a GPU each read makes the host wait for the device, at every training step.
         """
         initted = getattr(self, "initted", None)
-        if self._initted_seen or initted is None:
+        if initted is None:
             return False
-        self._initted_seen = bool(initted)
-        return not self._initted_seen
-
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
-        self._initted_seen = False  # the loaded buffer may say otherwise
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        seen = self._initted_seen
+        if seen is not None and seen[0] is initted and seen[1] == initted._version:
+            return False
+        if not bool(initted):
+            return True
+        self._initted_seen = (initted, initted._version)
+        return False
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -10,7 +10,8 @@ live in `embedding.weight`, the official key, and are read through `embedding()`
 With `dead_code_threshold > 0` (off by default, as in the official quantizer), a code whose EMA of assignments per
 batch falls below the threshold is restarted at a random latent of the current batch (rank 0's, broadcast), the
 remedy for the dead codes that k-means + EMA leave behind on small data (vector-quantize-pytorch's
-`threshold_ema_dead_code`).
+`threshold_ema_dead_code`). It counts the dead codes on the host, so on a GPU that option makes each training step
+wait for the device once.
 """
 
 from __future__ import annotations

@@ -250,7 +250,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, checkpointing_steps: int 
     p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
     p.add_argument("--allow_tf32", action="store_true",
                    help="fp32 matmuls on TF32 tensor cores (Ampere and later GPUs): faster fp32 training, as in "
-                        "diffusers' scripts")
+                        "diffusers' scripts (cuDNN convolutions use TF32 by default already)")
     p.add_argument("--use_ema", action="store_true")
     p.add_argument("--ema_decay", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
