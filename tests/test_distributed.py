@@ -181,8 +181,8 @@ def test_gan_tokenizer_under_fsdp_is_refused_before_training(tmp_path, imagefold
     assert not out.exists()  # refused before the run folder is made
 
 
-@pytest.mark.parametrize("k", [1, 2])  # a LlamaGen GPT, and FAR with two sub-codebooks
-def test_generator_script_under_fsdp_previews_and_saves_the_full_model(tmp_path, imagefolder, k):
+def test_generator_script_under_fsdp_previews_and_saves_the_full_model(tmp_path, imagefolder, k=2):
+    """FAR with two sub-codebooks: a GPT's modules (k=1) and FAR's AR head and aggregation, sharded together."""
     from conftest import load_script
 
     from hf_vq import FARConfig, FARForClassConditionalGeneration, FQGANPipeline
