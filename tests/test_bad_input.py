@@ -157,10 +157,16 @@ def test_generator_training_checks_the_tokenizer_against_the_codes(codes, overri
     assert not (codes / "run").exists()
 
 
-@pytest.mark.parametrize("labels", [3.7, True, [0, 1.0], [None]])
+@pytest.mark.parametrize("labels", [3.7, True, [0, 1.0], [None], torch.tensor([[0.0], [1.0]])])
 def test_class_labels_that_are_neither_ids_nor_names_are_refused(labels):
     with pytest.raises(TypeError, match="ids \\(int\\) or names \\(str\\)"):
         tiny_pipeline().get_label_ids(labels)
+
+
+def test_class_ids_in_a_tensor_or_array_of_any_shape_are_flattened_as_dit_does():
+    pipe = tiny_pipeline()
+    assert pipe.get_label_ids(torch.tensor([[1], [0]])) == [1, 0] == pipe.get_label_ids(np.array([1, 0]))
+    assert pipe.get_label_ids(torch.tensor(1)) == [1] == pipe.get_label_ids([torch.tensor(1)])
 
 
 @pytest.mark.parametrize("knobs,message", [

@@ -213,8 +213,9 @@ class FQGANPipeline(DiffusionPipeline):
 
     def get_label_ids(self, labels: int | str | Sequence[int | str]) -> list[int]:
         """Class names (case-insensitive) or ids -> ids, with a clear error listing close matches."""
-        is_sequence = isinstance(labels, (list, tuple, torch.Tensor, np.ndarray)) and not isinstance(labels, str)
-        labels = list(labels) if is_sequence else [labels]
+        if isinstance(labels, (torch.Tensor, np.ndarray)):
+            labels = labels.reshape(-1).tolist()  # as DiTPipeline takes a tensor of ids, whatever its shape
+        labels = list(labels) if isinstance(labels, (list, tuple)) else [labels]
         num_classes = self.transformer.config.num_classes
         ids = []
         for label in labels:
