@@ -89,6 +89,23 @@ def test_layerwise_casting_of_the_tokenizer_computes_with_the_stored_weights():
     assert torch.equal(cast.vqvae.detokenize(tokens), plain.vqvae.detokenize(tokens))
 
 
+def test_layerwise_casting_of_the_generator_samples_with_the_stored_weights():
+    """diffusers' `apply_layerwise_casting` on the transformers generator: half (or fp8) storage, computed in fp32;
+    the heads and projections read their weights inside their own forward, where the hook casts them."""
+    from diffusers.hooks import apply_layerwise_casting
+
+    plain, cast = bundled_pipeline(), bundled_pipeline()
+    with torch.no_grad():
+        for module in plain.transformer.modules():
+            if isinstance(module, _GO_LC_SUPPORTED_PYTORCH_LAYERS):
+                for param in module.parameters(recurse=False):
+                    param.copy_(param.to(torch.bfloat16).float())
+    apply_layerwise_casting(cast.transformer, storage_dtype=torch.bfloat16, compute_dtype=torch.float32,
+                            skip_modules_pattern=())
+    assert torch.bfloat16 in {p.dtype for p in cast.transformer.parameters()}
+    assert torch.equal(generate_tokens(cast), generate_tokens(plain))
+
+
 def generate_tokens(pipe: FQGANPipeline) -> torch.Tensor:
     """Two seeded token grids of one class."""
     return pipe([8, 8], generator=torch.manual_seed(0), output_type="latent").images
