@@ -322,6 +322,25 @@ def make_blocks(config, num_layers: int) -> nn.ModuleList:
     return nn.ModuleList(TransformerBlock(config) for _ in range(num_layers))
 
 
+def run_blocks(
+    blocks: nn.ModuleList, x: torch.Tensor, rope: torch.Tensor, causal: bool, output_hidden_states: bool,
+    output_attentions: bool,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+    """A cache-free pass of `x` through `blocks`: the output, and what the models' outputs return when asked for,
+    the stack's input then every block's output (`hidden_states`) and every block's attention weights."""
+    hidden_states = (x,) if output_hidden_states else None
+    attentions = () if output_attentions else None
+    for block in blocks:
+        if output_attentions:
+            x, weights = block(x, rope, causal, output_attentions=True)
+            attentions += (weights,)
+        else:
+            x = block(x, rope, causal)
+        if output_hidden_states:
+            hidden_states += (x,)
+    return x, hidden_states, attentions
+
+
 def token_module_names(prefix: str, num_codebooks: int) -> list[str]:
     """LlamaGen/FAR attribute names for per-codebook modules: `prefix` for k=1, `prefix_1..k` otherwise."""
     if num_codebooks == 1:

@@ -26,6 +26,7 @@ from .blocks import (
     TokenGridMixin,
     make_blocks,
     rope_2d_table,
+    run_blocks,
 )
 from .configuration_far import FARConfig
 from .sampling import (
@@ -272,16 +273,8 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         inputs = self.aggregate(sub_tokens[:, :, :-1])
         x = torch.cat([self.cls_embedding(class_labels), inputs], dim=1)
         x = self.tok_dropout(x.float())  # the residual stream is fp32 (see `TransformerBlock`)
-        all_hidden_states = (x,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        for layer in self.layers:
-            if output_attentions:
-                x, weights = layer(x, rope[:length], causal=True, output_attentions=True)
-                all_attentions += (weights,)
-            else:
-                x = layer(x, rope[:length], causal=True)
-            if output_hidden_states:
-                all_hidden_states += (x,)
+        x, all_hidden_states, all_attentions = run_blocks(self.layers, x, rope[:length], True, output_hidden_states,
+                                                          output_attentions)
 
         if k == 1:
             hidden = x.unsqueeze(2)

@@ -13,7 +13,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .blocks import LabelEmbedder, RMSNorm, TokenGridMixin, make_blocks, rope_2d_table
+from .blocks import LabelEmbedder, RMSNorm, TokenGridMixin, make_blocks, rope_2d_table, run_blocks
 from .configuration_maskgit import MaskGITConfig
 from .sampling import (
     Generators,
@@ -111,16 +111,8 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         rope = rope_2d_table(c.grid_size, c.head_dim, c.rope_theta, 1, input_ids.device)
         x = torch.cat([self.cls_embedding(class_labels), self.embed_tokens(input_ids)], dim=1)
         x = self.tok_dropout(x.float())  # the residual stream is fp32 (see `TransformerBlock`)
-        all_hidden_states = (x,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        for layer in self.layers:
-            if output_attentions:
-                x, weights = layer(x, rope, causal=False, output_attentions=True)
-                all_attentions += (weights,)
-            else:
-                x = layer(x, rope, causal=False)
-            if output_hidden_states:
-                all_hidden_states += (x,)
+        x, all_hidden_states, all_attentions = run_blocks(self.layers, x, rope, False, output_hidden_states,
+                                                          output_attentions)
         x = self.norm(x[:, 1:])
         logits = torch.stack([self.head_logits(x, j) for j in range(c.num_codebooks)], dim=1)
         return logits, all_hidden_states, all_attentions
