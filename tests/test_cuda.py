@@ -137,14 +137,16 @@ def test_the_codebook_init_on_the_cpu_runs_under_an_nccl_group():
 
 
 def test_the_r1_penalty_under_fp16_autocast_and_the_loss_scaler_matches_fp32():
-    from hf_vq.training.stylegan_discriminator import StyleGAN2Discriminator, r1_penalty
+    from test_vitvqgan import r1_at
+
+    from hf_vq.training.stylegan_discriminator import StyleGAN2Discriminator
 
     torch.manual_seed(0)
     disc = StyleGAN2Discriminator(1, 16, base_channels=8, max_channels=16).cuda()
     x = torch.rand(4, 1, 16, 16, device="cuda") * 2 - 1
-    reference = r1_penalty(disc, x)
+    reference = r1_at(disc, x)
     with torch.autocast("cuda", torch.float16):
-        penalty = r1_penalty(disc, x, scaler=torch.amp.GradScaler("cuda"))
+        penalty = r1_at(disc, x, scaler=torch.amp.GradScaler("cuda"))
     torch.testing.assert_close(penalty, reference, rtol=5e-2, atol=0)
 
 

@@ -161,11 +161,17 @@ class _Linear(nn.Module):
         return (self.w * x).sum(dim=(1, 2, 3))
 
 
+def r1_at(discriminator: nn.Module, real: torch.Tensor, **kwargs) -> torch.Tensor:
+    """The R1 penalty of `discriminator` at `real`, from a pass taken with the input's gradient on."""
+    real = real.detach().requires_grad_(True)
+    return r1_penalty(discriminator(real), real, **kwargs)
+
+
 def test_r1_penalty_matches_closed_forms():
     torch.manual_seed(0)
     real = torch.randn(5, 2, 4, 4)
     linear = _Linear((2, 4, 4))
-    penalty = r1_penalty(linear, real, gamma=10.0)
+    penalty = r1_at(linear, real, gamma=10.0)
     torch.testing.assert_close(penalty, 5.0 * linear.w.pow(2).sum())
     penalty.backward()  # differentiable in the weights: d/dw 5||w||^2 = 10 w
     torch.testing.assert_close(linear.w.grad, 10.0 * linear.w.detach())
@@ -175,7 +181,9 @@ def test_r1_penalty_matches_closed_forms():
             return x.pow(2).sum(dim=(1, 2, 3))
 
     expected = 2.0 / 2 * (2 * real).pow(2).flatten(1).sum(1).mean()
-    torch.testing.assert_close(r1_penalty(Square(), real, gamma=2.0), expected)
+    torch.testing.assert_close(r1_at(Square(), real, gamma=2.0), expected)
+    with pytest.raises(ValueError, match="requires_grad_"):  # logits of an input without its gradient
+        r1_penalty(Square()(real), real)
 
 
 def test_r1_penalty_through_the_loss_scaler_keeps_fp16_gradients_that_would_flush_to_zero():
@@ -190,15 +198,15 @@ def test_r1_penalty_through_the_loss_scaler_keeps_fp16_gradients_that_would_flus
 
     disc, real = TwoScales(), torch.randn(3, 2, 4, 4, dtype=torch.float16)
     expected = 10.0 / 2 * (disc.a.float() * disc.b.float()).pow(2).sum()
-    assert r1_penalty(disc, real) == 0  # flushed to zero
+    assert r1_at(disc, real) == 0  # flushed to zero
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    penalty = r1_penalty(disc, real, scaler=scaler)
+    penalty = r1_at(disc, real, scaler=scaler)
     torch.testing.assert_close(penalty, expected, rtol=2e-2, atol=0)
     penalty.backward()
     assert disc.a.grad is not None and disc.a.grad.dtype == torch.float16
     # a disabled scaler (fp32 and bf16 runs have none) leaves the penalty as it was
     linear, off = _Linear((2, 4, 4)), torch.amp.GradScaler("cpu", enabled=False)
-    torch.testing.assert_close(r1_penalty(linear, real.float(), scaler=off), r1_penalty(linear, real.float()))
+    torch.testing.assert_close(r1_at(linear, real.float(), scaler=off), r1_at(linear, real.float()))
 
 
 @pytest.mark.parametrize("batch, group_size, features", [(8, 4, 1), (8, 4, 2), (6, 4, 1), (3, 4, 1), (1, 4, 1)])
@@ -225,7 +233,7 @@ def test_discriminator_works_at_small_sizes(size, final_size, blocks):
     x = torch.rand(4, 1, size, size) * 2 - 1
     logits = disc(x)
     assert logits.shape == (4,) and torch.isfinite(logits).all()
-    loss = d_logistic_loss(logits, disc(-x)) + 16 * r1_penalty(disc, x)
+    loss = d_logistic_loss(logits, disc(-x)) + 16 * r1_at(disc, x)
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in disc.parameters())
     with pytest.raises(ValueError, match=f"takes \\(B, C, {size}, {size}\\) images"):
@@ -285,3 +293,37 @@ def test_recipe_refuses_bad_setups_before_work(tmp_path, imagefolder, caplog):
     with pytest.raises(SystemExit, match="needs LPIPS weights"):
         train_vitvqgan.main(["--tokenizer_config", str(tiny_config(tmp_path)), *base, "--perceptual_weight", "0.1"])
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kind", ["patchgan", "stylegan2"])
+def test_a_discriminator_step_survives_a_buffer_broadcast_before_each_call(kind):
+    """DDP broadcasts a module's buffers in place before each forward, and torch before 2.12 then fails the backward
+    of an earlier call that saved them (BatchNorm's running statistics, the blur kernel). The recipes' discriminator
+    step is one call, as LlamaGen's VQLoss is, and its passes give what separate calls give."""
+    from types import SimpleNamespace
+
+    from hf_vq.training.losses import PatchGANDiscriminator
+    from hf_vq.training.recipes.tokenizer_gan import TokenizerGANRecipe
+    from hf_vq.training.recipes.vitvqgan import ViTVQGANRecipe
+
+    torch.manual_seed(0)
+    if kind == "patchgan":
+        recipe, disc = TokenizerGANRecipe, PatchGANDiscriminator(1, 8, 1)
+    else:
+        recipe, disc = ViTVQGANRecipe, StyleGAN2Discriminator(1, 8, base_channels=8, max_channels=16)
+    real, fake = torch.rand(4, 1, 8, 8) * 2 - 1, torch.rand(4, 1, 8, 8) * 2 - 1
+    together = disc(real, fake)
+    assert all(torch.equal(a, b) for a, b in zip(together, (disc(real), disc(fake)), strict=True))
+
+    def broadcast(module, args):  # what DDP does before each forward (torch < 2.12 counts it as a change)
+        for buffer in module.buffers():
+            buffer.add_(0)
+
+    disc.register_forward_pre_hook(broadcast)
+    state = SimpleNamespace(args=SimpleNamespace(disc_weight=1.0, r1_interval=1, r1_gamma=10.0),
+                            discriminator=disc, accelerator=SimpleNamespace(scaler=None))
+    loss, logs = recipe.discriminator_loss(state, real, fake, step=0)
+    loss.backward()
+    assert all(p.grad is not None for p in disc.parameters())
+    if kind == "stylegan2":  # the penalty comes from the same pass as the logistic loss
+        assert logs["r1_penalty"] > 0

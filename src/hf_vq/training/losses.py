@@ -58,8 +58,11 @@ class PatchGANDiscriminator(nn.Module):
                 nn.init.normal_(m.weight, 1.0, 0.02)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x)
+    def forward(self, x: torch.Tensor, *more: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Patch logits of `x`; given more batches, a tuple of logits, each batch normalised on its own."""
+        if not more:
+            return self.main(x)
+        return tuple(self.main(batch) for batch in (x, *more))
 
 
 def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:

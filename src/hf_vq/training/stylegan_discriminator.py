@@ -122,10 +122,17 @@ class StyleGAN2Discriminator(nn.Module):
         self.final_dense = EqualizedLinear(ch * size * size, ch)
         self.out = EqualizedLinear(ch, 1, activate=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or tuple(x.shape[-2:]) != (self.image_size, self.image_size):
-            raise ValueError(f"this discriminator takes (B, C, {self.image_size}, {self.image_size}) images, "
-                             f"got {tuple(x.shape)}")
+    def forward(self, x: torch.Tensor, *more: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Logits of `x`; given more batches, a tuple of logits, each batch's minibatch stddev taken on its own."""
+        for batch in (x, *more):
+            if batch.ndim != 4 or tuple(batch.shape[-2:]) != (self.image_size, self.image_size):
+                raise ValueError(f"this discriminator takes (B, C, {self.image_size}, {self.image_size}) images, "
+                                 f"got {tuple(batch.shape)}")
+        if not more:
+            return self._logits(x)
+        return tuple(self._logits(batch) for batch in (x, *more))
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         x = self.from_rgb(x)
         for block in self.blocks:
             x = block(x)
@@ -145,18 +152,23 @@ def g_nonsaturating_loss(logits_fake: torch.Tensor) -> torch.Tensor:
 
 
 def r1_penalty(
-    discriminator: nn.Module, real: torch.Tensor, gamma: float = 10.0, scaler: torch.amp.GradScaler | None = None
+    logits_real: torch.Tensor, real: torch.Tensor, gamma: float = 10.0, scaler: torch.amp.GradScaler | None = None
 ) -> torch.Tensor:
     """R1 (Mescheder et al. 2018): gamma / 2 * mean over samples of ||grad_x D(x)||^2 at real images, differentiable
     in the discriminator's weights. With lazy regularisation multiply it by the interval it is applied at.
+
+    `logits_real` is the discriminator's output at `real`, computed after `real.requires_grad_(True)`: the pass that
+    gives the logistic loss gives the penalty too, as StyleGAN2-ADA's combined "Dboth" phase does.
 
     Under fp16 mixed precision pass the run's loss scaler (`accelerator.scaler`): the input gradient is then taken
     of the scaled output and unscaled in fp32, PyTorch's AMP recipe for gradient penalties, so that small gradients
     do not flush to zero in fp16. An overflow makes the penalty inf, and the scaler skips that step as for any
     other.
     """
-    real = real.detach().requires_grad_(True)
-    output = discriminator(real).float()
+    if not real.requires_grad or logits_real.grad_fn is None:
+        raise ValueError("r1_penalty needs the discriminator's logits at `real` computed after "
+                         "real.requires_grad_(True), with autograd on")
+    output = logits_real.float()
     scale = torch.ones((), device=output.device)
     if scaler is not None and scaler.is_enabled():
         # The scaled mean, as under the mean losses: each sample's output gets scale / B, which fp16 can hold.

@@ -127,10 +127,14 @@ class ViTVQGANRecipe(TokenizerGANRecipe):
     def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
         """StyleGAN2's logistic loss plus lazy R1; --disc_weight weighs only the generator's adversarial term."""
         args = self.args
-        d_loss = d_logistic_loss(self.discriminator(real), self.discriminator(fake))
+        regularise = bool(args.r1_interval) and step % args.r1_interval == 0
+        real = real.detach().requires_grad_(regularise)
+        # one call for every pass: see TokenizerGANRecipe.discriminator_loss
+        logits_real, logits_fake = self.discriminator(real, fake)
+        d_loss = d_logistic_loss(logits_real, logits_fake)
         logs = {"discriminator_loss": d_loss.detach()}
-        if args.r1_interval and step % args.r1_interval == 0:
-            r1 = r1_penalty(self.discriminator, real, args.r1_gamma, self.accelerator.scaler)
+        if regularise:
+            r1 = r1_penalty(logits_real, real, args.r1_gamma, self.accelerator.scaler)
             d_loss = d_loss + args.r1_interval * r1
             logs["r1_penalty"] = r1.detach()
         return d_loss, logs
