@@ -197,13 +197,18 @@ def test_saved_buffers_are_the_persistent_ones():
     assert saved_buffers(nn.Linear(2, 2)) == []
 
 
-def test_allow_tf32_puts_fp32_matmuls_on_tf32(tmp_path, monkeypatch):
+def test_allow_tf32_puts_fp32_matmuls_on_tf32(tmp_path):
     from hf_vq.training.checkpointing import start_run
     from hf_vq.training.loop import parse_recipe_args
 
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    flags = ["--output_dir", str(tmp_path), "--report_to", "none"]
-    start_run(parse_recipe_args(TrainingRecipe, flags), "tf32", {"kind": "test"})
-    assert not torch.backends.cuda.matmul.allow_tf32  # off unless asked, as torch leaves it
-    start_run(parse_recipe_args(TrainingRecipe, [*flags, "--allow_tf32"]), "tf32", {"kind": "test"})
-    assert torch.backends.cuda.matmul.allow_tf32
+    # saved and restored by hand: monkeypatch's undo deletes this attribute under some torch releases
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        flags = ["--output_dir", str(tmp_path), "--report_to", "none"]
+        start_run(parse_recipe_args(TrainingRecipe, flags), "tf32", {"kind": "test"})
+        assert not torch.backends.cuda.matmul.allow_tf32  # off unless asked, as torch leaves it
+        start_run(parse_recipe_args(TrainingRecipe, [*flags, "--allow_tf32"]), "tf32", {"kind": "test"})
+        assert torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before

@@ -110,6 +110,18 @@ def check_device_flag(device: str | None) -> None:
                          "on its own device, the one the launcher gave it; drop --device")
 
 
+def image_processor_config(name_or_path: str | os.PathLike, **kwargs) -> dict[str, Any]:
+    """A checkpoint's preprocessor_config.json (normalisation, size) as a dict, without building the processor.
+
+    Only the statistics are needed, and some transformers 5 releases build every image processor on torchvision.
+    Raises OSError when the checkpoint has no such file.
+    """
+    from transformers.image_processing_base import ImageProcessingMixin
+
+    config, _ = ImageProcessingMixin.get_image_processor_dict(name_or_path, **kwargs)
+    return config
+
+
 def is_hub_id(name: str | os.PathLike) -> bool:
     """Whether `name` has the form of a Hub repo id ("org/name" or "name"); anything else can only be a folder."""
     return bool(_HUB_ID.match(str(name)))

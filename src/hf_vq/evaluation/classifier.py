@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils import image_processor_config
+
 # ITU-R 601 luma, the weights PIL's convert("L") uses
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -59,20 +61,25 @@ class ClassifierAccuracy:
         cls, path: str | os.PathLike, device: str | torch.device = "cpu", batch_size: int = 256
     ) -> ClassifierAccuracy:
         """Load a classifier saved with save_pretrained (AutoModelForImageClassification + AutoImageProcessor)."""
-        from transformers import AutoImageProcessor, AutoModelForImageClassification
+        from transformers import AutoModelForImageClassification
 
         try:
             model = AutoModelForImageClassification.from_pretrained(path)
-            processor = AutoImageProcessor.from_pretrained(path)
+            processing = image_processor_config(path)
         except OSError as error:
             raise OSError(
                 f"Could not load an image classifier from {path!r}: it needs config.json, weights and "
                 "preprocessor_config.json (train one with examples/train_fmnist_classifier.py)."
             ) from error
-        size = processor.size
-        image_size = (size["height"], size["width"]) if "height" in size else size["shortest_edge"]
+        lacking = [key for key in ("size", "image_mean", "image_std") if key not in processing]
+        if lacking:
+            raise ValueError(f"{path!r}: preprocessor_config.json lacks {', '.join(lacking)}, which the classifier "
+                             "needs: save the classifier's image processor with save_pretrained")
+        size = processing["size"]  # an int in older configs, else {"height", "width"} or {"shortest_edge"}
+        if isinstance(size, dict):
+            size = (size["height"], size["width"]) if "height" in size else size["shortest_edge"]
         model = model.to(device).eval().requires_grad_(False)
-        return cls(model, image_size, processor.image_mean, processor.image_std, batch_size=batch_size)
+        return cls(model, size, processing["image_mean"], processing["image_std"], batch_size=batch_size)
 
     @property
     def id2label(self) -> dict[int, str]:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..utils import file_sha256, is_hub_id
+from ..utils import file_sha256, image_processor_config, is_hub_id
 
 _OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -106,14 +106,12 @@ class FrozenTeacher(nn.Module):
             model, projection = full.vision_model, getattr(full, "visual_projection", None)
         else:
             model = AutoModel.from_pretrained(name_or_path, **kwargs)
-        mean, std = _OPENAI_CLIP_MEAN, _OPENAI_CLIP_STD
         try:
-            from transformers import AutoImageProcessor
-
-            processor = AutoImageProcessor.from_pretrained(name_or_path, **kwargs)
-            mean, std = tuple(processor.image_mean), tuple(processor.image_std)
-        except (OSError, ValueError, AttributeError, TypeError):
-            pass  # no preprocessor_config.json: keep the CLIP statistics
+            processing = image_processor_config(name_or_path, **kwargs)
+        except OSError:
+            processing = {}  # no preprocessor_config.json: keep the CLIP statistics
+        mean = tuple(processing.get("image_mean", _OPENAI_CLIP_MEAN))
+        std = tuple(processing.get("image_std", _OPENAI_CLIP_STD))
         size = model.config.image_size
         channels = getattr(model.config, "num_channels", 3)
         if len(mean) != channels:  # e.g. a grayscale ViT saved without a preprocessor config
