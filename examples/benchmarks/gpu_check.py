@@ -20,6 +20,7 @@ GPU's time is spent on it; its numbers mean nothing.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import statistics
 import sys
@@ -226,7 +227,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         print("no CUDA device: nothing else to measure")
         return None
     report |= {"device": torch.cuda.get_device_name(args.device) if device.cuda else args.device,
-               "torch": torch.__version__}
+               "versions": {name: importlib.metadata.version(name)
+                            for name in ("torch", "transformers", "diffusers", "accelerate", "huggingface_hub")}}
     labels = torch.arange(scale.batch, device=args.device) % scale.size["num_classes"]
     modes = [False] if args.no_compile else [False, True]
     for preset, root in (("GPT-B", args.official_llamagen), ("FAR-Base", args.official_fqgan)):

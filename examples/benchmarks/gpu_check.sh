@@ -4,9 +4,11 @@
 #   bash examples/benchmarks/gpu_check.sh prepare [FQGAN_CHECKOUT] [LLAMAGEN_CHECKOUT]   # on a machine with an index
 #   bash examples/benchmarks/gpu_check.sh run OUT_DIR                                   # on the GPU machine
 #
-# A GPU machine with torch and CUDA but no package index lacks diffusers, datasets and evaluate (and may hold other
-# transformers / huggingface_hub versions): `prepare` downloads this environment's versions as Python 3.12 wheels
-# into .whl/, and copies the official samplers' packages (`autoregressive`, `utils`) from local checkouts (folders
+# A GPU machine with torch and CUDA but no package index lacks diffusers, datasets and evaluate: `prepare` downloads
+# this environment's versions of those (and of datasets' dill and multiprocess) as Python 3.12 wheels into .whl/.
+# They go beside the machine's own torch, transformers, accelerate and huggingface_hub, which the report records:
+# carrying those too would pull in dependencies that the machine's versions satisfy and ours may not (huggingface_hub
+# 2.x needs httpx2, which such a machine lacks). `prepare` also copies the official samplers' packages (`autoregressive`, `utils`) from local checkouts (folders
 # or bare repositories) into .official/, both git-ignored, then runs the whole check on tiny models on the CPU; `run`
 # installs the wheels into a temporary folder, puts src/ on the path and runs the tests and the benchmark. Carry
 # .whl and .official to the GPU machine.
@@ -14,17 +16,24 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 prepare() {
-    mkdir -p .whl .official
-    for ignored in /.whl/ /.official/; do
+    # .whl is rebuilt whole, so that no wheel of an earlier prepare goes along; one not made here is left alone
+    if [ -d .whl ] && [ ! -e .whl/.made-by-gpu-check ]; then
+        echo ".whl exists but was not made by this script: move it away, then prepare again" >&2; exit 1
+    fi
+    mkdir -p .official
+    for ignored in /.whl/ /.whl.tmp/ /.official/; do
         grep -qx "$ignored" .git/info/exclude 2>/dev/null || echo "$ignored" >> .git/info/exclude
     done
     local packages=()
-    for name in diffusers datasets evaluate dill multiprocess transformers huggingface_hub; do
+    for name in diffusers datasets evaluate dill multiprocess; do
         packages+=("$name==$(python -c "import importlib.metadata as m; print(m.version('$name'))")")
     done
+    rm -rf .whl.tmp && mkdir .whl.tmp
     python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d .whl "${packages[@]}"
+        -d .whl.tmp "${packages[@]}"
+    touch .whl.tmp/.made-by-gpu-check
+    rm -rf .whl && mv .whl.tmp .whl
     local name source
     for pair in "FQGAN:${1:-}" "LlamaGen:${2:-}"; do
         name=${pair%%:*} source=${pair#*:}
