@@ -550,7 +550,7 @@ def test_half_precision_models_follow_one_rule_however_built(tmp_path, dtype):
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("meta", marks=pytest.mark.skipif(
-    not blocks._MM_OUT_DTYPE, reason="torch.mm(..., out_dtype=) needs torch >= 2.8"))])  # meta: the op CUDA runs
+    not blocks._MM_OUT_DTYPE, reason="this torch has no traceable torch.mm(..., out_dtype=)"))])  # meta: as CUDA runs
 def test_the_half_head_gemm_gives_fp32_logits_and_half_gradients(device):
     """The head of a bf16 model trains (FSDP's bf16 mixed precision): the fused op alone has no derivative."""
     rows = torch.randn(6, 8, dtype=torch.bfloat16, device=device, requires_grad=True)

@@ -154,7 +154,15 @@ def test_tiny_tokenizers_decode_under_leaf_level_disk_offload(cls, overrides, tm
     assert torch.equal(offloaded.tokenize(images), plain.tokenize(images))
 
 
-@pytest.mark.parametrize("cls", [FQGANTokenizer, ViTVQGANTokenizer, VQKDTokenizer], ids=lambda c: c.__name__)
+# accelerate reads a 0-dim buffer back from disk with torch.tensor(numpy scalar), which torch before 2.10 refuses for
+# numpy 2's bool: VQ-KD's k-means flag is one
+_OLD_TORCH = tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 10)
+_BOOL_FROM_DISK = pytest.mark.xfail(_OLD_TORCH and np.lib.NumpyVersion(np.__version__) >= "2.0.0", strict=True,
+                                    reason="torch < 2.10 cannot make a tensor of numpy 2's bool scalar")
+
+
+@pytest.mark.parametrize("cls", [FQGANTokenizer, ViTVQGANTokenizer, pytest.param(VQKDTokenizer, marks=_BOOL_FROM_DISK)],
+                         ids=lambda c: c.__name__)
 def test_a_device_mapped_tokenizers_forward_gives_the_plain_output(cls, tmp_path):
     """accelerate moves a device-mapped model's output between devices by rebuilding it from a dict, which
     diffusers' outputs allow only when every field after the first may be None."""

@@ -190,6 +190,11 @@ def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     return (weights.type_as(v) * v).sum(2, keepdim=True)
 
 
+def attention_implementation(config) -> str:
+    """The attention kernel a generator's config names (`set_attn_implementation`); SDPA when unset."""
+    return config._attn_implementation or "sdpa"
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -250,7 +255,7 @@ class Attention(nn.Module):
         dropout = self.attention_dropout if self.training else 0.0
         weights = None
         if cache is None:
-            implementation = self.config._attn_implementation or "sdpa"
+            implementation = attention_implementation(self.config)
             attend = eager_attention_forward if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
             out, weights = attend(self, q, k, v, None, dropout=dropout, scaling=None, is_causal=causal)
             return self.resid_dropout(self.wo(out.reshape(batch, length, dim))), weights
@@ -371,7 +376,17 @@ class OutputHead(Linear):
         return F.linear(hidden.float(), weight.float())
 
 
-_MM_OUT_DTYPE = hasattr(torch.ops.aten.mm, "dtype")  # torch.mm(..., out_dtype=) (torch >= 2.8)
+def _traceable_mm_out_dtype() -> bool:
+    """Whether `torch.mm(..., out_dtype=)` exists with the meta kernel that torch.compile and meta-device models trace
+    through: torch 2.8 has the op but not that kernel."""
+    try:
+        x = torch.empty(1, 1, device="meta", dtype=torch.bfloat16)
+        return torch.mm(x, x, out_dtype=torch.float32).dtype == torch.float32
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
+
+
+_MM_OUT_DTYPE = _traceable_mm_out_dtype()
 
 
 class HalfMatmulFloatOut(torch.autograd.Function):
@@ -423,7 +438,7 @@ class TokenGridMixin:
         """`output_attentions`, its default read from the config; refused unless eager attention returns weights."""
         if output_attentions is None:
             output_attentions = self.config.output_attentions
-        implementation = self.config._attn_implementation or "sdpa"
+        implementation = attention_implementation(self.config)
         if output_attentions and implementation != "eager":
             raise ValueError(f"output_attentions=True needs the attention weights, which only eager attention "
                              f"computes; this model runs {implementation!r}: call model.set_attn_implementation"
