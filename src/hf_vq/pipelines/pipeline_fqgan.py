@@ -145,14 +145,14 @@ class FQGANPipeline(DiffusionPipeline):
         self.image_processor = VaeImageProcessor(do_resize=False)
 
     @classmethod
-    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict[str, Any]:
+    def _dict_from_json_file(cls, json_file: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
         # diffusers reads model_index.json through this hook (in `load_config`, and in `download` for a Hub id) and
         # takes a list `_class_name` as a custom pipeline whose module it must run, refusing without
         # trust_remote_code. hf_vq's own entry names this class: read it as the plain name, so that
         # FQGANPipeline.from_pretrained loads this class and never runs a file from the repo. Any other list is
         # left to diffusers and its flag. A private diffusers hook, as the loader tables in `__init__.py`; the
         # tests load the layout from a folder and from the Hub cache, so an upgrade that drops it fails a test.
-        config = super()._dict_from_json_file(json_file)
+        config = super()._dict_from_json_file(json_file, **kwargs)  # diffusers < 0.42 passes dduf_entries
         if isinstance(config, dict) and is_fqgan_pipeline_class_name(config.get("_class_name")):
             config["_class_name"] = "FQGANPipeline"
         return config
