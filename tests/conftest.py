@@ -116,3 +116,11 @@ def no_hub_token(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-stored-tokens"))
+
+
+def r1_at(discriminator: torch.nn.Module, real: torch.Tensor, **kwargs) -> torch.Tensor:
+    """The R1 penalty of `discriminator` at `real`, from a pass taken with the input's gradient on."""
+    from hf_vq.training.stylegan_discriminator import r1_penalty
+
+    real = real.detach().requires_grad_(True)
+    return r1_penalty(discriminator(real), real, **kwargs)

@@ -4,7 +4,7 @@ CUDA-graph compiled decoding, CPU generators driving a CUDA model, offloading on
 
 import pytest
 import torch
-from conftest import run_in_own_process_group
+from conftest import r1_at, run_in_own_process_group
 from test_far import GRID, VOCAB, spy_kv_caches, tiny_model
 
 from hf_vq.generators import cpu_decoding
@@ -137,8 +137,6 @@ def test_the_codebook_init_on_the_cpu_runs_under_an_nccl_group():
 
 
 def test_the_r1_penalty_under_fp16_autocast_and_the_loss_scaler_matches_fp32():
-    from test_vitvqgan import r1_at
-
     from hf_vq.training.stylegan_discriminator import StyleGAN2Discriminator
 
     torch.manual_seed(0)

@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -185,3 +186,32 @@ def test_classifier_accuracy_rejects_bad_input(classifier_dir):
         judge.accuracy(torch.rand(2, 1, 8, 8), [0, 1, 2])
     with pytest.raises(OSError, match="train_fmnist_classifier"):
         ClassifierAccuracy.from_pretrained(classifier_dir / "missing")
+
+
+def test_image_processor_config_reads_the_statistics_or_says_there_are_none(classifier_dir, tmp_path):
+    import shutil
+
+    from hf_vq.utils import image_processor_config
+
+    # a from_pretrained call's keyword arguments may come along: the Hub ones are used, the rest ignored
+    config = image_processor_config(classifier_dir, subfolder="", dtype=torch.float32)
+    assert config["image_mean"] == [0.3] and config["size"] == {"height": 16, "width": 16}
+    assert image_processor_config(tmp_path) is None
+    assert image_processor_config("org/not-cached", local_files_only=True, cache_dir=tmp_path / "cache") is None
+    (tmp_path / "preprocessor_config.json").write_text("{not json")
+    with pytest.raises(OSError):
+        image_processor_config(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text("[0.5]")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        image_processor_config(tmp_path)
+
+    copy = shutil.copytree(classifier_dir, tmp_path / "classifier")
+    (copy / "preprocessor_config.json").write_text(json.dumps({**config, "size": {"longest_edge": 16}}))
+    with pytest.raises(ValueError, match="height and width or shortest_edge"):
+        ClassifierAccuracy.from_pretrained(copy)
+    (copy / "preprocessor_config.json").write_text(json.dumps({"size": 16}))
+    with pytest.raises(ValueError, match="lacks image_mean, image_std"):
+        ClassifierAccuracy.from_pretrained(copy)
+    (copy / "preprocessor_config.json").unlink()
+    with pytest.raises(OSError, match="train_fmnist_classifier"):
+        ClassifierAccuracy.from_pretrained(copy)

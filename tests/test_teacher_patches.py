@@ -80,3 +80,22 @@ def test_teachers_without_a_square_patch_grid_are_refused(teachers):
     teacher.model.config.num_register_tokens = 3  # one register too many: 15 tokens left, not a square
     with pytest.raises(ValueError, match="not a square grid"):
         teacher.patch_features(images(), 4)
+
+
+def test_teacher_statistics_come_from_its_preprocessor_config_and_a_missing_one_is_named(teachers, tmp_path, caplog):
+    import shutil
+
+    from transformers import ViTImageProcessor
+
+    with caplog.at_level("WARNING", logger="hf_vq.tokenizers.teachers"):
+        FrozenTeacher.from_pretrained(teachers / "vit")  # saved without a preprocessor config
+    assert "has no preprocessor_config.json" in caplog.text and "CLIP" in caplog.text
+
+    caplog.clear()
+    copy = shutil.copytree(teachers / "vit", tmp_path / "vit")
+    ViTImageProcessor(image_mean=[0.1, 0.2, 0.3], image_std=[0.4, 0.5, 0.6]).save_pretrained(copy)
+    with caplog.at_level("WARNING", logger="hf_vq.tokenizers.teachers"):
+        teacher = FrozenTeacher.from_pretrained(copy)
+    assert "preprocessor_config" not in caplog.text
+    assert teacher.mean.flatten().tolist() == pytest.approx([0.1, 0.2, 0.3])
+    assert teacher.std.flatten().tolist() == pytest.approx([0.4, 0.5, 0.6])

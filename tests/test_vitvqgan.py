@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import load_script
+from conftest import load_script, r1_at
 from torch import nn
 
 from hf_vq import AutoImageTokenizer, FARConfig, FARForClassConditionalGeneration, FQGANPipeline, ViTVQGANTokenizer
@@ -161,12 +161,6 @@ class _Linear(nn.Module):
         return (self.w * x).sum(dim=(1, 2, 3))
 
 
-def r1_at(discriminator: nn.Module, real: torch.Tensor, **kwargs) -> torch.Tensor:
-    """The R1 penalty of `discriminator` at `real`, from a pass taken with the input's gradient on."""
-    real = real.detach().requires_grad_(True)
-    return r1_penalty(discriminator(real), real, **kwargs)
-
-
 def test_r1_penalty_matches_closed_forms():
     torch.manual_seed(0)
     real = torch.randn(5, 2, 4, 4)
@@ -299,7 +293,7 @@ def test_recipe_refuses_bad_setups_before_work(tmp_path, imagefolder, caplog):
 def test_a_discriminator_step_survives_a_buffer_broadcast_before_each_call(kind):
     """DDP broadcasts a module's buffers in place before each forward, and torch before 2.12 then fails the backward
     of an earlier call that saved them (BatchNorm's running statistics, the blur kernel). The recipes' discriminator
-    step is one call, as LlamaGen's VQLoss is, and its passes give what separate calls give."""
+    step is one call, as in LlamaGen's train_vq.py, and its passes give what separate calls give."""
     from types import SimpleNamespace
 
     from hf_vq.training.losses import PatchGANDiscriminator

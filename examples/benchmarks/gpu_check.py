@@ -20,7 +20,6 @@ GPU's time is spent on it; its numbers mean nothing.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import statistics
 import sys
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sampling import import_official  # noqa: E402
 
 from hf_vq import FARConfig, FARForClassConditionalGeneration  # noqa: E402
+from hf_vq.benchmark.runner import versions  # noqa: E402
 from hf_vq.generators import modeling_far  # noqa: E402
 
 CFG = 2.0
@@ -227,8 +227,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         print("no CUDA device: nothing else to measure")
         return None
     report |= {"device": torch.cuda.get_device_name(args.device) if device.cuda else args.device,
-               "versions": {name: importlib.metadata.version(name)
-                            for name in ("torch", "transformers", "diffusers", "accelerate", "huggingface_hub")}}
+               "versions": versions()}
     labels = torch.arange(scale.batch, device=args.device) % scale.size["num_classes"]
     modes = [False] if args.no_compile else [False, True]
     for preset, root in (("GPT-B", args.official_llamagen), ("FAR-Base", args.official_fqgan)):

@@ -8,21 +8,27 @@
 # this environment's versions of those (and of datasets' dill and multiprocess) as Python 3.12 wheels into .whl/.
 # They go beside the machine's own torch, transformers, accelerate and huggingface_hub, which the report records:
 # carrying those too would pull in dependencies that the machine's versions satisfy and ours may not (huggingface_hub
-# 2.x needs httpx2, which such a machine lacks). `prepare` also copies the official samplers' packages (`autoregressive`, `utils`) from local checkouts (folders
-# or bare repositories) into .official/, both git-ignored, then runs the whole check on tiny models on the CPU; `run`
-# installs the wheels into a temporary folder, puts src/ on the path and runs the tests and the benchmark. Carry
-# .whl and .official to the GPU machine.
+# 2.x needs httpx2, which such a machine lacks). `prepare` also copies the official samplers' packages
+# (`autoregressive`, `utils`) from local checkouts (folders or bare repositories) into .official/, both git-ignored,
+# then runs the whole check on tiny models on the CPU. `run` installs the wheels into a temporary folder, puts src/
+# on the path, names any requirement the machine does not meet, and runs the tests and the benchmark. Carry .whl and
+# .official to the GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 prepare() {
-    # .whl is rebuilt whole, so that no wheel of an earlier prepare goes along; one not made here is left alone
-    if [ -d .whl ] && [ ! -e .whl/.made-by-gpu-check ]; then
-        echo ".whl exists but was not made by this script: move it away, then prepare again" >&2; exit 1
+    # .whl is rebuilt whole, so that no wheel of an earlier prepare goes along; a folder holding anything besides
+    # wheels (and this script's marker) was not made here and is left alone
+    if [ -d .whl ] && [ -n "$(find .whl -mindepth 1 ! -name '*.whl' ! -name .made-by-gpu-check -print -quit)" ]; then
+        echo ".whl holds files other than wheels, so this script did not make it: move it away, then prepare again" >&2
+        exit 1
     fi
     mkdir -p .official
+    local exclude
+    exclude=$(git rev-parse --git-path info/exclude)  # a worktree's .git is a file
+    mkdir -p "$(dirname "$exclude")"
     for ignored in /.whl/ /.whl.tmp/ /.official/; do
-        grep -qx "$ignored" .git/info/exclude 2>/dev/null || echo "$ignored" >> .git/info/exclude
+        grep -qx "$ignored" "$exclude" 2>/dev/null || echo "$ignored" >> "$exclude"
     done
     local packages=()
     for name in diffusers datasets evaluate dill multiprocess; do
@@ -62,14 +68,19 @@ prepare() {
 run() {
     local out=${1:?usage: gpu_check.sh run OUT_DIR}
     mkdir -p "$out"
+    local carried=()
     if compgen -G ".whl/*.whl" > /dev/null; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
         export PYTHONPATH="$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+        carried=(/tmp/site)
     else
         export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
     fi
     export PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/device.txt"
+    # a library at another version than hf_vq or a carried wheel needs is named here, before any test; the check
+    # goes on, as the gap may not matter to it
+    python3 examples/benchmarks/check_environment.py ${carried[@]+"${carried[@]}"} 2>&1 | tee "$out/environment.txt" || true
     local official=()
     [ -d .official/FQGAN ] && official+=(--official-fqgan .official/FQGAN)
     [ -d .official/LlamaGen ] && official+=(--official-llamagen .official/LlamaGen)

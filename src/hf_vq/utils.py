@@ -110,15 +110,27 @@ def check_device_flag(device: str | None) -> None:
                          "on its own device, the one the launcher gave it; drop --device")
 
 
-def image_processor_config(name_or_path: str | os.PathLike, **kwargs) -> dict[str, Any]:
-    """A checkpoint's preprocessor_config.json (normalisation, size) as a dict, without building the processor.
+_HUB_FILE_ARGUMENTS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+
+
+def image_processor_config(name_or_path: str | os.PathLike, **kwargs) -> dict[str, Any] | None:
+    """A checkpoint's preprocessor_config.json (normalisation, size) as a dict, without building the processor; None
+    when the checkpoint has no such file (offline: none in the Hub cache).
 
     Only the statistics are needed, and some transformers 5 releases build every image processor on torchvision.
-    Raises OSError when the checkpoint has no such file.
+    `kwargs` may be all of a from_pretrained call's: the Hub ones (revision, subfolder, token, ...) are used. A file
+    that cannot be fetched or parsed raises OSError, a file that holds no JSON object ValueError.
     """
     from transformers.image_processing_base import ImageProcessingMixin
+    from transformers.utils import IMAGE_PROCESSOR_NAME, cached_file
 
-    config, _ = ImageProcessingMixin.get_image_processor_dict(name_or_path, **kwargs)
+    hub = {key: value for key, value in kwargs.items() if key in _HUB_FILE_ARGUMENTS}
+    # transformers' Auto classes ask the same way whether an optional file is there
+    if cached_file(name_or_path, IMAGE_PROCESSOR_NAME, _raise_exceptions_for_missing_entries=False, **hub) is None:
+        return None
+    config, _ = ImageProcessingMixin.get_image_processor_dict(name_or_path, **hub)
+    if not isinstance(config, dict):
+        raise ValueError(f"{name_or_path!r}: {IMAGE_PROCESSOR_NAME} holds a {type(config).__name__}, not a JSON object")
     return config
 
 

@@ -56,11 +56,12 @@ def versions() -> dict[str, str]:
     """Versions of what the numbers depend on."""
     import accelerate
     import diffusers
+    import huggingface_hub
     import transformers
 
     return {"hf_vq": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "diffusers": diffusers.__version__, "accelerate": accelerate.__version__,
-            "python": platform.python_version()}
+            "huggingface_hub": huggingface_hub.__version__, "python": platform.python_version()}
 
 
 def git_commit() -> str | None:

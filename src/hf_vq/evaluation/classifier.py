@@ -60,24 +60,31 @@ class ClassifierAccuracy:
     def from_pretrained(
         cls, path: str | os.PathLike, device: str | torch.device = "cpu", batch_size: int = 256
     ) -> ClassifierAccuracy:
-        """Load a classifier saved with save_pretrained (AutoModelForImageClassification + AutoImageProcessor)."""
+        """Load a classifier saved with save_pretrained (an AutoModelForImageClassification and its image processor)."""
         from transformers import AutoModelForImageClassification
 
+        unloadable = (f"Could not load an image classifier from {path!r}: it needs config.json, weights and "
+                      "preprocessor_config.json (train one with examples/train_fmnist_classifier.py).")
         try:
             model = AutoModelForImageClassification.from_pretrained(path)
             processing = image_processor_config(path)
         except OSError as error:
-            raise OSError(
-                f"Could not load an image classifier from {path!r}: it needs config.json, weights and "
-                "preprocessor_config.json (train one with examples/train_fmnist_classifier.py)."
-            ) from error
+            raise OSError(unloadable) from error
+        if processing is None:
+            raise OSError(unloadable)
         lacking = [key for key in ("size", "image_mean", "image_std") if key not in processing]
         if lacking:
             raise ValueError(f"{path!r}: preprocessor_config.json lacks {', '.join(lacking)}, which the classifier "
                              "needs: save the classifier's image processor with save_pretrained")
         size = processing["size"]  # an int in older configs, else {"height", "width"} or {"shortest_edge"}
         if isinstance(size, dict):
-            size = (size["height"], size["width"]) if "height" in size else size["shortest_edge"]
+            if "height" in size and "width" in size:
+                size = (size["height"], size["width"])
+            elif "shortest_edge" in size:
+                size = size["shortest_edge"]
+            else:
+                raise ValueError(f"{path!r}: the classifier's input size must be height and width or shortest_edge, "
+                                 f"got {size}")
         model = model.to(device).eval().requires_grad_(False)
         return cls(model, size, processing["image_mean"], processing["image_std"], batch_size=batch_size)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from importlib.resources import files
@@ -12,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils import file_sha256, image_processor_config, is_hub_id
+
+logger = logging.getLogger(__name__)
 
 _OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -106,10 +109,11 @@ class FrozenTeacher(nn.Module):
             model, projection = full.vision_model, getattr(full, "visual_projection", None)
         else:
             model = AutoModel.from_pretrained(name_or_path, **kwargs)
-        try:
-            processing = image_processor_config(name_or_path, **kwargs)
-        except OSError:
-            processing = {}  # no preprocessor_config.json: keep the CLIP statistics
+        processing = image_processor_config(name_or_path, **kwargs)
+        if processing is None:
+            logger.warning("the teacher %s has no preprocessor_config.json: its inputs are normalised with CLIP's "
+                           "mean and std (0.5 for a grayscale teacher)", name_or_path)
+            processing = {}
         mean = tuple(processing.get("image_mean", _OPENAI_CLIP_MEAN))
         std = tuple(processing.get("image_std", _OPENAI_CLIP_STD))
         size = model.config.image_size

@@ -250,8 +250,9 @@ class TokenizerGANRecipe(TrainingRecipe):
 
     def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
         """The discriminator's loss and logs (LlamaGen: hinge, scaled by --disc_weight)."""
-        # Both passes in one call, as LlamaGen's VQLoss does: under DDP each call broadcasts the discriminator's
-        # buffers in place, and torch before 2.12 then fails the backward of an earlier call that saved them.
+        # Both passes in one call, as in LlamaGen's train_vq.py, whose one DDP module is the whole VQLoss: under DDP
+        # each call broadcasts the discriminator's buffers in place, and torch before 2.12 then fails the backward
+        # of an earlier call that saved them.
         d_loss = self.args.disc_weight * hinge_d_loss(*self.discriminator(real, fake))
         return d_loss, {"discriminator_loss": d_loss.detach()}
 
