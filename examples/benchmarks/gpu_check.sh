@@ -47,8 +47,10 @@ prepare() {
         rm -rf ".official/$name.tmp" && mkdir -p ".official/$name.tmp"
         if [ -d "$source/autoregressive" ]; then
             cp -r "$source/autoregressive" "$source/utils" ".official/$name.tmp/"
-        else  # a bare repository
-            git --git-dir="$source" archive HEAD autoregressive utils | tar -x -C ".official/$name.tmp"
+        else  # a bare repository; one subtree per archive, so that no other blob is read (a mirror may lack some)
+            for folder in autoregressive utils; do
+                git --git-dir="$source" archive --prefix="$folder/" "HEAD:$folder" | tar -x -C ".official/$name.tmp"
+            done
         fi
         rm -rf ".official/$name" && mv ".official/$name.tmp" ".official/$name"
     done
