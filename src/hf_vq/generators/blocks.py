@@ -380,8 +380,8 @@ def _traceable_mm_out_dtype() -> bool:
     """Whether `torch.mm(..., out_dtype=)` exists with the meta kernel that torch.compile and meta-device models trace
     through: torch 2.8 has the op but not that kernel."""
     try:
-        x = torch.empty(1, 1, device="meta", dtype=torch.bfloat16)
-        return torch.mm(x, x, out_dtype=torch.float32).dtype == torch.float32
+        probes = (torch.empty(1, 1, device="meta", dtype=dtype) for dtype in (torch.bfloat16, torch.float16))
+        return all(torch.mm(x, x, out_dtype=torch.float32).dtype == torch.float32 for x in probes)
     except (TypeError, RuntimeError, NotImplementedError):
         return False
 
