@@ -18,8 +18,8 @@ cd "$(dirname "$0")/../.."
 
 prepare() {
     # .whl is rebuilt whole, so that no wheel of an earlier prepare goes along; a folder holding anything besides
-    # wheels (and this script's marker) was not made here and is left alone
-    if [ -d .whl ] && [ -n "$(find .whl -mindepth 1 ! -name '*.whl' ! -name .made-by-gpu-check -print -quit)" ]; then
+    # wheels was not made here and is left alone
+    if [ -d .whl ] && [ -n "$(find .whl -mindepth 1 ! -name '*.whl' -print -quit)" ]; then
         echo ".whl holds files other than wheels, so this script did not make it: move it away, then prepare again" >&2
         exit 1
     fi
@@ -38,7 +38,6 @@ prepare() {
     python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d .whl.tmp "${packages[@]}"
-    touch .whl.tmp/.made-by-gpu-check
     rm -rf .whl && mv .whl.tmp .whl
     local name source
     for pair in "FQGAN:${1:-}" "LlamaGen:${2:-}"; do

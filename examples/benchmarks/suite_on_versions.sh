@@ -6,7 +6,7 @@
 #   bash examples/benchmarks/suite_on_versions.sh python3.11 /tmp/oldest torch==2.8.0 transformers==5.4.0 \
 #       diffusers==0.40.0 accelerate==1.15.0 datasets==5.2.0 huggingface_hub==1.33.0
 #
-# The named releases are installed first, then whatever else hf_vq and its tests need (pip keeps the named ones).
+# The named releases are installed together with whatever else hf_vq and its tests need (pip keeps the named ones).
 # hf_vq itself runs from src/ (PYTHONPATH), so the checkout is not installed into that environment. The Space test
 # needs gradio and is left out. A torch from PyPI is its CUDA build (several GB); the tests run on the CPU either way.
 set -euo pipefail
@@ -18,8 +18,7 @@ if [ -e "$venv" ] && [ ! -e "$venv/pyvenv.cfg" ]; then
     echo "$venv exists and is not a virtual environment: name another folder" >&2; exit 2
 fi
 [ -e "$venv" ] || "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install -q "$@"
-# the rest of hf_vq's requirements and its test extras, with the named releases held where they are
+# hf_vq's requirements and its test extras, with the named releases held where they are
 "$venv/bin/python" -m pip install -q "$@" $("$venv/bin/python" - <<'PY'
 import re
 try:
