@@ -112,6 +112,39 @@ def test_config_rejects_unbuildable_sizes():
         tiny_config(num_head_layers=0)
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("num_attention_heads", 0, "num_attention_heads must be >= 1"),
+    ("hidden_size", -32, "hidden_size must be >= 1"),
+    ("intermediate_size", 0, "intermediate_size must be >= 1"),
+    ("resid_dropout", 1.5, r"resid_dropout is a probability: it must lie in \[0, 1\]"),
+    ("class_dropout_prob", -0.1, "class_dropout_prob is a probability"),
+    ("tie_word_embeddings", True, "tie_word_embeddings=True cannot apply"),
+])
+def test_config_refuses_values_the_model_cannot_honour(field, value, message):
+    with pytest.raises(Exception, match=message):
+        tiny_config(**{field: value})
+
+
+def test_a_config_changed_after_it_was_built_is_checked_before_the_model_is_built(tmp_path):
+    tiny_model(2).save_pretrained(tmp_path)
+    # from_pretrained's overrides and attribute assignments set one field at a time
+    with pytest.raises(Exception, match="multiple of num_attention_heads"):
+        FARForClassConditionalGeneration.from_pretrained(tmp_path, num_attention_heads=3)
+    config = tiny_config()
+    config.tie_word_embeddings = True
+    with pytest.raises(Exception, match="tie_word_embeddings"):
+        FARForClassConditionalGeneration(config)
+
+
+def test_resizing_the_vocabulary_is_refused_and_changes_nothing():
+    model = tiny_model(2)
+    before = {name: p.clone() for name, p in model.state_dict().items()}
+    with pytest.raises(NotImplementedError, match="cannot resize its vocabulary"):
+        model.resize_token_embeddings(VOCAB + 4)
+    assert model.config.vocab_size == VOCAB
+    assert all(torch.equal(before[name], p) for name, p in model.state_dict().items())
+
+
 # ---------------------------------------------------------------- maths
 
 
@@ -271,6 +304,27 @@ def test_forward_rejects_bad_input():
         model(ids, torch.tensor([0, 1, CLASSES + 1]))
     with pytest.raises(ValueError, match="3 entries for a batch of 2"):
         model(ids[:2], labels)
+
+
+def test_ids_of_any_integer_dtype_give_the_long_ids_results_and_bool_or_empty_ids_are_refused():
+    model = tiny_model(2)
+    ids, labels = random_ids(2), torch.tensor([0, 1, 2])
+    reference = model(ids, labels, labels=ids)
+    for dtype in (torch.int32, torch.int16, torch.uint8):  # uint8 would otherwise index as a mask
+        out = model(ids.to(dtype), labels, labels=ids.to(dtype))
+        assert torch.equal(out.logits, reference.logits) and torch.equal(out.loss, reference.loss)
+    with pytest.raises(ValueError, match="integer tensor"):
+        model(ids.bool(), labels)
+    with pytest.raises(ValueError, match="empty batch"):
+        model(ids[:0], labels[:0])
+
+
+def test_return_dict_defaults_to_the_configs():
+    model = tiny_model(2)
+    ids, labels = random_ids(2), torch.tensor([0, 1, 2])
+    model.config.return_dict = False
+    out = model(ids, labels)
+    assert isinstance(out, tuple) and torch.equal(out[0], model(ids, labels, return_dict=True).logits)
 
 
 def test_input_values_are_read_in_eager_calls_but_not_in_a_training_step_off_the_cpu():
@@ -505,11 +559,28 @@ def test_sample_rejects_bad_settings_before_any_work():
         model.sample(torch.tensor([0.5]))
 
 
+def test_sampling_settings_take_numpy_and_tensor_scalars():
+    import numpy as np
+
+    model = tiny_model(2)
+    settings = dict(guidance_scale=2.0, temperature=0.9, top_k=5, top_p=0.9)
+    scalars = dict(guidance_scale=np.float32(2.0), temperature=np.float64(0.9), top_k=np.int64(5),
+                   top_p=torch.tensor(0.9, dtype=torch.float64))
+    plain, given = (model.sample([0, 1], generator=torch.Generator().manual_seed(0), **knobs)
+                    for knobs in (settings, scalars))
+    assert torch.equal(plain, given)
+    with pytest.raises(ValueError, match="top_k must be an integer"):
+        model.sample([0], top_k=np.float64(2.5))
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number"):
+        model.sample([0], guidance_scale=torch.tensor([1.0, 2.0]))
+
+
 def test_sample_reports_progress_and_restores_training_mode():
     model = tiny_model(2).train()
-    steps = []
-    model.sample([0], callback=lambda i, tokens: steps.append(i))
+    steps, ahead = [], []
+    model.sample([0], callback=lambda i, tokens: steps.append(i) or ahead.append(tokens[:, :, i + 1 :].clone()))
     assert steps == list(range(GRID**2)) and model.training
+    assert all(not t.any() for t in ahead)  # positions not yet sampled hold 0, not leftover memory
 
 
 # ---------------------------------------------------------------- serialisation
@@ -595,6 +666,28 @@ def spy_kv_caches(monkeypatch) -> list:
 
     monkeypatch.setattr(modeling_far, "StaticKVCache", SpyCache)
     return caches
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cls, k", [("far", 1), ("far", 3), ("maskgit", 2)])
+def test_on_a_cpu_a_half_model_computes_in_fp32_over_its_rounded_weights(cls, k, dtype):
+    """Only the weights are rounded: the k > 1 aggregation layer included, a half model's logits are those of an
+    fp32 model holding the same rounded weights."""
+    import copy
+
+    from hf_vq.generators import MaskGITConfig, MaskGITForClassConditionalGeneration
+
+    if cls == "far":
+        model = tiny_model(k)
+    else:
+        torch.manual_seed(0)
+        model = MaskGITForClassConditionalGeneration(MaskGITConfig(
+            vocab_size=VOCAB, num_codebooks=k, num_classes=CLASSES, hidden_size=32, num_hidden_layers=1,
+            num_attention_heads=4, grid_size=GRID)).eval()
+    half = copy.deepcopy(model).to(dtype)
+    rounded = copy.deepcopy(half).float()
+    ids, labels = random_ids(k), torch.tensor([0, 1, 2])
+    assert torch.equal(half(ids, labels).logits, rounded(ids, labels).logits)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -192,6 +192,8 @@ def test_sample_rejects_bad_settings():
     model = tiny_model()
     for kwargs, message in [
         (dict(num_inference_steps=0), "num_inference_steps"),
+        (dict(num_inference_steps=N + 1), rf"num_inference_steps must lie in \[1, {N}\] \(each step reveals"),
+        (dict(num_inference_steps=2.0), "num_inference_steps must be an integer"),
         (dict(choice_temperature=-1.0), "choice_temperature"),
         (dict(guidance_scale=-0.5), "guidance_scale"),
         (dict(top_k=VOCAB + 1), "top_k"),
@@ -236,6 +238,29 @@ def test_hidden_states_tuple_order_config_default_and_sampling_unchanged():
     assert len(model(ids, labels, masked_positions=masked).hidden_states) == 3
     after = model.sample([0, CLASSES], num_inference_steps=4, generator=torch.Generator().manual_seed(0))
     assert torch.equal(after, before)
+
+
+def test_steps_default_to_maskgits_twelve_at_most_one_per_position():
+    assert tiny_model().num_sampling_steps() == 12
+    assert tiny_model(grid_size=3).num_sampling_steps() == 9
+    assert tiny_model().num_sampling_steps(__import__("numpy").int64(5)) == 5
+
+
+def test_predict_checks_its_input_and_takes_the_mask_token():
+    model = tiny_model()
+    ids, labels = random_ids(), torch.tensor([0, 1, 2])
+    masked = ids.masked_fill(ids < 4, model.config.mask_token)
+    assert model.predict(masked.int(), labels).shape == (3, 2, N, VOCAB)
+    with pytest.raises(ValueError, match=rf"input_ids must lie in \[0, {VOCAB + 1}\)"):
+        model.predict(masked + 1, labels)
+    with pytest.raises(ValueError, match="class_labels must lie"):
+        model.predict(masked, torch.tensor([0, 1, CLASSES + 1]))
+
+
+def test_ids_of_another_integer_dtype_give_the_long_ids_loss():
+    model = tiny_model()
+    ids, labels = random_ids(), torch.tensor([0, 1, 2])
+    assert torch.equal(model(ids.int(), labels).loss, model(ids, labels).loss)
 
 
 def test_forward_rejects_bad_input():

@@ -201,6 +201,40 @@ def test_bad_input(pipe):
         FQGANPipeline(vqvae=tokenizer(), transformer=far(grid=3))
 
 
+def test_sampling_settings_and_labels_take_numpy_scalars_and_any_ordered_iterable(pipe):
+    def images(labels, **knobs):
+        return pipe(labels, output_type="pt", generator=torch.manual_seed(0), **knobs).images
+
+    plain = images([0, 1, 2], num_images_per_label=2, guidance_scale=2.0, top_k=5)
+    assert torch.equal(plain, images(range(3), num_images_per_label=np.int64(2), guidance_scale=np.float32(2.0),
+                                     top_k=np.int64(5)))
+    assert torch.equal(plain, images((i for i in range(3)), num_images_per_label=2, top_k=5))
+    with pytest.raises(TypeError, match="must come in order"):
+        pipe({0, 1})
+    with pytest.raises(ValueError, match="num_images_per_label must be an integer"):
+        pipe([0], num_images_per_label=2.5)
+
+
+def test_a_name_several_classes_share_is_asked_for_by_id():
+    pipe = FQGANPipeline(vqvae=tokenizer(), transformer=far(), id2label={0: "crane", 1: "crane, derrick", 2: "kite"})
+    with pytest.raises(ValueError, match="'Crane' is shared by classes 0, 1: ask for one of them by id"):
+        pipe.get_label_ids(["Crane"])
+    assert pipe.get_label_ids(["derrick", "kite", 0]) == [1, 2, 0]
+
+
+def test_a_pipeline_built_from_another_ones_components_keeps_its_class_names(pipe):
+    again = FQGANPipeline(**pipe.components)
+    assert again.get_label_ids(["Trouser", "trainer"]) == [1, 2]
+    assert {int(i): name for i, name in again.config.id2label.items()} == LABELS
+
+
+def test_from_pipe_shares_the_components(pipe):
+    derived = FQGANPipeline.from_pipe(pipe)
+    assert derived.vqvae is pipe.vqvae and derived.transformer is pipe.transformer
+    a = derived(["Trouser"], output_type="pt", generator=torch.manual_seed(1)).images
+    assert torch.equal(a, pipe(["Trouser"], output_type="pt", generator=torch.manual_seed(1)).images)
+
+
 def test_latent_output_and_step_callbacks(pipe):
     seen = []
 
@@ -221,8 +255,14 @@ def test_latent_output_and_step_callbacks(pipe):
     with pytest.raises(ValueError, match="can hold"):
         pipe(["Trouser"], callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents"])
     # what a callback cannot do is refused, not ignored
-    with pytest.raises(ValueError, match="returned changed tokens"):
+    with pytest.raises(ValueError, match="changed the tokens"):
         pipe(["Trouser"], callback_on_step_end=lambda p, i, t, kw: {"tokens": torch.zeros_like(kw["tokens"])})
+
+    def edit_in_place(pipeline, step, timestep, tensors):
+        tensors["tokens"][:, :, step] = (tensors["tokens"][:, :, step] + 1) % 32
+
+    with pytest.raises(ValueError, match=r"changed the tokens \(in what it returned, or in place\)"):
+        pipe(["Trouser"], callback_on_step_end=edit_in_place)
 
     def dynamic_guidance(pipeline, step, timestep, tensors):
         pipeline._guidance_scale = 0.0  # diffusers' "turn CFG off midway" recipe

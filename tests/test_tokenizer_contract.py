@@ -66,6 +66,41 @@ def test_a_half_precision_tokenizer_tokenizes_and_detokenizes(model):
         assert half.detokenize(indices).dtype == torch.bfloat16
 
 
+def test_tokenize_takes_images_of_another_float_dtype_and_decoding_takes_any_integer_indices(model):
+    """diffusers' image processors give fp32 images whatever the model's dtype; codes are often stored as uint8."""
+    x = images(model)
+    half = model.to(torch.bfloat16)
+    indices = half.tokenize(x)
+    assert torch.equal(indices, half.tokenize(x.bfloat16()))
+    if model.can_decode and max(model.codebook_sizes) <= 256:
+        assert torch.equal(half.detokenize(indices.to(torch.uint8)), half.detokenize(indices))
+
+
+def test_every_public_method_runs_the_offload_hooks_onloading(model):
+    """`enable_model_cpu_offload` onloads a model in its hook's `pre_forward`; diffusers' VAEs run it for `encode` and
+    `decode` too (`apply_forward_hook`), so that calling them directly after offloading works."""
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    class CountOnloads(ModelHook):
+        calls = 0
+
+        def pre_forward(self, module, *args, **kwargs):
+            CountOnloads.calls += 1
+            return args, kwargs
+
+    add_hook_to_module(model, CountOnloads())
+    x = images(model)
+    indices = model.tokenize(x)
+    calls = {"encode": lambda: model.encode(x), "indices_to_latents": lambda: model.indices_to_latents(indices)}
+    if model.can_decode:
+        latents = model.indices_to_latents(indices)
+        calls["decode"] = lambda: model.decode(latents)
+    for name, call in calls.items():
+        before = CountOnloads.calls
+        call()
+        assert CountOnloads.calls > before, name
+
+
 def test_encode_decode_outputs_and_tuples(model):
     x = images(model)
     enc = model.encode(x)

@@ -6,9 +6,12 @@ state dicts load without renaming.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PreTrainedConfig
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -423,13 +426,19 @@ class TokenGridMixin:
 
     supports_gradient_checkpointing = True
 
+    def __init__(self, config: PreTrainedConfig, *args: Any, **kwargs: Any):
+        # The whole config again: `from_pretrained(..., num_attention_heads=5)` and attribute assignments set one
+        # field at a time, which checks only that field's type, not the sizes the model is built with.
+        config.validate()
+        super().__init__(config, *args, **kwargs)
+
     def _add_token_modules(self, embedding_rows: int) -> None:
         c = self.config
         self._embedding_names = token_module_names("tok_embeddings", c.num_codebooks)
         for name in self._embedding_names:
             self.add_module(name, nn.Embedding(embedding_rows, c.hidden_size))
         if c.num_codebooks > 1:
-            self.aggregation_layer = nn.Linear(c.num_codebooks * c.hidden_size, c.hidden_size)
+            self.aggregation_layer = Linear(c.num_codebooks * c.hidden_size, c.hidden_size)
         self._output_names = token_module_names("output", c.num_codebooks)
         for name in self._output_names:
             self.add_module(name, OutputHead(c.hidden_size, c.vocab_size))
@@ -450,6 +459,15 @@ class TokenGridMixin:
         `token_embeddings[1:]`. One registered table, so that FSDP can shard it as a unit of its own."""
         return self.token_embeddings[0]
 
+    def resize_token_embeddings(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: the vocabulary is the tokenizer's codebook, held by k tables and k heads (MaskGIT's tables with a
+        mask row), which transformers' resizing of one table would leave inconsistent."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot resize its vocabulary: vocab_size is the tokenizer's codebook size, shared "
+            "by every sub-codebook's embedding table and output head. For a tokenizer with another codebook, build "
+            "a new generator: from_config(config) after setting config.vocab_size"
+        )
+
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         """Replace the table `get_input_embeddings` returns."""
         if not isinstance(value, nn.Embedding):
@@ -464,6 +482,8 @@ class TokenGridMixin:
         """(B, k, S, D) sub-token embeddings -> (B, S, D): concatenated and projected when k > 1."""
         if embeddings.shape[1] == 1:
             return embeddings[:, 0]
+        # In the activation dtype: on a CPU, fp32 over the half weights (`Linear`), as every other layer there
+        embeddings = embeddings.to(self.activation_dtype(embeddings.device))
         return self.aggregation_layer(embeddings.transpose(1, 2).flatten(2))
 
     @property
@@ -488,14 +508,22 @@ class TokenGridMixin:
         """(B, k, S) ids -> (B, S, D): the sub-token embeddings, concatenated and projected when k > 1."""
         return self.aggregate(self.sub_token_embeddings(input_ids))
 
-    def _check_token_ids(self, input_ids: torch.Tensor, min_length: int) -> None:
+    def _check_token_ids(
+        self, input_ids: torch.Tensor, min_length: int, num_ids: int | None = None
+    ) -> torch.LongTensor:
+        """`input_ids` as a long tensor, after a clear error for a shape, dtype or (where values may be read) id
+        outside [0, `num_ids`) (default vocab_size)."""
         c = self.config
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype.is_floating_point or input_ids.dim() != 3:
+        num_ids = c.vocab_size if num_ids is None else num_ids
+        if (not isinstance(input_ids, torch.Tensor) or input_ids.dtype.is_floating_point or input_ids.dtype.is_complex
+                or input_ids.dtype == torch.bool or input_ids.dim() != 3):
             raise ValueError(
                 "input_ids must be an integer tensor (batch, num_codebooks, sequence), got "
                 f"{getattr(input_ids, 'dtype', type(input_ids))} of shape {tuple(getattr(input_ids, 'shape', ()))}"
             )
-        _, k, length = input_ids.shape
+        batch, k, length = input_ids.shape
+        if batch == 0:
+            raise ValueError("input_ids holds an empty batch; give at least one token grid")
         if k != c.num_codebooks:
             raise ValueError(f"input_ids has {k} codebooks on dim 1, the model has num_codebooks={c.num_codebooks}")
         if not min_length <= length <= c.num_image_tokens:
@@ -503,8 +531,10 @@ class TokenGridMixin:
                 f"input_ids has {length} positions on dim 2; the model takes {min_length} to "
                 f"grid_size**2 = {c.num_image_tokens}"
             )
+        input_ids = input_ids.long()  # embedding lookups and loss targets take long ids
         if not may_read_values(input_ids.device, self.training):
-            return
+            return input_ids
         low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or high >= c.vocab_size:
-            raise ValueError(f"input_ids must lie in [0, {c.vocab_size}), got values in [{low}, {high}]")
+        if low < 0 or high >= num_ids:
+            raise ValueError(f"input_ids must lie in [0, {num_ids}), got values in [{low}, {high}]")
+        return input_ids

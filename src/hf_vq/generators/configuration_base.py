@@ -68,9 +68,17 @@ class ClassConditionalGeneratorConfig(PreTrainedConfig):
 
     def validate_architecture(self):
         """Part of `@strict` validation: sizes that the model cannot be built with."""
-        for name in ("vocab_size", "num_codebooks", "num_classes", "grid_size", "num_hidden_layers"):
+        sizes = ("vocab_size", "num_codebooks", "num_classes", "grid_size", "num_hidden_layers", "hidden_size",
+                 "num_attention_heads", "intermediate_size")
+        for name in sizes:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("class_dropout_prob", "token_dropout", "resid_dropout", "ffn_dropout", "attention_dropout"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a probability: it must lie in [0, 1], got {getattr(self, name)}")
+        if self.tie_word_embeddings:
+            raise ValueError("tie_word_embeddings=True cannot apply: the k output heads are kept apart from the "
+                             "embedding tables (MaskGIT's tables have a mask row more), so set it to False")
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "

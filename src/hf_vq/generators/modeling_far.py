@@ -250,20 +250,22 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             labels: (B, k, N) targets, normally `input_ids` itself; -100 entries are ignored.
             output_hidden_states: also return the backbone's hidden states (see `FAROutput`); default
                 `config.output_hidden_states`.
-            return_dict: False returns `FAROutput.to_tuple()`: (loss, logits, hidden_states, attentions) without
-                the entries that are None.
+            return_dict: default `config.return_dict`; False returns `FAROutput.to_tuple()`: (loss, logits,
+                hidden_states, attentions) without the entries that are None.
             output_attentions: also return the backbone's attention weights (see `FAROutput`); needs
                 `attn_implementation="eager"`. Default `config.output_attentions`.
         """
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         output_attentions = self._check_output_attentions(output_attentions)
-        self._check_token_ids(input_ids, min_length=1)
+        input_ids = self._check_token_ids(input_ids, min_length=1)
         class_labels = check_class_labels(class_labels, self.config.num_classes, input_ids.device,
                                           input_ids.shape[0], self.training)
-        if labels is not None and labels.shape != input_ids.shape:
+        if labels is not None and (labels.shape != input_ids.shape or labels.dtype.is_floating_point
+                                   or labels.dtype == torch.bool):
             raise ValueError(
-                f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}"
+                f"labels must be integer ids of the shape of input_ids {tuple(input_ids.shape)}, got {labels.dtype} "
+                f"{tuple(labels.shape)}"
             )
         batch, k, length = input_ids.shape
         rope = self.rope_table(input_ids.device)
@@ -291,9 +293,10 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         if labels is not None:
             # Every codebook has N targets, so this is FAR's mean of the k per-codebook losses; with -100
             # entries it stays a per-token mean instead of dividing by zero for a fully ignored codebook.
-            loss = F.cross_entropy(logits.flatten(0, 2), labels.flatten())
+            loss = F.cross_entropy(logits.flatten(0, 2), labels.flatten().long())
         output = FAROutput(loss=loss, logits=logits, hidden_states=all_hidden_states, attentions=all_attentions)
-        return output.to_tuple() if return_dict is False else output
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        return output if return_dict else output.to_tuple()
 
     # Not `forward`: `apply_forward_hook` runs a model-offload hook's onloading first, as diffusers' VAEs do.
     @apply_forward_hook
@@ -320,15 +323,17 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             guidance_scale: classifier-free guidance s, logits = u + s (c - u) on a batched [cond; null] pass;
                 1.0 turns guidance (and the null pass) off.
             temperature, top_k, top_p: applied in that order to every sub-token's logits (top_k=0, top_p=1 off).
-            generator: torch.Generator for the draws, or a list of B (each sample from its own, so a sample does
-                not depend on its batch): one number per sub-token, drawn where the generator is, so a seed gives
+            generator: torch.Generator for the draws, or a list of B (each sample draws from its own, whatever
+                else is in the batch; its logits may still round differently at another batch size, as GEMMs of
+                other shapes do): one number per sub-token, drawn where the generator is, so a seed gives
                 the same draws on any device (`sampling.SEEDED_DRAWS`). None draws as torch.multinomial does from
                 the device's global generator (the noise it would use drawn position by position), as the official
                 samplers do.
             cfg_schedule: "constant", or "linear" (the scale ramps from 1 to s with the fraction of tokens done).
             use_cache: decode on preallocated static KV caches; False re-runs the whole prefix every step
-                (a slow reference that gives the same tokens).
-            callback: called as callback(position, tokens) after each position, e.g. for a progress bar.
+                (a slow reference that gives the same tokens up to the last bits of the logits).
+            callback: called as callback(position, tokens) after each position, e.g. for a progress bar; the
+                positions not yet sampled hold 0.
             compile: run each decoding position (embeddings, transformer stacks, norm, heads, guidance, warpers
                 and the k sub-token draws) as one `torch.compile` graph (needs a C++ compiler on CPU). The
                 first call compiles, which takes tens of seconds; later calls reuse the graph. Tokens can
@@ -342,7 +347,9 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         self.num_sampling_steps(num_inference_steps)
         device = sampling_device(self, device)
         labels = check_class_labels(class_labels, c.num_classes, device)
-        check_sampling_args(guidance_scale, temperature, top_k, top_p, c.vocab_size, cfg_schedule)
+        guidance_scale, temperature, top_k, top_p = check_sampling_args(
+            guidance_scale, temperature, top_k, top_p, c.vocab_size, cfg_schedule
+        )
         check_generators(generator, labels.shape[0])
         if compile and not use_cache:
             raise ValueError("compile=True compiles the cached decoding step; it needs use_cache=True")
@@ -391,7 +398,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         decode_position = _compiled_decode_position(device.type) if compile else _decode_position
         # Compiled graphs take positions and scales as tensors, so they neither bake them in nor recompile.
         positions = torch.arange(length, device=device)[:, None] if compile else range(length)
-        tokens = torch.empty(batch, k, length, dtype=torch.long, device=device)
+        tokens = torch.zeros(batch, k, length, dtype=torch.long, device=device)  # what a callback sees ahead
 
         # fp64 so guidance rounds as with a Python float; on the device, as CUDA graphs need every input there, and
         # made once: a copy from the host per position would make the host wait for the device every time

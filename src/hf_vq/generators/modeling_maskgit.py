@@ -17,6 +17,7 @@ from .blocks import LabelEmbedder, RMSNorm, TokenGridMixin, make_blocks, rope_2d
 from .configuration_maskgit import MaskGITConfig
 from .sampling import (
     Generators,
+    as_number,
     check_class_labels,
     check_generators,
     check_sampling_args,
@@ -100,6 +101,10 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
 
     def predict(self, input_ids: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
         """(B, k, N) ids, masked positions holding config.mask_token -> (B, k, N, vocab_size) float32 logits."""
+        c = self.config
+        input_ids = self._check_token_ids(input_ids, c.num_image_tokens, num_ids=c.mask_token + 1)
+        class_labels = check_class_labels(class_labels, c.num_classes, input_ids.device, input_ids.shape[0],
+                                          self.training)
         return self._predict(input_ids, class_labels, output_hidden_states=False)[0]
 
     def _predict(
@@ -161,8 +166,8 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
                 same grids gives the same loss each time (transformers' eval contract).
             output_hidden_states: also return the hidden states (see `MaskGITOutput`); default
                 `config.output_hidden_states`.
-            return_dict: False returns `MaskGITOutput.to_tuple()`: (loss, logits, masked_positions, hidden_states,
-                attentions) without the entries that are None.
+            return_dict: default `config.return_dict`; False returns `MaskGITOutput.to_tuple()`: (loss, logits,
+                masked_positions, hidden_states, attentions) without the entries that are None.
             output_attentions: also return the attention weights (see `MaskGITOutput`); needs
                 `attn_implementation="eager"`. Default `config.output_attentions`.
         """
@@ -170,7 +175,7 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         if output_hidden_states is None:
             output_hidden_states = c.output_hidden_states
         output_attentions = self._check_output_attentions(output_attentions)
-        self._check_token_ids(input_ids, min_length=c.num_image_tokens)
+        input_ids = self._check_token_ids(input_ids, min_length=c.num_image_tokens)
         batch = input_ids.shape[0]
         class_labels = check_class_labels(class_labels, c.num_classes, input_ids.device, batch, self.training)
         if masked_positions is None and generator is None and not self.training:
@@ -194,13 +199,21 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         loss = torch.stack(losses).mean()
         output = MaskGITOutput(loss=loss, logits=logits, masked_positions=masked_positions,
                                hidden_states=all_hidden_states, attentions=all_attentions)
-        return output.to_tuple() if return_dict is False else output
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        return output if return_dict else output.to_tuple()
 
     def num_sampling_steps(self, num_inference_steps: int | None = None) -> int:
-        """How many steps (callback calls) `sample` takes: `num_inference_steps`, default 12 (MaskGIT's)."""
-        steps = DEFAULT_NUM_STEPS if num_inference_steps is None else num_inference_steps
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        """How many steps (callback calls) `sample` takes: `num_inference_steps`, default 12 (MaskGIT's), at most
+        one per position."""
+        n = self.config.num_image_tokens
+        if num_inference_steps is None:
+            return min(DEFAULT_NUM_STEPS, n)
+        steps = as_number("num_inference_steps", num_inference_steps, integer=True)
+        if not 1 <= steps <= n:
+            raise ValueError(
+                f"num_inference_steps must lie in [1, {n}] (each step reveals at least one of the {n} positions), "
+                f"got {steps}"
+            )
         return steps
 
     # Not `forward`: `apply_forward_hook` runs a model-offload hook's onloading first, as diffusers' VAEs do.
@@ -239,8 +252,11 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         if compile:
             raise ValueError("compile=True is for AR generators (FAR/GPT); MaskGIT samples eagerly")
         labels = check_class_labels(class_labels, c.num_classes, device)
-        check_sampling_args(guidance_scale, temperature, top_k, top_p, c.vocab_size, cfg_schedule)
+        guidance_scale, temperature, top_k, top_p = check_sampling_args(
+            guidance_scale, temperature, top_k, top_p, c.vocab_size, cfg_schedule
+        )
         check_generators(generator, labels.shape[0])
+        choice_temperature = as_number("choice_temperature", choice_temperature)
         if not choice_temperature >= 0:
             raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature}")
         warpers = logits_warpers(temperature, top_k, top_p)
@@ -253,7 +269,7 @@ class MaskGITForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
         unknown = torch.ones(batch, n, dtype=torch.bool, device=device)
         with eval_mode(self):
             for step, num_masked in enumerate(masking_schedule(n, num_steps)):
-                logits = self.predict(torch.cat([tokens, tokens]) if use_cfg else tokens, labels)
+                logits = self._predict(torch.cat([tokens, tokens]) if use_cfg else tokens, labels, False)[0]
                 if use_cfg:
                     logits = guide(logits, guidance_scale_at(guidance_scale, cfg_schedule, 1 - num_masked / n))
                 logits = warp(logits.flatten(0, 2), warpers)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import nn
 from transformers.generation.logits_process import (
@@ -91,6 +93,17 @@ def check_class_labels(
     return labels.long()
 
 
+def as_number(name: str, value: object, integer: bool = False) -> int | float:
+    """`value` as a Python int (`integer`) or finite float, taking numpy scalars and one-element tensors as well;
+    a clear error for anything else (bools included)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 or isinstance(value, np.ndarray) and value.size == 1:
+        value = value.item()
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, kind) or not math.isfinite(value):
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a finite number'}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
 def check_sampling_args(
     guidance_scale: float,
     temperature: float,
@@ -98,13 +111,17 @@ def check_sampling_args(
     top_p: float,
     vocab_size: int,
     cfg_schedule: str = "constant",
-) -> None:
-    """Raise a clear error for sampling settings that cannot be honoured."""
-    for name, value in (("guidance_scale", guidance_scale), ("temperature", temperature), ("top_p", top_p)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int):
-        raise ValueError(f"top_k must be an integer in [0, {vocab_size}] (0 disables it), got {top_k!r}")
+) -> tuple[float, float, int, float]:
+    """The sampling settings as Python numbers `(guidance_scale, temperature, top_k, top_p)`; a clear error for
+    settings that cannot be honoured."""
+    guidance_scale, temperature, top_p = (
+        as_number(name, value) for name, value in
+        (("guidance_scale", guidance_scale), ("temperature", temperature), ("top_p", top_p))
+    )
+    try:
+        top_k = as_number("top_k", top_k, integer=True)
+    except ValueError:
+        raise ValueError(f"top_k must be an integer in [0, {vocab_size}] (0 disables it), got {top_k!r}") from None
     if not guidance_scale >= 0:
         raise ValueError(f"guidance_scale must be >= 0 (1.0 disables guidance), got {guidance_scale}")
     if not temperature > 0:
@@ -115,6 +132,7 @@ def check_sampling_args(
         raise ValueError(f"top_p must lie in (0, 1] (1 disables it), got {top_p}")
     if cfg_schedule not in CFG_SCHEDULES:
         raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {cfg_schedule!r}")
+    return guidance_scale, temperature, top_k, top_p
 
 
 def logits_warpers(temperature: float, top_k: int, top_p: float) -> list[LogitsProcessor]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from importlib.resources import files
 from typing import Any
 
@@ -16,7 +16,8 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 from diffusers.utils import logging
 
 from ..generators import GENERATOR_CLASSES, ClassConditionalGeneratorConfig
-from ..tokenizers import AutoImageTokenizer, ImageTokenizerMixin
+from ..generators.sampling import as_number
+from ..tokenizers import TOKENIZER_CLASSES, AutoImageTokenizer, ImageTokenizerMixin
 from ..utils import check_output_dir, save_pretrained_atomic
 
 logger = logging.get_logger(__name__)
@@ -133,16 +134,29 @@ class FQGANPipeline(DiffusionPipeline):
     def __init__(self, vqvae: ImageTokenizerMixin, transformer: torch.nn.Module, id2label: dict | None = None):
         super().__init__()
         check_components(vqvae, transformer)
-        id2label = _labels_within({int(k): v for k, v in (id2label or {}).items()}, transformer.config.num_classes)
+        # Built from components alone (`FQGANPipeline(**pipe.components)`), the pipeline keeps the generator's names.
+        id2label = id2label or config_labels(transformer.config)
+        id2label = _labels_within({int(k): v for k, v in id2label.items()}, transformer.config.num_classes)
         if id2label:  # transformers' place for class names, so the generator alone (AutoModel) has them too
             transformer.config.id2label = id2label
             transformer.config.label2id = {name: i for i, name in id2label.items()}
         self.register_modules(vqvae=vqvae, transformer=transformer)
         self.register_to_config(id2label=id2label)
-        self.labels = {
-            name.strip().lower(): int(i) for i, names in id2label.items() for name in names.split(",") if name.strip()
-        }
+        ids_of: dict[str, list[int]] = {}
+        for i, names in id2label.items():
+            for name in {n.strip().lower() for n in names.split(",")} - {""}:
+                ids_of.setdefault(name, []).append(int(i))
+        self.labels = {name: ids[0] for name, ids in ids_of.items() if len(ids) == 1}
+        # Names that several classes share (ImageNet's "crane": a bird and a machine) are asked for by id.
+        self.shared_labels = {name: ids for name, ids in ids_of.items() if len(ids) > 1}
         self.image_processor = VaeImageProcessor(do_resize=False)
+
+    @classmethod
+    def _get_signature_types(cls) -> dict[str, tuple[type, ...]]:
+        # diffusers checks a component against these types by exact class (`from_pipe` keeps a model component only
+        # if `type(component)` is listed): the registered tokenizer and generator classes, not the abstract contract.
+        types = super()._get_signature_types()
+        return {**types, "vqvae": tuple(TOKENIZER_CLASSES), "transformer": tuple(GENERATOR_CLASSES)}
 
     @classmethod
     def _dict_from_json_file(cls, json_file: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
@@ -215,7 +229,10 @@ class FQGANPipeline(DiffusionPipeline):
         """Class names (case-insensitive) or ids -> ids, with a clear error listing close matches."""
         if isinstance(labels, (torch.Tensor, np.ndarray)):
             labels = labels.reshape(-1).tolist()  # as DiTPipeline takes a tensor of ids, whatever its shape
-        labels = list(labels) if isinstance(labels, (list, tuple)) else [labels]
+        if isinstance(labels, (Set, Mapping)):
+            raise TypeError(f"class labels must come in order (a list, tuple, range or tensor), got a "
+                            f"{type(labels).__name__}")
+        labels = [labels] if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable) else list(labels)
         num_classes = self.transformer.config.num_classes
         ids = []
         for label in labels:
@@ -225,6 +242,9 @@ class FQGANPipeline(DiffusionPipeline):
                 raise TypeError(f"class labels are ids (int) or names (str), got {label!r} ({type(label).__name__})")
             if isinstance(label, str) and not label.strip().removeprefix("-").isdigit():
                 key = label.strip().lower()
+                if key in self.shared_labels:
+                    raise ValueError(f"the class name {label!r} is shared by classes "
+                                     f"{', '.join(map(str, self.shared_labels[key]))}: ask for one of them by id")
                 if key not in self.labels:
                     close = [self._label_name(c) for c in difflib.get_close_matches(key, self.labels, n=5, cutoff=0.5)]
                     hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
@@ -266,7 +286,9 @@ class FQGANPipeline(DiffusionPipeline):
             guidance_scale: classifier-free guidance scale (1.0 = none).
             temperature, top_k, top_p: sampling knobs per sub-token (top_k=0 and top_p=1.0 disable them).
             generator: a `torch.Generator` for reproducible samples, or a list with one per image (as in
-                diffusers), which makes each image independent of the others in the batch.
+                diffusers): each image's random draws are then its own, whatever else is in the batch (its logits
+                may still differ in the last bits between batch sizes, as any GEMM of another shape rounds
+                differently, and so flip a near-tied token).
             num_inference_steps: parallel decoding steps of a NAR generator (default: the model's); an AR
                 generator decodes one position per step and accepts only None.
             output_type: "pil", "np" or "pt" for images in [0, 1]; "latent" for the (B, k, h, w) token grids.
@@ -274,7 +296,7 @@ class FQGANPipeline(DiffusionPipeline):
                 seconds), later calls of the same shapes are faster.
             callback_on_step_end: as in diffusers pipelines, called as `callback_on_step_end(pipe, step, step,
                 {"tokens": tokens})` after each sampling step; `tokens` is the (B, k, N) grid so far (not yet
-                sampled entries: unspecified for AR, the mask id for NAR). It may read `pipe.guidance_scale`,
+                sampled entries: 0 for AR, the mask id for NAR). It may read `pipe.guidance_scale`,
                 `pipe.do_classifier_free_guidance` and `pipe.num_timesteps`; it observes only: returning changed
                 tokens, or changing the guidance scale, raises an error.
             callback_on_step_end_tensor_inputs: the tensors passed to the callback; only "tokens" exists.
@@ -286,9 +308,9 @@ class FQGANPipeline(DiffusionPipeline):
             raise ValueError(
                 f"callback_on_step_end_tensor_inputs can hold {self._callback_tensor_inputs}, got {sorted(unknown)}"
             )
-        count = num_images_per_label
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"num_images_per_label must be an integer >= 1, got {num_images_per_label!r}")
+        num_images_per_label = as_number("num_images_per_label", num_images_per_label, integer=True)
+        if num_images_per_label < 1:
+            raise ValueError(f"num_images_per_label must be an integer >= 1, got {num_images_per_label}")
         steps = self.transformer.num_sampling_steps(num_inference_steps)  # also refuses a bad step count
         ids = torch.tensor(self.get_label_ids(class_labels), device=self._execution_device)
         ids = ids.repeat_interleave(num_images_per_label)
@@ -308,13 +330,17 @@ class FQGANPipeline(DiffusionPipeline):
                 bar.update()
                 if callback_on_step_end is None:
                     return
-                returned = callback_on_step_end(self, step, step, {"tokens": tokens}) or {}
+                # A copy, compared afterwards: a callback that edits it in place is refused like one that returns
+                # changed tokens, not fed back into sampling.
+                seen = tokens.clone()
+                returned = callback_on_step_end(self, step, step, {"tokens": seen}) or {}
                 # Refused loudly rather than ignored: the samplers fix the guidance for the whole call, and an AR
                 # generator's KV cache already holds the tokens a callback would replace.
-                changed = returned.get("tokens", tokens)
-                if changed is not tokens and not torch.equal(changed, tokens):
-                    raise ValueError("callback_on_step_end returned changed tokens; hf_vq's samplers do not take "
-                                     "tokens back from a callback, which may only observe them")
+                changed = returned.get("tokens", seen)
+                if not torch.equal(changed, tokens):
+                    raise ValueError("callback_on_step_end changed the tokens (in what it returned, or in place); "
+                                     "hf_vq's samplers do not take tokens back from a callback, which may only "
+                                     "observe them")
                 if self._guidance_scale != guidance_scale:
                     raise ValueError(f"callback_on_step_end changed the guidance scale to {self._guidance_scale}; it "
                                      "is fixed for a whole call: pass guidance_scale to the call instead")
@@ -362,10 +388,16 @@ def assemble_pipeline(
     return pipe
 
 
+def config_labels(config: ClassConditionalGeneratorConfig) -> dict[int, str]:
+    """The class names a generator's config holds (`id2label`), without transformers' `LABEL_<i>` placeholders."""
+    names = {int(i): name for i, name in (config.id2label or {}).items()}
+    return {} if names == {i: f"LABEL_{i}" for i in names} else names
+
+
 def default_labels(config: ClassConditionalGeneratorConfig) -> dict[int, str]:
     """The class names of a generator given none: its config's, ImageNet's for 1000 classes, else none."""
-    names = {int(i): name for i, name in (config.id2label or {}).items()}
-    if names and names != {i: f"LABEL_{i}" for i in names}:  # transformers' placeholders are no names
+    names = config_labels(config)
+    if names:
         return names
     if config.num_classes == 1000:
         return load_id2label()

@@ -79,16 +79,19 @@ class Quantizer(nn.Module):
         if not z.dtype.is_floating_point:
             raise TypeError(f"latents must be a floating-point tensor, got {z.dtype}")
 
-    def check_indices(self, indices: torch.Tensor, ndim: int | None = None) -> None:
-        """Raise a clear error for indices that are not integers in [0, codebook_size) (with `ndim` dims if given)."""
+    def check_indices(self, indices: torch.Tensor, ndim: int | None = None) -> torch.LongTensor:
+        """The indices as a long tensor (uint8 ones would index as a mask); a clear error unless they are integers
+        in [0, codebook_size) (with `ndim` dims if given)."""
         if ndim is not None and indices.ndim != ndim:
             raise ValueError(f"indices must have {ndim} dimensions, got shape {tuple(indices.shape)}")
-        if indices.dtype.is_floating_point or indices.dtype == torch.bool:
+        if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
             raise TypeError(f"indices must be an integer tensor, got {indices.dtype}")
+        indices = indices.long()
         if not indices.numel() or not may_read_values(indices.device):
-            return
+            return indices
         if int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size:
             raise ValueError(
                 f"indices must lie in [0, {self.codebook_size}), got values in "
                 f"[{int(indices.min())}, {int(indices.max())}]"
             )
+        return indices

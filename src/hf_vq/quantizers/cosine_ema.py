@@ -121,7 +121,7 @@ class CosineEMAQuantizer(Quantizer):
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, H, W) long indices -> (B, D, H, W) unit-norm codes."""
-        self.check_indices(indices, ndim=3)
+        indices = self.check_indices(indices, ndim=3)
         return self.embedding()[indices].permute(0, 3, 1, 2)
 
     @staticmethod

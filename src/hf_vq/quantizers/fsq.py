@@ -66,7 +66,7 @@ class FSQ(Quantizer):
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, H, W) long indices -> (B, D, H, W) codes."""
-        self.check_indices(indices, ndim=3)
+        indices = self.check_indices(indices, ndim=3)
         half_width = self.levels // 2
         digits = (indices.unsqueeze(-1) // self.basis) % self.levels
         return ((digits - half_width) / half_width).permute(0, 3, 1, 2)

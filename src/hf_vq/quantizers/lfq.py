@@ -68,7 +68,7 @@ class LFQ(Quantizer):
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, H, W) long indices -> (B, D, H, W) codes in {-1, +1}."""
-        self.check_indices(indices, ndim=3)
+        indices = self.check_indices(indices, ndim=3)
         return self._bits_to_codes(indices).permute(0, 3, 1, 2)
 
     def _bits_to_codes(self, indices: torch.Tensor) -> torch.Tensor:

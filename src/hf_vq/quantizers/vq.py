@@ -136,7 +136,7 @@ class VectorQuantizer(Quantizer):
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, H, W) long indices -> (B, D, H, W) codes."""
-        self.check_indices(indices, ndim=3)
+        indices = self.check_indices(indices, ndim=3)
         return self.codebook()[indices].permute(0, 3, 1, 2)
 
     def used_codes(self) -> torch.Tensor:

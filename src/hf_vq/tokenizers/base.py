@@ -201,7 +201,10 @@ class ImageTokenizerMixin(metaclass=abc.ABCMeta):
     @apply_forward_hook
     @torch.no_grad()
     def tokenize(self, pixel_values: torch.Tensor) -> torch.LongTensor:
-        """(B, C, H, W) images in [-1, 1] -> (B, k, h, w) indices."""
+        """(B, C, H, W) images in [-1, 1] -> (B, k, h, w) indices; floating-point images are first cast to the
+        model's dtype, as diffusers pipelines cast what they hand a VAE (`encode` takes them as they are)."""
+        if isinstance(pixel_values, torch.Tensor) and pixel_values.is_floating_point():
+            pixel_values = pixel_values.to(self.dtype)
         return self.encode(pixel_values).indices
 
     @apply_forward_hook

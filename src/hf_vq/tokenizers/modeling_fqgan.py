@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
 from ..quantizers import FactorizedQuantizer, build_quantizer
@@ -246,6 +247,7 @@ class FQGANTokenizer(ImageTokenizerMixin, ModelMixin, ConfigMixin):
         """Codebook size of each sub-codebook."""
         return [q.codebook_size for q in self.quantize.codebooks]
 
+    @apply_forward_hook
     def encode(self, pixel_values: torch.Tensor, return_dict: bool = True) -> FQGANEncoderOutput | tuple:
         """Images -> quantized latents and indices."""
         self.check_pixels(pixel_values)
@@ -256,6 +258,7 @@ class FQGANTokenizer(ImageTokenizerMixin, ModelMixin, ConfigMixin):
         )
         return out if return_dict else out.to_tuple()
 
+    @apply_forward_hook
     def decode(self, latents: torch.Tensor, return_dict: bool = True) -> TokenizerDecoderOutput | tuple:
         """Quantized latents (B, k*D, h, w) -> images (not clamped)."""
         expected = self.post_quant_conv.in_channels
@@ -264,6 +267,7 @@ class FQGANTokenizer(ImageTokenizerMixin, ModelMixin, ConfigMixin):
         sample = self.decoder(self.post_quant_conv(latents))
         return TokenizerDecoderOutput(sample=sample) if return_dict else (sample,)
 
+    @apply_forward_hook
     def indices_to_latents(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, k, h, w) indices -> (B, k*D, h, w) quantized latents."""
         self.check_indices(indices)

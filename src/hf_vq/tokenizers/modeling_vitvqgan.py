@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
 from ..quantizers import build_quantizer
@@ -136,6 +137,7 @@ class ViTVQGANTokenizer(ImageTokenizerMixin, ModelMixin, ConfigMixin):
     def codebook_sizes(self) -> list[int]:
         return [self.quantize.codebook_size]
 
+    @apply_forward_hook
     def encode(self, pixel_values: torch.Tensor, return_dict: bool = True) -> TokenizerEncoderOutput | tuple:
         """Images -> (B, code_dim, h, w) unit-norm codes and (B, 1, h, w) indices."""
         self.check_pixels(pixel_values)
@@ -146,6 +148,7 @@ class ViTVQGANTokenizer(ImageTokenizerMixin, ModelMixin, ConfigMixin):
                                      usage=[q.usage])
         return out if return_dict else out.to_tuple()
 
+    @apply_forward_hook
     def decode(self, latents: torch.Tensor, return_dict: bool = True) -> TokenizerDecoderOutput | tuple:
         """Codes (B, code_dim, h, w) -> (B, C, h * patch_size, w * patch_size) images (not clamped)."""
         code_dim = self.quantize.dim
@@ -159,6 +162,7 @@ class ViTVQGANTokenizer(ImageTokenizerMixin, ModelMixin, ConfigMixin):
         sample = F.pixel_shuffle(patches.transpose(1, 2).reshape(latents.shape[0], -1, h, w), self.config.patch_size)
         return TokenizerDecoderOutput(sample=sample) if return_dict else (sample,)
 
+    @apply_forward_hook
     def indices_to_latents(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, 1, h, w) indices -> (B, code_dim, h, w) unit-norm codes."""
         self.check_indices(indices)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
 from ..quantizers import build_quantizer
@@ -136,6 +137,7 @@ class VQKDTokenizer(ImageTokenizerMixin, ModelMixin, ConfigMixin):
                 "`examples/train_vqkd_pixel_decoder.py --tokenizer FOLDER ...`"
             )
 
+    @apply_forward_hook
     def encode(self, pixel_values: torch.Tensor, return_dict: bool = True) -> TokenizerEncoderOutput | tuple:
         """Images -> (B, D, h, w) unit-norm codes and (B, 1, h, w) indices."""
         self.check_pixels(pixel_values)
@@ -146,12 +148,14 @@ class VQKDTokenizer(ImageTokenizerMixin, ModelMixin, ConfigMixin):
                                      usage=[q.usage])
         return out if return_dict else out.to_tuple()
 
+    @apply_forward_hook
     def decode(self, latents: torch.Tensor, return_dict: bool = True) -> TokenizerDecoderOutput | tuple:
         """Codes (B, D, h, w) -> images through the pixel decoder (not clamped)."""
         self.check_can_decode()
         sample = self.image_decoder(self.post_quant_conv(latents))
         return TokenizerDecoderOutput(sample=sample) if return_dict else (sample,)
 
+    @apply_forward_hook
     def indices_to_latents(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, 1, h, w) indices -> (B, D, h, w) codes."""
         self.check_indices(indices)
