@@ -138,6 +138,9 @@ def test_a_config_changed_after_it_was_built_is_checked_before_the_model_is_buil
 
 def test_resizing_the_vocabulary_is_refused_and_changes_nothing():
     model = tiny_model(2)
+    assert not model.can_generate()
+    with pytest.raises(NotImplementedError, match=r"model.sample\(class_labels"):
+        model.generate(torch.tensor([[0]]))
     before = {name: p.clone() for name, p in model.state_dict().items()}
     with pytest.raises(NotImplementedError, match="cannot resize its vocabulary"):
         model.resize_token_embeddings(VOCAB + 4)
@@ -766,6 +769,11 @@ def test_gemm_layout_keeps_values_and_tokens(monkeypatch, tmp_path):
     model.eval()
     tokens = model.sample([0, 1], guidance_scale=2.0, generator=torch.Generator().manual_seed(3))
     assert not all(m.weight.is_contiguous() for m in linears)
+    state = model.state_dict()  # contiguous copies, as safetensors needs, of the same values
+    save_file(state, tmp_path / "eval.safetensors")
+    assert all(torch.equal(state[name], p) for name, p in model.named_parameters())
+    kept = model.state_dict(keep_vars=True)  # the parameters themselves
+    assert all(kept[name] is p for name, p in model.named_parameters())
     model.train()
     assert all(m.weight.is_contiguous() for m in linears)
     model.sample([0, 1], guidance_scale=2.0)

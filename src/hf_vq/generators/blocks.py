@@ -459,6 +459,14 @@ class TokenGridMixin:
         `token_embeddings[1:]`. One registered table, so that FSDP can shard it as a unit of its own."""
         return self.token_embeddings[0]
 
+    def generate(self, *args: Any, **kwargs: Any) -> None:
+        """Refused with a pointer to `sample`: transformers' `generate` decodes text, one token per step."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no transformers `generate` (its tokens are (k, N) grids drawn per class): "
+            "sample them with model.sample(class_labels, guidance_scale=..., generator=...), or images with "
+            "FQGANPipeline(vqvae=tokenizer, transformer=model)(class_labels)"
+        )
+
     def resize_token_embeddings(self, *args: Any, **kwargs: Any) -> None:
         """Refused: the vocabulary is the tokenizer's codebook, held by k tables and k heads (MaskGIT's tables with a
         mask row), which transformers' resizing of one table would leave inconsistent."""

@@ -64,9 +64,9 @@ def set_gemm_layout(model: nn.Module, rows: int | None) -> None:
     input-major at any size, so it is left alone, and so are the weights that `prepared_for_decoding` packs. Only
     strides change, never values, so the sampled tokens do not. Weights are re-laid out one at a time and no copy
     is kept, so memory grows by one weight matrix at most. Generators keep the layout while in eval mode (repeated
-    sampling pays for the copies once) and restore the row-major layout in `train()`. `save_pretrained` accepts
-    either layout; code that needs contiguous tensors (safetensors' `save_file`, `parameters_to_vector`) can call
-    `set_gemm_layout(model, None)` first.
+    sampling pays for the copies once) and restore the row-major layout in `train()`; their `state_dict()` holds
+    contiguous copies of re-laid weights (`contiguous_state_dict`), as safetensors' `save_file` needs. Code that
+    views the parameters themselves as flat (`parameters_to_vector`) can call `set_gemm_layout(model, None)` first.
     """
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears or not _on_cpu(model):
@@ -79,6 +79,14 @@ def set_gemm_layout(model: nn.Module, rows: int | None) -> None:
             m.weight.data = weight.t().contiguous().t()
         elif not input_major and not weight.is_contiguous():
             m.weight.data = weight.contiguous()
+
+
+def contiguous_state_dict(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """A `register_state_dict_post_hook` hook: contiguous copies of the weights `set_gemm_layout` laid out input-major
+    (never of `keep_vars` parameters, which must stay the module's own)."""
+    for key, value in state_dict.items():
+        if key.startswith(prefix) and not isinstance(value, nn.Parameter) and not value.is_contiguous():
+            state_dict[key] = value.contiguous()
 
 
 @contextmanager

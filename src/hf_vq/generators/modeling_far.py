@@ -213,6 +213,7 @@ class FARForClassConditionalGeneration(TokenGridMixin, PreTrainedModel):
             self.ar_head = make_blocks(config, config.num_head_layers)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self._add_token_modules(config.vocab_size)
+        self.register_state_dict_post_hook(cpu_decoding.contiguous_state_dict)  # after sampling on a CPU
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
