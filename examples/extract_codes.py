@@ -20,12 +20,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer", required=True, help="a saved tokenizer folder or Hub id")
     p.add_argument("--output_dir", required=True)
-    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--dataset", "--dataset_name", "--train_data_dir", dest="dataset", default="fashion-mnist",
+                   help="'fashion-mnist', an imagefolder path or a Hub id (diffusers' flag names work too)")
     p.add_argument("--split", default="train")
     p.add_argument("--image_column", default=None)
     p.add_argument("--label_column", default=None)
     p.add_argument("--skip_corrupt", action="store_true")
-    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--resolution", type=int, default=None,
+                   help="side of the square images tokenized; default: the tokenizer's sample_size")
     p.add_argument("--no_flip", action="store_true", help="do not add the horizontally flipped copy")
     p.add_argument("--batch_size", type=int, default=256)
     p.add_argument("--overwrite", action="store_true")
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> Path:
     check_output_dir(output_dir, args.overwrite)
     tokenizer = AutoImageTokenizer.from_pretrained(args.tokenizer).eval()
     dataset = load_image_dataset(args.dataset, args.split, args.image_column, args.label_column, args.skip_corrupt)
-    table = extract_codes(tokenizer, dataset, args.resolution, flip=not args.no_flip, batch_size=args.batch_size)
+    resolution = tokenizer.sample_size if args.resolution is None else args.resolution
+    table = extract_codes(tokenizer, dataset, resolution, flip=not args.no_flip, batch_size=args.batch_size)
     with atomic_directory(output_dir, "extract_codes", args.overwrite) as tmp:
         table.save_to_disk(str(tmp))
     k, n = table.features["codes"].shape

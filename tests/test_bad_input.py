@@ -148,6 +148,7 @@ def codes(tmp_path, imagefolder):
 @pytest.mark.parametrize("overrides,message", [
     (dict(num_codebooks=1), "holds codes of 2 sub-codebooks, but --tokenizer .* has 1"),
     (dict(quantizer={"kind": "vq", "codebook_size": 8, "dim": 4}), r"holds code \d+, beyond"),
+    (dict(), r"was extracted by a tokenizer with other weights than --tokenizer .*other \(weights sha256"),
 ])
 def test_generator_training_checks_the_tokenizer_against_the_codes(codes, overrides, message):
     FQGANTokenizer.from_preset("tiny", **overrides).save_pretrained(codes / "other")

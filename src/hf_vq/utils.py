@@ -18,7 +18,10 @@ import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported where it is used: this module serves light commands too
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +31,17 @@ OUTPUT_MARKER = ".hf_vq-output.json"
 
 
 _HUB_ID = re.compile(r"^\w[\w.-]*(/\w[\w.-]*)?$")
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of every parameter and buffer, names included: equal digests mean bit-identical weights."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def file_sha256(path: str | os.PathLike) -> str:

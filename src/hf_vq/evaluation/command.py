@@ -201,7 +201,7 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
     """`hf-vq evaluate pipeline` (under `accelerate launch`, sampling is sharded over the processes)."""
 
     from ..pipelines import bundled_model_path, load_pipeline
-    from ..utils import check_device_flag
+    from ..utils import check_device_flag, weights_digest
     from .feature_sets import dataset_images, feature_set_of_images
     from .perplexity import validation_perplexity
     from .reports import PROTOCOL, evaluate_generation
@@ -234,7 +234,9 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
     network.check_enough_images(num_classes * args.per_class, f"--per_class {args.per_class} x {num_classes} classes")
     if args.reference_max_images is not None and not args.reference:
         network.check_enough_images(args.reference_max_images, f"--reference_max_images {args.reference_max_images}")
-    settings = {"pipeline": model, **recorded}
+    # The weights, not only the path: a folder rewritten by a resumed run must not finish the old model's samples.
+    weights = {name: weights_digest(getattr(pipe, name)) for name in ("transformer", "vqvae")}
+    settings = {"pipeline": model, "weights_sha256": weights, **recorded}
     ppl_data = None  # loaded and checked before sampling, so a bad held-out set fails before the long part
     if args.ppl_split != "none" and autoregressive:
         size = pipe.transformer.config.grid_size * pipe.vqvae.downsample_factor

@@ -15,7 +15,6 @@ token that every position attends to, and the probe would read the label instead
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -30,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..generators.sampling import eval_mode
-from ..utils import DefaultsHelpFormatter, add_overwrite_argument, device_arg, error_line
+from ..utils import DefaultsHelpFormatter, add_overwrite_argument, device_arg, error_line, weights_digest
 from .images import from_uint8
 
 DEFAULT_WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -294,15 +293,6 @@ def linear_probe(
 
 
 # ---------------------------------------------------------------- command line
-
-
-def weights_digest(module: nn.Module) -> str:
-    """sha256 of every parameter and buffer, names included: equal digests mean bit-identical weights."""
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def plot_probe(result: LinearProbeResult, path: Path, title: str) -> bool:

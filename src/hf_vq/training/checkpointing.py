@@ -84,6 +84,16 @@ def prepare_run_dir(
             checkpoint = Path(resume)
             if not checkpoint.is_dir():
                 raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
+            if not _CHECKPOINT.match(checkpoint.name):
+                raise ValueError(f"--resume_from_checkpoint {resume} is not a checkpoint-<step> folder (a run keeps "
+                                 "them in its output folder); give one of those, or 'latest'")
+            later = [p.name for p in list_checkpoints(root) if checkpoint_step(p) > checkpoint_step(checkpoint)]
+            if later:
+                # Kept, they would outlive the resumed run's own checkpoints in pruning and be taken as "latest".
+                raise ValueError(
+                    f"--resume_from_checkpoint {resume}: {root} holds later checkpoints ({', '.join(later)}) of the "
+                    "run being branched from; move them out of the folder first, or resume with 'latest'"
+                )
     elif list_checkpoints(root):
         raise ValueError(
             f"{root} already holds checkpoints of this run; pass --resume_from_checkpoint latest to continue it, "
@@ -218,7 +228,7 @@ def check_run_arguments(args: argparse.Namespace) -> None:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
-        raise ValueError(f"--checkpoints_total_limit must be >= 1 (or left out), got {args.checkpoints_total_limit}")
+        raise ValueError(f"--checkpoints_total_limit must be >= 1, got {args.checkpoints_total_limit}")
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise ValueError(f"--max_minutes must be > 0, got {args.max_minutes}")
     if not 0 <= args.ema_decay < 1:
@@ -256,7 +266,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, checkpointing_steps: int 
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataloader_num_workers", type=int, default=0)
     p.add_argument("--checkpointing_steps", type=int, default=checkpointing_steps)
-    p.add_argument("--checkpoints_total_limit", type=int, default=2)
+    p.add_argument("--checkpoints_total_limit", type=int, default=2,
+                   help="keep this many latest checkpoints, deleting older ones (default 2)")
     p.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
     p.add_argument("--validation_steps", type=int, default=checkpointing_steps, help="save a sample grid every N steps")
     p.add_argument("--logging_steps", type=int, default=50)
@@ -276,6 +287,10 @@ def start_run(args: argparse.Namespace, name: str, run_identity: dict) -> Accele
         project_dir=args.output_dir,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        # accelerate turns fp16 autocast off on a CPU without a word: the run would train in fp32 as if asked to
+        raise ValueError("--mixed_precision fp16 is not run on a CPU (accelerate trains in fp32 there): pass bf16, "
+                         "or no")
     if accelerator.is_main_process:
         write_run_identity(args.output_dir, run_identity)
         hparams = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
@@ -287,6 +302,11 @@ def resume_step(accelerator: Accelerator, checkpoint: Path | None) -> int:
     """Load a checkpoint's state (models, optimizers, schedulers, EMA, RNG) and return its step (0 without one)."""
     if checkpoint is None:
         return 0
+    # accelerate counts the registered objects (the EMA weights) against the saved ones and raises a bare count.
+    saved, registered = len(list(checkpoint.glob("custom_checkpoint_*.pkl"))), len(accelerator._custom_objects)
+    if saved != registered:
+        was = "with" if saved > registered else "without"
+        raise ValueError(f"{checkpoint} was saved {was} --use_ema: resume it {was} --use_ema, as it was trained")
     accelerator.load_state(str(checkpoint))
     accelerator.print(f"resumed from {checkpoint}")
     return checkpoint_step(checkpoint)

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
-from datasets import Array2D, ClassLabel, Dataset, Features, Value
+from datasets import Array2D, ClassLabel, Dataset, DatasetInfo, Features, Value
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..utils import weights_digest
 from .data import ImageTransform, collate, id2label_from_dataset, with_image_transform
+
+CODES_TOKENIZER_KEY = "hf_vq_tokenizer_weights_sha256"
+
+
+def codes_tokenizer_digest(codes: Dataset) -> str | None:
+    """The `weights_digest` of the tokenizer that made a codes table (None for tables written before it was kept)."""
+    try:
+        return json.loads(codes.info.description or "{}").get(CODES_TOKENIZER_KEY)
+    except (json.JSONDecodeError, AttributeError):
+        return None
 
 
 @torch.no_grad()
@@ -21,6 +34,7 @@ def extract_codes(
         raise ValueError("class-conditional generators need labels: the dataset has no label column")
     id2label = id2label_from_dataset(dataset)
     tokenizer.eval()
+    made_by = weights_digest(tokenizer)  # before tokenizing: what the tokenizer was when it was given
     transform = ImageTransform(resolution, channels=tokenizer.in_channels)
     loader = DataLoader(with_image_transform(dataset, transform), batch_size=batch_size, collate_fn=collate)
     codes, labels, flipped = [], [], []
@@ -40,6 +54,9 @@ def extract_codes(
         "label": ClassLabel(names=[id2label[i] for i in sorted(id2label)]),
         "flipped": Value("bool"),
     })
+    # Which tokenizer made them, saved with the table: a generator trained on them must be decoded by that one.
+    info = DatasetInfo(description=json.dumps({CODES_TOKENIZER_KEY: made_by}), features=features)
     return Dataset.from_dict(
-        {"codes": codes.numpy(), "label": torch.cat(labels).tolist(), "flipped": flipped}, features=features
+        {"codes": codes.numpy(), "label": torch.cat(labels).tolist(), "flipped": flipped}, features=features,
+        info=info,
     )

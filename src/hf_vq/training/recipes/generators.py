@@ -29,10 +29,11 @@ from ...generators import (
 )
 from ...pipelines import FQGANPipeline, check_tokenizer_fits
 from ...tokenizers import AutoImageTokenizer
-from ...utils import save_image, save_pretrained_atomic
+from ...utils import save_image, save_pretrained_atomic, weights_digest
+from ..codes import codes_tokenizer_digest
 from ..loop import Phase, TrainingRecipe
 from ..optim import param_groups
-from ..pretrained import add_model_source_arguments, pretrained_source, read_model_config
+from ..pretrained import add_model_source_arguments, describe_source, pretrained_source, read_model_config
 from .tokenizer_gan import fine_tuning_identity
 
 
@@ -78,7 +79,8 @@ class GeneratorRecipe(TrainingRecipe):
         for name, value in derived.items():
             if self.model_kwargs.setdefault(name, value) != value:
                 raise ValueError(
-                    f"--model_config sets {name}={self.model_kwargs[name]} but the codes/tokenizer give {value}"
+                    f"{describe_source(args, 'model_config')} sets {name}={self.model_kwargs[name]} but the "
+                    f"codes/tokenizer give {value}"
                 )
         self.config = self.config_class(**self.model_kwargs)
         check_tokenizer_fits(self.tokenizer, self.config)
@@ -91,6 +93,12 @@ class GeneratorRecipe(TrainingRecipe):
                 f"{args.codes_dir} holds code {highest}, beyond the tokenizer's codebook of {self.config.vocab_size}; "
                 "were the codes extracted with another tokenizer?"
             )
+        made_by = codes_tokenizer_digest(self.codes)
+        if made_by is not None and made_by != weights_digest(self.tokenizer):
+            raise ValueError(f"{args.codes_dir} was extracted by a tokenizer with other weights than --tokenizer "
+                             f"{args.tokenizer} (weights sha256 {made_by[:12]}..., not "
+                             f"{weights_digest(self.tokenizer)[:12]}...): a generator trained on them would be decoded "
+                             "by the wrong tokenizer; give the one they came from, or extract them again")
 
     def _saved_config(self, name: str, subfolder: str | None) -> dict[str, Any]:
         """The config kwargs of a saved generator, refused when it is another kind than this recipe trains."""

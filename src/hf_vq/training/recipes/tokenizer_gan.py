@@ -8,6 +8,7 @@ adaptive weight. The final tokenizer is saved to <output_dir>/tokenizer.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -72,7 +73,8 @@ def add_image_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image_column", default=None)
     p.add_argument("--label_column", default=None)
     p.add_argument("--skip_corrupt", action="store_true", help="drop unreadable images instead of stopping")
-    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--resolution", type=int, default=None,
+                   help="side of the square training images; default: the tokenizer's sample_size")
     p.add_argument("--random_flip", action="store_true", help="flip each training image left-right with p=0.5")
 
 
@@ -83,6 +85,19 @@ def load_training_images(args: argparse.Namespace, channels: int) -> Dataset:
     if args.max_train_samples is not None:  # as diffusers' scripts: a seeded shuffle, then the first N
         dataset = dataset.shuffle(seed=args.seed).select(range(min(args.max_train_samples, len(dataset))))
     return with_image_transform(dataset, ImageTransform(args.resolution, channels=channels))
+
+
+def default_resolution(args: argparse.Namespace, model_config: dict[str, Any], model_class: type) -> None:
+    """Fill in a left-out --resolution: the tokenizer's `sample_size`, the size it is built for (and the one
+    `hf-vq evaluate tokenizer` takes), not a fixed 256 that would upscale small images."""
+    if args.resolution is None:
+        default = inspect.signature(model_class).parameters["sample_size"].default
+        args.resolution = int(model_config.get("sample_size", default))
+
+
+def check_resolution(model: ImageTokenizerMixin, resolution: int) -> None:
+    """Refuse, before the first step, a --resolution the tokenizer cannot take (`check_pixels`' own message)."""
+    model.check_pixels(torch.empty(1, model.in_channels, resolution, resolution, device="meta"))
 
 
 def saved_tokenizer_config(name: str, subfolder: str | None) -> dict[str, Any]:
@@ -168,6 +183,7 @@ class TokenizerGANRecipe(TrainingRecipe):
         self.model_config = read_model_config(args, "tokenizer_config", saved_tokenizer_config)
         model_class = tokenizer_class(self.model_config.get("_class_name", DEFAULT_TOKENIZER_CLASS))
         model_class.extract_init_dict(dict(self.model_config))  # field types and old fields, checked before any work
+        default_resolution(args, self.model_config, model_class)
         if args.perceptual_weight > 0 and not (args.vgg16_path and args.lpips_path):
             raise SystemExit(f"--perceptual_weight {args.perceptual_weight} needs LPIPS weights. {LPIPS_DOWNLOAD_HINT}")
 
@@ -189,6 +205,7 @@ class TokenizerGANRecipe(TrainingRecipe):
             self.model: ImageTokenizerMixin = AutoImageTokenizer.from_pretrained(source[0], subfolder=source[1])
         else:
             self.model = AutoImageTokenizer.from_config(self.model_config, DEFAULT_TOKENIZER_CLASS)
+        check_resolution(self.model, args.resolution)
         self.preview = preview_images(self.dataset)
         self.discriminator = PatchGANDiscriminator(self.model.in_channels, args.disc_channels, args.disc_layers)
 

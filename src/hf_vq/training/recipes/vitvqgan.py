@@ -25,6 +25,8 @@ from .tokenizer_gan import (
     TokenizerGANRecipe,
     add_gan_arguments,
     add_image_data_arguments,
+    check_resolution,
+    default_resolution,
     load_training_images,
     preview_images,
     saved_tokenizer_config,
@@ -77,6 +79,7 @@ class ViTVQGANRecipe(TokenizerGANRecipe):
                              "ViTVQGANTokenizer "
                              "(train the CNN tokenizers with examples/train_fqgan.py)")
         init = ViTVQGANTokenizer.extract_init_dict(dict(self.model_config))[0]  # field types, before any work
+        default_resolution(args, self.model_config, ViTVQGANTokenizer)
         if init.get("position_embedding", "learned") == "learned" and init.get("sample_size", 256) != args.resolution:
             raise ValueError(f"the tokenizer's learned positions fix its size to {init.get('sample_size', 256)} px; "
                              f"train it at --resolution {init.get('sample_size', 256)}, not {args.resolution}")
@@ -107,6 +110,7 @@ class ViTVQGANRecipe(TokenizerGANRecipe):
             self.model = ViTVQGANTokenizer.from_pretrained(source[0], subfolder=source[1])
         else:
             self.model = ViTVQGANTokenizer.from_config(self.model_config)
+        check_resolution(self.model, args.resolution)
         self.preview = preview_images(self.dataset)
         self.discriminator = StyleGAN2Discriminator(self.model.in_channels, args.resolution, args.disc_channels,
                                                     args.disc_max_channels)

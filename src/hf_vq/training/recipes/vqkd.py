@@ -32,6 +32,7 @@ from .tokenizer_gan import (
     TokenizerGANRecipe,
     add_gan_arguments,
     add_image_data_arguments,
+    default_resolution,
     fine_tuning_identity,
     init_codebooks,
     load_training_images,
@@ -72,6 +73,7 @@ class VQKDRecipe(TrainingRecipe):
                 "(examples/train_vqkd_pixel_decoder.py)"
             )
         VQKDTokenizer.extract_init_dict(dict(self.model_config))  # field types checked before any work
+        default_resolution(args, self.model_config, VQKDTokenizer)
         self.teacher_name = args.teacher or self.model_config.get("teacher_model")
         if not self.teacher_name:
             raise ValueError("stage 1 needs a teacher: pass --teacher (a Hub id or folder) or set teacher_model")
@@ -176,6 +178,10 @@ class VQKDPixelDecoderRecipe(TokenizerGANRecipe):
             raise FileNotFoundError(f"--tokenizer {args.tokenizer} holds no saved tokenizer (no config.json): "
                                     "train stage 1 first with examples/train_vqkd.py")
         self.stage1 = VQKDTokenizer.load_config(args.tokenizer)
+        if self.stage1.get("_class_name") != VQKDTokenizer.__name__:
+            raise ValueError(f"--tokenizer {args.tokenizer} holds a {self.stage1.get('_class_name')}; stage 2 adds a "
+                             "pixel decoder to a VQ-KD tokenizer trained by examples/train_vqkd.py")
+        default_resolution(args, self.stage1, VQKDTokenizer)
         levels = self.stage1["patch_size"].bit_length()
         default = dict(base_channels=128, channel_multipliers=[1, 1, 2, 2, 4, 4][:levels], num_res_blocks=2,
                        z_channels=256)
