@@ -166,6 +166,20 @@ def test_evaluate_tokenizer_reports_every_metric(fmnist):
     json.dumps(result)  # JSON-ready
 
 
+def test_an_unreadable_image_is_named_on_the_line_a_command_prints_and_can_be_skipped(tmp_path, imagefolder):
+    from hf_vq import cli
+
+    FQGANTokenizer.from_preset("tiny").save_pretrained(tmp_path / "tok")
+    (imagefolder / "a" / "broken.png").write_bytes(b"not a png")
+    argv = ["evaluate", "tokenizer", str(tmp_path / "tok"), "--dataset", str(imagefolder), "--split", "train",
+            "--features", "none", "--output", str(tmp_path / "tok.json")]
+    with pytest.raises(SystemExit, match=r"1 unreadable image\(s\) in .*, the first .*broken.png: remove or fix them, "
+                                         "or drop them with --skip_corrupt"):
+        cli.main(argv)
+    cli.main([*argv, "--skip_corrupt"])
+    assert json.loads((tmp_path / "tok.json").read_text())["num_images"] == 16
+
+
 def test_cli_evaluate_tokenizer_writes_json(tmp_path):
     from hf_vq import cli
 
@@ -235,6 +249,13 @@ def test_cli_evaluate_pipeline_samples_scores_and_resumes(tmp_path):
         cli.main([*argv, "--seed", "1"])
     with pytest.raises(SystemExit, match="settings"):  # samples drawn by an fp32 generator are not resumed in bf16
         cli.main([*argv, "--dtype", "bf16"])
+    # the folder rewritten with other weights (a resumed training run saves there): the samples are not its own
+    retrained = FQGANPipeline.from_pretrained(tmp_path / "pipe")
+    torch.nn.init.normal_(retrained.transformer.output_1.weight)
+    retrained.save_pretrained(tmp_path / "pipe")
+    with pytest.raises(SystemExit, match="weights_sha256"):
+        cli.main([*argv, "--output", str(tmp_path / "stale.json")])
+    assert not (tmp_path / "stale.json").exists()
     cli.main([*argv[:4], str(tmp_path / "bf16"), *argv[5:], "--dtype", "bf16", "--output", str(tmp_path / "bf16.json")])
     half = json.loads((tmp_path / "bf16.json").read_text())
     assert half["dtype"] == "bf16" and result["dtype"] == "fp32" and half["num_samples"] == 150

@@ -74,6 +74,10 @@ def test_config_or_pretrained_exactly_one(tmp_path, imagefolder, pipeline_folder
         args = parse_recipe_args(TokenizerGANRecipe, ["--output_dir", str(tmp_path / "o"), *flags])
         with pytest.raises(ValueError, match="give --tokenizer_config .* or --pretrained_model_name_or_path"):
             TokenizerGANRecipe(args)
+    args = parse_recipe_args(TokenizerGANRecipe, ["--output_dir", str(tmp_path / "o"),
+                                                  "--pretrained_model_name_or_path", str(pipeline_folder)])
+    with pytest.raises(ValueError, match="is a pipeline folder: name the model in it with --subfolder"):
+        TokenizerGANRecipe(args)
 
 
 def test_diffusers_data_flags(tmp_path, imagefolder, pipeline_folder):

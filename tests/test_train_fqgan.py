@@ -5,7 +5,7 @@ import torch
 from conftest import ROOT, load_script
 
 from hf_vq import FQGANTokenizer
-from hf_vq.training.checkpointing import RunMeter, list_checkpoints
+from hf_vq.training.checkpointing import RUN_FILE, RunMeter, list_checkpoints
 
 train_fqgan = load_script("train_fqgan")
 
@@ -21,7 +21,8 @@ TINY = dict(
 def run(tmp_path, data, *extra, config=TINY, resolution=8):
     cfg = tmp_path / "tok.json"
     cfg.write_text(json.dumps(config))
-    args = ["--tokenizer_config", str(cfg), "--dataset", str(data), "--resolution", str(resolution), "--output_dir",
+    size = [] if resolution is None else ["--resolution", str(resolution)]
+    args = ["--tokenizer_config", str(cfg), "--dataset", str(data), *size, "--output_dir",
             str(tmp_path / "out"), "--perceptual_weight", "0", "--train_batch_size", "4", "--report_to", "none",
             "--disc_start", "2", "--disc_channels", "8", "--disc_layers", "1", "--logging_steps", "1", *extra]
     train_fqgan.main(args)
@@ -68,6 +69,43 @@ def test_bad_runs_fail_before_training(tmp_path, imagefolder):
     with pytest.raises(SystemExit):  # refused by the parser, before any folder
         run(tmp_path, imagefolder, "--output_dir", str(tmp_path / "y"), "--lr_scheduler", "cosinee")
     assert not (tmp_path / "y").exists()
+
+
+def test_resuming_checks_the_checkpoint_before_loading_it(tmp_path, imagefolder):
+    out = run(tmp_path, imagefolder, "--max_train_steps", "4", "--checkpointing_steps", "2", "--use_ema")
+    with pytest.raises(ValueError, match="is not a checkpoint-<step> folder"):
+        run(tmp_path, imagefolder, "--max_train_steps", "5", "--use_ema", "--resume_from_checkpoint", str(out))
+    # kept, checkpoint-4 would outlive the branch's own checkpoints and be taken as "latest" next time
+    with pytest.raises(ValueError, match=r"holds later checkpoints \(checkpoint-4\) of the run being branched"):
+        run(tmp_path, imagefolder, "--max_train_steps", "5", "--use_ema", "--resume_from_checkpoint",
+            str(out / "checkpoint-2"))
+    with pytest.raises(ValueError, match="was saved with --use_ema: resume it with --use_ema"):
+        run(tmp_path, imagefolder, "--max_train_steps", "5", "--resume_from_checkpoint", "latest")
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
+    run(tmp_path, imagefolder, "--max_train_steps", "5", "--use_ema", "--resume_from_checkpoint", "latest")
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-4", "checkpoint-5"]
+
+
+def test_a_resumed_run_trains_at_the_learning_rate_it_is_given(tmp_path, imagefolder):
+    out = run(tmp_path, imagefolder, "--max_train_steps", "2", "--checkpointing_steps", "2", "--learning_rate", "1e-4")
+    assert json.loads((out / "train_summary.json").read_text())["last_logs"]["lr"] == pytest.approx(1e-4)
+    run(tmp_path, imagefolder, "--max_train_steps", "3", "--learning_rate", "1e-2", "--resume_from_checkpoint",
+        "latest")
+    assert json.loads((out / "train_summary.json").read_text())["last_logs"]["lr"] == pytest.approx(1e-2)
+
+
+def test_resolution_defaults_to_the_tokenizers_and_one_it_cannot_take_is_refused_before_training(tmp_path,
+                                                                                               imagefolder):
+    out = run(tmp_path, imagefolder, "--max_train_steps", "1", resolution=None)  # not 256: the 8 px it is built for
+    assert json.loads((out / RUN_FILE).read_text())["resolution"] == 8
+    for folder in ("odd", "fp16"):
+        (tmp_path / folder).mkdir()
+    with pytest.raises(ValueError, match="image size 7x7 must be divisible by the downsampling factor 2"):
+        run(tmp_path / "odd", imagefolder, "--max_train_steps", "1", resolution=7)
+    with pytest.raises(ValueError, match="--mixed_precision fp16 is not run on a CPU"):
+        run(tmp_path / "fp16", imagefolder, "--max_train_steps", "1", "--mixed_precision", "fp16")
+    for folder in ("odd", "fp16"):
+        assert not list((tmp_path / folder).rglob("checkpoint-*")) and not list((tmp_path / folder).rglob("*.png"))
 
 
 def test_push_to_hub_uploads_the_final_tokenizer(tmp_path, imagefolder, fake_hub):

@@ -8,7 +8,7 @@ from conftest import load_script
 from safetensors.torch import load_file
 from transformers import ViTConfig, ViTModel
 
-from hf_vq import AutoImageTokenizer, VQKDTokenizer
+from hf_vq import AutoImageTokenizer, FQGANTokenizer, VQKDTokenizer
 from hf_vq.cli import build_parser
 from hf_vq.evaluation.command import evaluate_tokenizer_command
 
@@ -73,6 +73,10 @@ def test_stage_one_distils_and_stage_two_leaves_the_codes_alone(tmp_path, imagef
 def test_bad_stage_inputs_are_refused_before_work(tmp_path, imagefolder, teacher):
     with pytest.raises(FileNotFoundError, match="train stage 1 first"):
         stage2.main(["--tokenizer", str(tmp_path), "--dataset", str(imagefolder), "--output_dir",
+                     str(tmp_path / "s2"), "--perceptual_weight", "0", *COMMON])
+    FQGANTokenizer.from_preset("tiny").save_pretrained(tmp_path / "fqgan")
+    with pytest.raises(ValueError, match="holds a FQGANTokenizer; stage 2 adds a pixel decoder to a VQ-KD tokenizer"):
+        stage2.main(["--tokenizer", str(tmp_path / "fqgan"), "--dataset", str(imagefolder), "--output_dir",
                      str(tmp_path / "s2"), "--perceptual_weight", "0", *COMMON])
     config = tmp_path / "with-decoder.json"
     config.write_text(json.dumps(VQKDTokenizer.presets["tiny"]))

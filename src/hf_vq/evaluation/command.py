@@ -31,6 +31,8 @@ def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> 
         p.add_argument("--feature_weights", default=None,
                        help="FID Inception .pth, or a classifier folder for --features fmnist (default: bundled)")
         p.add_argument("--batch_size", type=int, default=100)
+        p.add_argument("--skip_corrupt", action="store_true",
+                       help="drop the dataset's unreadable images instead of stopping")
         p.add_argument("--device", default=None, type=device_arg,
                        help="default: cuda when available, else cpu (under a multi-process launch each process "
                             "uses its launcher's device, and --device is refused)")
@@ -104,7 +106,8 @@ def _reference(args: argparse.Namespace, network, size: int, channels: int, cach
     cached = cache_dir / name if cache_dir is not None else None
     if cached is not None and cached.is_file():
         return load_feature_set(cached, network)
-    images, labels = dataset_images(args.dataset, args.reference_split, size, channels, args.reference_max_images)
+    images, labels = dataset_images(args.dataset, args.reference_split, size, channels, args.reference_max_images,
+                                    args.skip_corrupt)
     reference = feature_set_of_images(network, images, labels, f"{args.dataset}:{args.reference_split}",
                                       args.batch_size, progress=True)
     if cached is not None:
@@ -179,7 +182,8 @@ def evaluate_tokenizer_command(args: argparse.Namespace) -> dict:
     resolution = args.resolution or tokenizer.sample_size
     if tokenizer.fixed_size and resolution != tokenizer.sample_size:
         raise ValueError(f"--resolution {resolution}: this tokenizer only takes {tokenizer.sample_size} px images")
-    images, _ = dataset_images(args.dataset, args.split, resolution, tokenizer.in_channels, args.max_images)
+    images, _ = dataset_images(args.dataset, args.split, resolution, tokenizer.in_channels, args.max_images,
+                               args.skip_corrupt)
     if network is not None and tokenizer.can_decode:  # the rFD compares reconstructions with these images
         network.check_enough_images(len(images), f"{args.dataset}:{args.split}" + (
             f" (--max_images {args.max_images})" if args.max_images else ""))
@@ -241,7 +245,7 @@ def evaluate_pipeline_command(args: argparse.Namespace) -> dict | None:
     if args.ppl_split != "none" and autoregressive:
         size = pipe.transformer.config.grid_size * pipe.vqvae.downsample_factor
         ppl_images, ppl_labels = dataset_images(args.dataset, args.ppl_split, size, pipe.vqvae.in_channels,
-                                                args.ppl_max_images)
+                                                args.ppl_max_images, args.skip_corrupt)
         if ppl_labels is None or ppl_labels.max() >= num_classes:
             found = "no class labels" if ppl_labels is None else f"labels up to {ppl_labels.max()}"
             raise ValueError(
@@ -300,7 +304,8 @@ def evaluate_samples_command(args: argparse.Namespace) -> dict:
         if args.resolution is None:
             raise ValueError(f"scoring real images ({args.samples}) needs --resolution, the size of the samples")
         dataset, split = args.samples.rsplit(":", 1)
-        images, labels = dataset_images(dataset, split, args.resolution, args.channels, args.max_images)
+        images, labels = dataset_images(dataset, split, args.resolution, args.channels, args.max_images,
+                                        args.skip_corrupt)
         cache_dir = Path(args.output).parent if args.output else None  # never write beside the user's files unasked
     else:
         raise FileNotFoundError(f"{args.samples}: no such .npz, and not DATASET:SPLIT")

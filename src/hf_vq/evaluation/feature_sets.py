@@ -117,14 +117,14 @@ def load_feature_set(
 
 
 def dataset_images(
-    dataset: str, split: str, resolution: int, channels: int, max_images: int | None = None
+    dataset: str, split: str, resolution: int, channels: int, max_images: int | None = None, skip_corrupt: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(N, H, W, C) uint8 images of a dataset split, resized and centre-cropped as the models' inputs are."""
     import torch
 
     from ..training.data import ImageTransform, collate, load_image_dataset, with_image_transform
 
-    data = load_image_dataset(dataset, split)
+    data = load_image_dataset(dataset, split, skip_corrupt=skip_corrupt)
     if max_images is not None:
         data = data.select(range(min(max_images, len(data))))
     transform = ImageTransform(resolution, channels=channels)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration
+from accelerate.utils import DataLoaderConfiguration, parse_flag_from_env
 from diffusers.optimization import SchedulerType
 
 from ..utils import require_hub_token
@@ -229,6 +229,11 @@ def check_run_arguments(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
         raise ValueError(f"--checkpoints_total_limit must be >= 1, got {args.checkpoints_total_limit}")
+    on_cpu = not torch.accelerator.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
+    if args.mixed_precision == "fp16" and on_cpu:
+        # accelerate turns fp16 autocast off on a CPU without a word: the run would train in fp32 as if asked to
+        raise ValueError("--mixed_precision fp16 is not run on a CPU (accelerate trains in fp32 there): pass bf16, "
+                         "or no")
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise ValueError(f"--max_minutes must be > 0, got {args.max_minutes}")
     if not 0 <= args.ema_decay < 1:
@@ -287,10 +292,6 @@ def start_run(args: argparse.Namespace, name: str, run_identity: dict) -> Accele
         project_dir=args.output_dir,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
-    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
-        # accelerate turns fp16 autocast off on a CPU without a word: the run would train in fp32 as if asked to
-        raise ValueError("--mixed_precision fp16 is not run on a CPU (accelerate trains in fp32 there): pass bf16, "
-                         "or no")
     if accelerator.is_main_process:
         write_run_identity(args.output_dir, run_identity)
         hparams = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}

@@ -195,9 +195,10 @@ def load_image_dataset(
         if corrupt and not skip_corrupt:
             listed = "\n  ".join(path for _, path in corrupt[:20])
             more = f"\n  ... and {len(corrupt) - 20} more" if len(corrupt) > 20 else ""
+            # What to do on the first line: commands print only that line.
             raise ValueError(
-                f"{len(corrupt)} unreadable image(s) in {source}:\n  {listed}{more}\n"
-                "Remove or fix them, or pass skip_corrupt=True (--skip_corrupt) to drop them."
+                f"{len(corrupt)} unreadable image(s) in {source}, the first {corrupt[0][1]}: remove or fix them, or "
+                f"drop them with --skip_corrupt (skip_corrupt=True):\n  {listed}{more}"
             )
         if corrupt:
             bad = {index for index, _ in corrupt}

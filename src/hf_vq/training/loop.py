@@ -230,9 +230,10 @@ def train(recipe: TrainingRecipe, keep_process_group: bool = False) -> nn.Module
         accelerator.register_for_checkpointing(ema)
     recipe.to_device(accelerator.device)
 
+    peak_rates = [list(getattr(s, "scheduler", s).base_lrs) for s in schedulers]  # this launch's learning-rate flags
     global_step = resume_step(accelerator, resume)
     if resume is not None:
-        _resync_learning_rates(schedulers)
+        _resync_learning_rates(schedulers, peak_rates, accelerator)
     meter = RunMeter.for_run(args, accelerator)
     progress = tqdm(total=args.max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
                     desc=recipe.name)
@@ -368,17 +369,20 @@ def _out_of_time(accelerator: Accelerator, meter: RunMeter, step: int, every: in
     return bool(accelerator.reduce(late, reduction="sum") > 0)
 
 
-def _resync_learning_rates(schedulers: list) -> None:
-    """Set each optimizer's learning rate from its schedule at the resumed step.
+def _resync_learning_rates(schedulers: list, peak_rates: list[list[float]], accelerator: Accelerator) -> None:
+    """Set each optimizer's learning rate from its schedule at the resumed step, with this launch's peak rates.
 
-    A checkpoint holds the rate of the schedule it was saved under; when --max_train_steps has changed since (a run
-    continued to more steps), a decaying schedule gives another rate at that step, and without this the first resumed
-    step would train at the stale one.
+    A checkpoint holds the rates of the schedule it was saved under; when --max_train_steps has changed since (a run
+    continued to more steps), a decaying schedule gives another rate at that step, and when --learning_rate has
+    changed, another peak. Without this the resumed run would train at the checkpoint's rates, ignoring the flags.
     """
-    for scheduler in schedulers:
+    for scheduler, peaks in zip(schedulers, peak_rates):
         inner = getattr(scheduler, "scheduler", scheduler)  # Accelerate's wrapper around the torch scheduler
         if not hasattr(inner, "lr_lambdas"):  # diffusers' schedules are all LambdaLR
             continue
+        if peaks != inner.base_lrs:
+            accelerator.print(f"resumed with peak learning rates {peaks}; the checkpoint's run had {inner.base_lrs}")
+            inner.base_lrs = list(peaks)
         rates = [base * factor(inner.last_epoch) for base, factor in zip(inner.base_lrs, inner.lr_lambdas)]
         for group, rate in zip(inner.optimizer.param_groups, rates):
             group["lr"] = rate

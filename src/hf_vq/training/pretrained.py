@@ -44,7 +44,11 @@ def read_model_config(
         raise ValueError(f"--subfolder goes with --{PRETRAINED_FLAG}, not with --{config_flag}")
     if path is not None:
         return json.loads(Path(path).read_text())
-    config = load_config(getattr(args, PRETRAINED_FLAG), args.subfolder)
+    name = getattr(args, PRETRAINED_FLAG)
+    if args.subfolder is None and (Path(name) / "model_index.json").is_file():
+        raise ValueError(f"--{PRETRAINED_FLAG} {name} is a pipeline folder: name the model in it with --subfolder "
+                         "(vqvae for the tokenizer, transformer for the generator)")
+    config = load_config(name, args.subfolder)
     return {k: v for k, v in config.items() if k == "_class_name" or not k.startswith("_")}
 
 
