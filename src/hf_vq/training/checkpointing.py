@@ -229,8 +229,8 @@ def check_run_arguments(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
         raise ValueError(f"--checkpoints_total_limit must be >= 1, got {args.checkpoints_total_limit}")
-    on_cpu = not torch.accelerator.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
-    if args.mixed_precision == "fp16" and on_cpu:
+    if args.mixed_precision == "fp16" and (parse_flag_from_env("ACCELERATE_USE_CPU")
+                                           or not torch.accelerator.is_available()):
         # accelerate turns fp16 autocast off on a CPU without a word: the run would train in fp32 as if asked to
         raise ValueError("--mixed_precision fp16 is not run on a CPU (accelerate trains in fp32 there): pass bf16, "
                          "or no")
