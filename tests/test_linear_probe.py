@@ -163,6 +163,18 @@ def test_command_probes_every_block_of_a_pipeline_on_the_null_class(tiny_pipelin
     assert encoder["weights_unchanged"] is True
 
 
+def test_command_stops_at_an_unreadable_image_unless_told_to_skip_it(tiny_pipeline, tmp_path, imagefolder):
+    (imagefolder / "a" / "broken.png").write_bytes(b"not a png")
+    argv = [str(tiny_pipeline), "--dataset", str(imagefolder), "--train_split", "train", "--test_split", "train",
+            "--target", "encoder", "--weight_decays", "1", "--output", str(tmp_path / "probe.json")]
+    with pytest.raises(SystemExit, match="broken.png"):
+        main(argv)
+    assert not (tmp_path / "probe.json").exists()
+    main([*argv, "--skip_corrupt"])
+    result = json.loads((tmp_path / "probe.json").read_text())
+    assert result["num_test"] == 16 and result["num_fit"] + result["num_val"] == 16
+
+
 def test_command_refuses_bad_input_before_any_work(tiny_pipeline, tmp_path, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("images were loaded for a command that should have failed")

@@ -46,6 +46,17 @@ def test_trains_saves_and_resumes(tmp_path, imagefolder):
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-4", "checkpoint-5"]
 
 
+def test_resuming_a_finished_run_keeps_its_summary_and_one_past_max_train_steps_is_refused(tmp_path, imagefolder):
+    out = run(tmp_path, imagefolder, "--max_train_steps", "2", "--checkpointing_steps", "2")
+    before = json.loads((out / "train_summary.json").read_text())["last_logs"]
+    run(tmp_path, imagefolder, "--max_train_steps", "2", "--resume_from_checkpoint", "latest")
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["global_step"] == 2 and summary["session_steps"] == 0 and summary["last_logs"] == before
+    with pytest.raises(ValueError, match=r"checkpoint-2 is at step 2, past --max_train_steps 1"):
+        run(tmp_path, imagefolder, "--max_train_steps", "1", "--resume_from_checkpoint", "latest")
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
+
+
 def test_bad_runs_fail_before_training(tmp_path, imagefolder):
     with pytest.raises(SystemExit, match="LPIPS"):
         run(tmp_path, imagefolder, "--perceptual_weight", "1.0")

@@ -373,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test_split", default="test")
     p.add_argument("--max_train_images", type=int, default=None, help="the first N training images")
     p.add_argument("--max_test_images", type=int, default=None, help="the first N test images")
+    p.add_argument("--skip_corrupt", action="store_true",
+                   help="drop the dataset's unreadable images instead of stopping")
     p.add_argument("--val_fraction", type=float, default=0.1, help="training images held out to choose on")
     p.add_argument("--weight_decays", type=float, nargs="+", default=list(DEFAULT_WEIGHT_DECAYS))
     p.add_argument("--max_iterations", type=int, default=DEFAULT_MAX_ITERATIONS, help="L-BFGS iterations at most")
@@ -412,7 +414,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     if output is not None and plot is None and len(blocks) > 1:  # the default plot, beside the JSON
         plot = check_output_file(output.with_suffix(".png"), (".png",), "--plot (default)", args.overwrite)
     for split in (args.train_split, args.test_split):
-        check_labelled(args.dataset, split, "a linear probe is trained and scored on them")
+        check_labelled(args.dataset, split, "a linear probe is trained and scored on them", args.skip_corrupt)
     if target == "generator":
         features_kind = "hidden_states[block] averaged over the image-token positions (the class token left out), "
         features_kind += "teacher-forced on the null class" + ("" if generator.is_autoregressive else ", unmasked")
@@ -426,7 +428,8 @@ def run_probe(args: argparse.Namespace) -> dict:
     loaded = time.perf_counter()
     features, labels = [], []
     for split, limit in ((args.train_split, args.max_train_images), (args.test_split, args.max_test_images)):
-        images, split_labels = dataset_images(args.dataset, split, size, tokenizer.in_channels, limit)
+        images, split_labels = dataset_images(args.dataset, split, size, tokenizer.in_channels, limit,
+                                              args.skip_corrupt)
         if target == "generator":
             tokens = tokenize_images(tokenizer, images, args.batch_size)
             features.append(generator_features(generator, tokens, blocks, args.batch_size, progress=True))

@@ -180,7 +180,16 @@ class RunMeter:
         return logs if rate is None else {**logs, "samples_per_second": rate}
 
     def write_summary(self, output_dir: str | os.PathLike, global_step: int, device: torch.device) -> dict:
-        """Write `train_summary.json`: steps, wall time, throughput, peak memory and the last logged losses."""
+        """Write `train_summary.json`: steps, wall time, throughput, peak memory and the last logged losses.
+
+        A session that took no step (a finished run resumed) keeps the losses the earlier summary logged at this step.
+        """
+        path = Path(output_dir) / SUMMARY_FILE
+        last_logs = self.last_logs
+        if not self.steps and path.is_file():
+            previous = json.loads(path.read_text())
+            if previous.get("global_step") == global_step:
+                last_logs = previous.get("last_logs", {})
         summary = {
             "global_step": global_step,
             "session_steps": self.steps,
@@ -188,9 +197,9 @@ class RunMeter:
             "samples_per_second": self.samples_per_second(),
             "peak_memory_mib": round(self.peak_memory_mib(device), 1),
             "device": str(device),
-            "last_logs": self.last_logs,
+            "last_logs": last_logs,
         }
-        _write_json_atomic(Path(output_dir) / SUMMARY_FILE, summary)
+        _write_json_atomic(path, summary)
         return summary
 
 

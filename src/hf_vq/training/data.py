@@ -111,9 +111,9 @@ def _load_fashion_mnist_split(split: str) -> Dataset:
     )
 
 
-def check_labelled(source: str | os.PathLike, split: str, why: str) -> Dataset:
+def check_labelled(source: str | os.PathLike, split: str, why: str, skip_corrupt: bool = False) -> Dataset:
     """The split, refused before any work when it has no class labels; `why` says what needs them."""
-    ds = load_image_dataset(source, split)
+    ds = load_image_dataset(source, split, skip_corrupt=skip_corrupt)
     if "label" not in ds.column_names:
         raise ValueError(f"{source}:{split} has no class labels: {why}; use a labelled dataset")
     return ds

@@ -46,6 +46,7 @@ from .checkpointing import (
     add_run_arguments,
     batches_from,
     check_run_arguments,
+    checkpoint_step,
     prepare_run_dir,
     resume_step,
     save_checkpoint,
@@ -171,6 +172,12 @@ def train(recipe: TrainingRecipe, keep_process_group: bool = False) -> nn.Module
     check_sharding(recipe, parse_flag_from_env("ACCELERATE_USE_FSDP"), os.environ.get("FSDP_VERSION") == "2")
     identity = recipe.run_identity()
     resume = prepare_run_dir(output_dir, identity, args.resume_from_checkpoint, args.push_to_hub)
+    if resume is not None and checkpoint_step(resume) > args.max_train_steps:
+        # Resumed, it would take no step and save the checkpoint's weights as a model of more steps than asked for.
+        raise ValueError(
+            f"--resume_from_checkpoint {resume} is at step {checkpoint_step(resume)}, past --max_train_steps "
+            f"{args.max_train_steps}; raise --max_train_steps to continue that run, or resume an earlier checkpoint"
+        )
     if torch.distributed.is_initialized():
         # A process that trained before (hf-vq benchmark runs several trainings) joins no new group below, so the
         # main process would start writing this run's folder while another still checks it is empty.
