@@ -57,6 +57,22 @@ def test_resuming_a_finished_run_keeps_its_summary_and_one_past_max_train_steps_
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
 
 
+def test_a_preset_name_is_a_tokenizer_config_and_its_run_resumes(tmp_path, imagefolder):
+    out = tmp_path / "out"
+    args = ["--dataset", str(imagefolder), "--output_dir", str(out), "--perceptual_weight", "0", "--train_batch_size",
+            "4", "--report_to", "none", "--disc_channels", "8", "--disc_layers", "1", "--checkpointing_steps", "1"]
+    with pytest.raises(FileNotFoundError, match=r"--tokenizer_config tinyy: no such config file, nor one of the "
+                                                r"presets: fqgan-dual-ds16, .*tiny-lfq, tiny-vq"):
+        train_fqgan.main(["--tokenizer_config", "tinyy", *args])
+    assert not out.exists()
+    train_fqgan.main(["--tokenizer_config", "tiny-fsq", *args, "--max_train_steps", "1"])
+    assert FQGANTokenizer.from_pretrained(out / "tokenizer").config.quantizer["kind"] == "fsq"
+    # the preset's tuples were recorded as the JSON lists a resumed run compares them with
+    train_fqgan.main(["--tokenizer_config", "tiny-fsq", *args, "--max_train_steps", "2",
+                      "--resume_from_checkpoint", "latest"])
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1", "checkpoint-2"]
+
+
 def test_bad_runs_fail_before_training(tmp_path, imagefolder):
     with pytest.raises(SystemExit, match="LPIPS"):
         run(tmp_path, imagefolder, "--perceptual_weight", "1.0")

@@ -57,6 +57,26 @@ def test_generator_training_ends_with_a_pipeline(codes, kind):
         train_script[kind].main(args[:-2] + ["--output_dir", str(codes / "other")])
 
 
+def test_a_far_preset_takes_the_codes_sub_codebooks_and_a_gpt_one_refuses_them(codes, monkeypatch):
+    from hf_vq.training.loop import parse_recipe_args
+    from hf_vq.training.recipes.generators import ARGeneratorRecipe
+
+    def recipe(name):
+        args = ["--codes_dir", str(codes / "codes"), "--tokenizer", str(codes / "tok"), "--model_config", name,
+                "--output_dir", str(codes / "far")]
+        return ARGeneratorRecipe(parse_recipe_args(ARGeneratorRecipe, args))
+
+    config = recipe("FAR-Base").config  # only its config: the model is built when training starts
+    assert (config.hidden_size, config.num_hidden_layers, config.num_codebooks, config.vocab_size) == (1024, 24, 2, 32)
+    monkeypatch.setitem(ARGeneratorRecipe.config_presets, "FAR-3", {**ARGeneratorRecipe.config_presets["FAR-Base"],
+                                                                      "num_codebooks": 3})
+    assert recipe("FAR-3").config.num_codebooks == 2  # FQGAN builds one size for two and three sub-codebooks
+    with pytest.raises(ValueError, match="GPT-B sets num_codebooks=1 but the codes/tokenizer give 2"):
+        recipe("GPT-B")
+    with pytest.raises(FileNotFoundError, match="nor one of the presets: .*FAR-Base, FAR-Large, GPT-3B, GPT-B"):
+        recipe("FAR-Huge")
+
+
 def far_args(codes, *extra: str) -> list[str]:
     config = codes / "model.json"
     config.write_text(json.dumps({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}))

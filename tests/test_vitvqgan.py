@@ -257,7 +257,7 @@ def tiny_config(tmp_path: Path, **overrides) -> Path:
 
 def test_recipe_trains_reduces_the_loss_and_saves_a_loadable_tokenizer(tmp_path, imagefolder):
     model = train_vitvqgan.main([
-        "--tokenizer_config", str(tiny_config(tmp_path)), "--dataset", str(imagefolder), "--output_dir",
+        "--tokenizer_config", "tiny", "--dataset", str(imagefolder), "--output_dir",
         str(tmp_path / "run"), "--max_train_steps", "40", "--learning_rate", "3e-3", "--lr_warmup_steps", "2",
         "--r1_interval", "4", "--logit_laplace_weight", "0.1", *COMMON])
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())

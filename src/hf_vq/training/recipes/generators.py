@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from ...generators import (
+    FAR_PRESETS,
     FARConfig,
     FARForClassConditionalGeneration,
     MaskGITConfig,
@@ -43,6 +44,7 @@ class GeneratorRecipe(TrainingRecipe):
     config_class: type[PreTrainedConfig]
     model_class: type[PreTrainedModel]
     kind: str
+    config_presets: dict[str, dict] = {}
     default_checkpointing_steps = 1000
 
     @classmethod
@@ -51,7 +53,7 @@ class GeneratorRecipe(TrainingRecipe):
         p.add_argument("--codes_dir", required=True, help="output of examples/extract_codes.py")
         p.add_argument("--tokenizer", required=True, help="the tokenizer the codes came from (folder or Hub id)")
         add_model_source_arguments(p, "model_config", "JSON of config kwargs; vocab_size, num_codebooks, grid_size "
-                                   "and num_classes default to what the codes and tokenizer say")
+                                   "and num_classes default to what the codes and tokenizer say", cls.config_presets)
         p.add_argument("--max_train_samples", type=int, default=None,
                        help="train on this many code grids, drawn by a seeded shuffle (quick runs, debugging)")
         p.add_argument("--learning_rate", type=float, default=1e-4)
@@ -73,7 +75,12 @@ class GeneratorRecipe(TrainingRecipe):
         if k != self.tokenizer.num_codebooks:
             raise ValueError(f"{args.codes_dir} holds codes of {k} sub-codebooks, but --tokenizer {args.tokenizer} "
                              f"has {self.tokenizer.num_codebooks}: extract the codes with the tokenizer you train for")
-        self.model_kwargs = read_model_config(args, "model_config", self._saved_config)
+        self.model_kwargs = read_model_config(args, "model_config", self._saved_config, self.config_presets)
+        preset = args.model_config in self.config_presets and not Path(args.model_config).is_file()
+        if preset and self.model_kwargs.get("num_codebooks", 1) > 1 and k > 1:
+            # A FAR preset names the sizes; its factorized head serves any k > 1 (FQGAN's far_dual.py and
+            # far_triple.py build the same sizes for two and three sub-codebooks).
+            self.model_kwargs["num_codebooks"] = k
         derived = dict(vocab_size=self.tokenizer.codebook_sizes[0], num_codebooks=k, grid_size=int(round(n**0.5)),
                        num_classes=len(self.id2label))
         for name, value in derived.items():
@@ -166,6 +173,7 @@ class ARGeneratorRecipe(GeneratorRecipe):
     kind = "far"
     config_class = FARConfig
     model_class = FARForClassConditionalGeneration
+    config_presets = FAR_PRESETS
 
     def loss(self, tokens: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=tokens, class_labels=class_labels, labels=tokens).loss

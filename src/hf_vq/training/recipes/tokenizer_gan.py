@@ -164,13 +164,14 @@ class TokenizerGANRecipe(TrainingRecipe):
 
     name = "train_fqgan"
     trainable = ("model", "discriminator")
+    config_presets: dict[str, dict] = tokenizer_class(DEFAULT_TOKENIZER_CLASS).presets
     default_checkpointing_steps = 500
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         add_model_source_arguments(
             parser, "tokenizer_config", "JSON of tokenizer config kwargs (`_class_name` picks the class; default "
-            "FQGANTokenizer)")
+            "FQGANTokenizer)", cls.config_presets)
         parser.add_argument(
             "--teachers", nargs="*", default=None,
             help="one teacher (Hub id or local path, or 'none') per sub-codebook; default: the config's teacher_models",
@@ -180,7 +181,8 @@ class TokenizerGANRecipe(TrainingRecipe):
 
     def __init__(self, args: argparse.Namespace):
         super().__init__(args)
-        self.model_config = read_model_config(args, "tokenizer_config", saved_tokenizer_config)
+        self.model_config = read_model_config(args, "tokenizer_config", saved_tokenizer_config,
+                                              self.config_presets)
         model_class = tokenizer_class(self.model_config.get("_class_name", DEFAULT_TOKENIZER_CLASS))
         model_class.extract_init_dict(dict(self.model_config))  # field types and old fields, checked before any work
         default_resolution(args, self.model_config, model_class)

@@ -15,7 +15,7 @@ import logging
 
 import torch
 
-from ...tokenizers import TokenizerOutput, ViTVQGANTokenizer, tokenizer_class
+from ...tokenizers import VITVQGAN_PRESETS, TokenizerOutput, ViTVQGANTokenizer, tokenizer_class
 from ..data import collate
 from ..loop import TrainingRecipe
 from ..losses import LPIPS_DOWNLOAD_HINT, PerceptualLoss
@@ -54,10 +54,12 @@ class ViTVQGANRecipe(TokenizerGANRecipe):
     """
 
     name = "train_vitvqgan"
+    config_presets = VITVQGAN_PRESETS
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        add_model_source_arguments(parser, "tokenizer_config", "JSON of ViTVQGANTokenizer config kwargs")
+        add_model_source_arguments(parser, "tokenizer_config", "JSON of ViTVQGANTokenizer config kwargs",
+                                   cls.config_presets)
         add_image_data_arguments(parser)
         add_gan_arguments(parser)
         parser.add_argument("--logit_laplace_weight", type=float, default=0.0,
@@ -72,7 +74,8 @@ class ViTVQGANRecipe(TokenizerGANRecipe):
 
     def __init__(self, args: argparse.Namespace):
         TrainingRecipe.__init__(self, args)
-        self.model_config = read_model_config(args, "tokenizer_config", saved_tokenizer_config)
+        self.model_config = read_model_config(args, "tokenizer_config", saved_tokenizer_config,
+                                              self.config_presets)
         name = self.model_config.setdefault("_class_name", ViTVQGANTokenizer.__name__)
         if tokenizer_class(name) is not ViTVQGANTokenizer:
             raise ValueError(f"{describe_source(args, 'tokenizer_config')} describes a {name}; this recipe trains "

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ...tokenizers import FrozenTeacher, TokenizerOutput, VQKDTokenizer
+from ...tokenizers import VQKD_PRESETS, FrozenTeacher, TokenizerOutput, VQKDTokenizer
 from ...tokenizers.teachers import BUNDLED_PREFIX, BUNDLED_TEACHERS
 from ...utils import save_pretrained_atomic
 from ..data import collate
@@ -50,11 +50,15 @@ class VQKDRecipe(TrainingRecipe):
     """Stage 1 of VQ-KD: distil a frozen teacher's patch features into a cosine codebook (examples/train_vqkd.py)."""
 
     name = "train_vqkd"
+    # Stage 1 trains each preset's encoder and feature decoder; its pixel decoder is stage 2's.
+    config_presets = {name: {k: v for k, v in preset.items() if k != "pixel_decoder"}
+                      for name, preset in VQKD_PRESETS.items() if name != "tiny-no-pixel-decoder"}
     default_checkpointing_steps = 500
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        add_model_source_arguments(parser, "tokenizer_config", "JSON of VQKDTokenizer config kwargs")
+        add_model_source_arguments(parser, "tokenizer_config", "JSON of VQKDTokenizer config kwargs",
+                                   cls.config_presets)
         parser.add_argument("--teacher", default=None,
                             help="Hub id, folder or bundled:NAME; default: the config's teacher_model")
         add_image_data_arguments(parser)
@@ -65,7 +69,8 @@ class VQKDRecipe(TrainingRecipe):
 
     def __init__(self, args: argparse.Namespace):
         super().__init__(args)
-        self.model_config = read_model_config(args, "tokenizer_config", saved_tokenizer_config)
+        self.model_config = read_model_config(args, "tokenizer_config", saved_tokenizer_config,
+                                              self.config_presets)
         if self.model_config.get("pixel_decoder") is not None:
             raise ValueError(
                 "stage 1 trains the encoder and the feature decoder only: drop `pixel_decoder` from "
