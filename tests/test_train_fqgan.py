@@ -108,6 +108,12 @@ def test_resuming_checks_the_checkpoint_before_loading_it(tmp_path, imagefolder)
             str(out / "checkpoint-2"))
     with pytest.raises(ValueError, match="was saved with --use_ema: resume it with --use_ema"):
         run(tmp_path, imagefolder, "--max_train_steps", "5", "--resume_from_checkpoint", "latest")
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(ValueError, match=r"checkpoint-4 belongs to another run \(differs in: tokenizer_config\)"):
+        run(other, imagefolder, "--max_train_steps", "5", "--use_ema", "--resume_from_checkpoint",
+            str(out / "checkpoint-4"), config={**TINY, "codebook_size": 16})
+    assert not (other / "out").exists()
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
     run(tmp_path, imagefolder, "--max_train_steps", "5", "--use_ema", "--resume_from_checkpoint", "latest")
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-4", "checkpoint-5"]
@@ -212,6 +218,25 @@ def test_tensorboard_logging_without_tensorboard_is_refused_up_front(tmp_path, i
                         lambda name, *args: None if name == "tensorboard" else find_spec(name, *args))
     with pytest.raises(ValueError, match="needs the tensorboard package"):
         run(tmp_path, imagefolder, "--max_train_steps", "1", "--report_to", "tensorboard")
+    # accelerate would drop a tracker that is not installed, and the run would log nothing
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "wandb" else find_spec(name, *args))
+    with pytest.raises(ValueError, match="--report_to wandb needs the wandb package: pip install wandb"):
+        run(tmp_path, imagefolder, "--max_train_steps", "1", "--report_to", "wandb")
+    with pytest.raises(ValueError, match="--report_to tensorbored: not a tracker accelerate knows"):
+        run(tmp_path, imagefolder, "--max_train_steps", "1", "--report_to", "tensorbored")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--max_grad_norm", "-1", "--max_grad_norm must be >= 0"),  # a negative norm would turn descent into ascent
+    ("--learning_rate", "-1", "--learning_rate must be > 0"),
+    ("--disc_learning_rate", "0", "--disc_learning_rate must be > 0"),
+])
+def test_a_negative_clipping_norm_or_learning_rate_is_refused_before_training(tmp_path, imagefolder, flag, value,
+                                                                             message):
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path, imagefolder, "--max_train_steps", "1", flag, value)
     assert not (tmp_path / "out").exists()
 
 

@@ -86,6 +86,17 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def positive_int(value: str) -> int:
+    """argparse type of a count or size flag: an integer >= 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {number}")
+    return number
+
+
 def device_arg(value: str) -> str:
     """argparse type of the commands' --device: a torch device this machine has ("cpu", "cuda", "cuda:1", ...)."""
     import torch

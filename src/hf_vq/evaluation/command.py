@@ -18,7 +18,7 @@ DEFAULT_FEATURES = {"fashion-mnist": "fmnist"}  # other datasets: the FID Incept
 def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> None:
     """Register `evaluate tokenizer` and `evaluate pipeline` on the `hf-vq` parser."""
     from ..pipelines.loading import GENERATOR_DTYPES
-    from ..utils import add_overwrite_argument, device_arg
+    from ..utils import add_overwrite_argument, device_arg, positive_int
 
     e = sub.add_parser("evaluate", help="metrics of a tokenizer or a pipeline, as JSON", formatter_class=formatter)
     kinds = e.add_subparsers(dest="target", required=True)
@@ -30,7 +30,7 @@ def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> 
                             "inception, which needs --feature_weights or the pytorch-fid file in torch hub's cache)")
         p.add_argument("--feature_weights", default=None,
                        help="FID Inception .pth, or a classifier folder for --features fmnist (default: bundled)")
-        p.add_argument("--batch_size", type=int, default=100)
+        p.add_argument("--batch_size", type=positive_int, default=100)
         p.add_argument("--skip_corrupt", action="store_true",
                        help="drop the dataset's unreadable images instead of stopping")
         p.add_argument("--device", default=None, type=device_arg,
@@ -44,8 +44,8 @@ def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> 
     t.add_argument("model", help="tokenizer or pipeline folder, or Hub id")
     common(t)
     t.add_argument("--split", default="test")
-    t.add_argument("--resolution", type=int, default=None, help="default: the tokenizer's sample_size")
-    t.add_argument("--max_images", type=int, default=None)
+    t.add_argument("--resolution", type=positive_int, default=None, help="default: the tokenizer's sample_size")
+    t.add_argument("--max_images", type=positive_int, default=None)
     t.add_argument("--lpips_vgg", default=None, help="torchvision vgg16-397923af.pth (LPIPS is skipped without it)")
     t.add_argument("--lpips_weights", default=None, help="lpips v0.1 vgg.pth (default: from `pip install --no-deps "
                                                         "lpips`)")
@@ -58,18 +58,19 @@ def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> 
     g.add_argument("model", nargs="?", default=None, help="pipeline folder or Hub id (default: the bundled model)")
     common(g)
     g.add_argument("--samples_dir", required=True, help="sample folder: resumed when it exists")
-    g.add_argument("--per_class", type=int, default=50, help="samples per class (50 x 1000 classes = ADM's 50k)")
+    g.add_argument("--per_class", type=positive_int, default=50,
+                   help="samples per class (50 x 1000 classes = ADM's 50k)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--guidance_scale", type=float, default=None, help="default: the pipeline's")
-    g.add_argument("--num_inference_steps", type=int, default=None, help="NAR generators only")
+    g.add_argument("--num_inference_steps", type=positive_int, default=None, help="NAR generators only")
     g.add_argument("--dtype", choices=list(GENERATOR_DTYPES), default="fp32",
                    help="the generator's weights (its logits stay fp32); recorded with the samples")
     g.add_argument("--compile", action="store_true",
                    help="AR generators: each decoding step as one compiled graph (CUDA graphs on a GPU)")
-    g.add_argument("--max_batches", type=int, default=None, help="stop after this many batches per process")
+    g.add_argument("--max_batches", type=positive_int, default=None, help="stop after this many batches per process")
     add_reference_arguments(g)
     g.add_argument("--ppl_split", default="test", help="held-out split for the AR validation perplexity ('none': skip)")
-    g.add_argument("--ppl_max_images", type=int, default=None)
+    g.add_argument("--ppl_max_images", type=positive_int, default=None)
     g.set_defaults(func=evaluate_pipeline_command, multi_process=True)
 
     s = kinds.add_parser("samples", help="score an ADM .npz of samples (or a dataset split: the real-data floor)",
@@ -77,8 +78,9 @@ def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> 
     s.add_argument("samples", help="ADM-layout .npz (arr_0 images, arr_1 labels), or DATASET:SPLIT such as "
                                    "fashion-mnist:train to score real images against the reference")
     common(s)
-    s.add_argument("--max_images", type=int, default=None, help="for DATASET:SPLIT: the first N images")
-    s.add_argument("--resolution", type=int, default=None, help="for DATASET:SPLIT: image size (as the samples')")
+    s.add_argument("--max_images", type=positive_int, default=None, help="for DATASET:SPLIT: the first N images")
+    s.add_argument("--resolution", type=positive_int, default=None,
+                   help="for DATASET:SPLIT: image size (as the samples')")
     s.add_argument("--channels", type=int, default=1, choices=[1, 3], help="for DATASET:SPLIT: as the samples'")
     add_reference_arguments(s)
     s.set_defaults(func=evaluate_samples_command)
@@ -86,11 +88,13 @@ def add_evaluate_arguments(sub: argparse._SubParsersAction, formatter: type) -> 
 
 def add_reference_arguments(p: argparse.ArgumentParser) -> None:
     """Where the reference batch comes from."""
+    from ..utils import positive_int
+
     p.add_argument("--reference", default=None,
                    help="reference batch .npz (ADM arr_0 images, or a feature set hf-vq wrote); default: --dataset "
                         "--reference_split, whose features are saved beside the samples for the next run")
     p.add_argument("--reference_split", default="test")
-    p.add_argument("--reference_max_images", type=int, default=None)
+    p.add_argument("--reference_max_images", type=positive_int, default=None)
 
 
 def _reference(args: argparse.Namespace, network, size: int, channels: int, cache_dir: Path | None):

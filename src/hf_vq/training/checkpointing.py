@@ -64,8 +64,7 @@ def prepare_run_dir(
             "so that nothing in it is overwritten"
         )
     if run_file.exists():
-        previous = json.loads(run_file.read_text())
-        diff = sorted(k for k in set(previous) | set(run_identity) if previous.get(k) != run_identity.get(k))
+        diff = _identity_diff(run_file, run_identity)
         if diff and (list_checkpoints(root) or (root / SUMMARY_FILE).exists()):
             raise ValueError(
                 f"{root} holds a different run (differs in: {', '.join(diff)}). Choose another --output_dir, "
@@ -87,6 +86,14 @@ def prepare_run_dir(
             if not _CHECKPOINT.match(checkpoint.name):
                 raise ValueError(f"--resume_from_checkpoint {resume} is not a checkpoint-<step> folder (a run keeps "
                                  "them in its output folder); give one of those, or 'latest'")
+            source_run = checkpoint.parent / RUN_FILE
+            diff = _identity_diff(source_run, run_identity) if source_run.is_file() else []
+            if diff:
+                raise ValueError(
+                    f"--resume_from_checkpoint {resume} belongs to another run (differs in: {', '.join(diff)}); "
+                    f"resume it with that run's settings, or start a new run from a saved model with "
+                    "--pretrained_model_name_or_path"
+                )
             later = [p.name for p in list_checkpoints(root) if checkpoint_step(p) > checkpoint_step(checkpoint)]
             if later:
                 # Kept, they would outlive the resumed run's own checkpoints in pruning and be taken as "latest".
@@ -100,6 +107,12 @@ def prepare_run_dir(
             "or choose another --output_dir."
         )
     return checkpoint
+
+
+def _identity_diff(run_file: Path, run_identity: dict) -> list[str]:
+    """The fields in which the run recorded in `run_file` differs from `run_identity`."""
+    previous = json.loads(run_file.read_text())
+    return sorted(k for k in set(previous) | set(run_identity) if previous.get(k) != run_identity.get(k))
 
 
 def _say(message: str) -> None:
@@ -231,7 +244,8 @@ def save_checkpoint(
 
 
 def check_run_arguments(args: argparse.Namespace) -> None:
-    """Refuse, before any work, run flags the loop cannot honour (zero steps or batch sizes, a bad EMA decay)."""
+    """Refuse, before any work, run flags the loop cannot honour (zero steps or batch sizes, a bad EMA decay, a
+    negative clipping norm or learning rate, a tracker that is not installed)."""
     for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "checkpointing_steps",
                  "validation_steps", "logging_steps"):
         if getattr(args, name) < 1:
@@ -249,11 +263,29 @@ def check_run_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--ema_decay must lie in [0, 1), got {args.ema_decay}")
     if args.dataloader_num_workers < 0:
         raise ValueError(f"--dataloader_num_workers must be >= 0, got {args.dataloader_num_workers}")
-    if args.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
-        raise ValueError(
-            "--report_to tensorboard needs the tensorboard package: pip install tensorboard (or hf_vq[train]), "
-            "or pass --report_to none to train without logs"
-        )
+    if args.max_grad_norm < 0:  # clip_grad_norm_ would scale every gradient by a negative factor: ascent
+        raise ValueError(f"--max_grad_norm must be >= 0 (0 turns clipping off), got {args.max_grad_norm}")
+    for name, value in sorted(vars(args).items()):  # every optimizer's rate: --learning_rate, --disc_learning_rate
+        if name.endswith("learning_rate") and value is not None and not value > 0:
+            raise ValueError(f"--{name} must be > 0, got {value}")
+    check_tracker(args.report_to)
+
+
+def check_tracker(report_to: str) -> None:
+    """Refuse a `--report_to` tracker that accelerate does not know or that is not installed: accelerate would
+    drop it without a word, and the run would train with no logs."""
+    if report_to in ("none", "all"):
+        return
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    if report_to not in LOGGER_TYPE_TO_CLASS:
+        raise ValueError(f"--report_to {report_to}: not a tracker accelerate knows; pass none, all or one of "
+                         f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
+    modules = ("tensorboard", "tensorboardX") if report_to == "tensorboard" else (report_to,)
+    if all(importlib.util.find_spec(module) is None for module in modules):
+        extra = " (or hf_vq[train])" if report_to == "tensorboard" else ""
+        raise ValueError(f"--report_to {report_to} needs the {report_to} package: pip install {report_to}{extra}, "
+                         "or pass --report_to none to train without logs")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, checkpointing_steps: int = 500) -> None:
@@ -285,7 +317,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, checkpointing_steps: int 
     p.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
     p.add_argument("--validation_steps", type=int, default=checkpointing_steps, help="save a sample grid every N steps")
     p.add_argument("--logging_steps", type=int, default=50)
-    p.add_argument("--report_to", default="tensorboard", help="'tensorboard' or 'none'")
+    p.add_argument("--report_to", default="tensorboard",
+                   help="an accelerate tracker (tensorboard, wandb, trackio, ...), 'all' installed or 'none'")
     p.add_argument("--push_to_hub", action="store_true")
     p.add_argument("--hub_model_id", default=None)
 
