@@ -113,6 +113,13 @@ def test_version_help_and_one_line_errors(pipe_dir, tmp_path, capsys, monkeypatc
         with pytest.raises(SystemExit, match=r"^--tokenizer .*no such folder") as error:
             main(["reconstruct", "--tokenizer", model, "--image", str(tmp_path / "in.png")])
         assert "\n" not in str(error.value)
+    for argv in (["evaluate", "samples", "fashion-mnist:train", "--max_images", "0"],
+                 ["evaluate", "tokenizer", str(pipe_dir), "--batch_size", "-5"],
+                 ["evaluate", "pipeline", "--samples_dir", str(tmp_path / "s"), "--per_class", "0"]):
+        with pytest.raises(SystemExit):  # argparse's own refusal, before anything is loaded
+            main(argv)
+        assert "must be an integer >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
 
 def test_reconstruct_takes_a_pipeline_folder(pipe_dir, tmp_path, capsys):

@@ -80,6 +80,12 @@ def test_imagefolder_columns_and_labels(image_folder):
     assert id2label_from_dataset(ds) == {0: "cat", 1: "dog"}
 
 
+def test_a_split_the_folder_lacks_is_named_with_the_splits_it_has_and_the_flag_to_choose(image_folder):
+    with pytest.raises(ValueError, match=r"Unknown split \"test\". Should be one of \['train'\]. Choose one with "
+                                         "the command's split flag"):
+        load_image_dataset(str(image_folder), "test")
+
+
 def test_imagefolder_corrupt_image_raises_with_path(image_folder):
     bad = image_folder / "dog" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")

@@ -560,6 +560,8 @@ def test_sample_rejects_bad_settings_before_any_work():
         model.sample([CLASSES + 1])
     with pytest.raises(TypeError, match="integer class ids"):
         model.sample(torch.tensor([0.5]))
+    with pytest.raises(TypeError, match=r"class ids, got names \['Bag'\]: the pipeline takes names"):
+        model.sample(["Bag"])
 
 
 def test_sampling_settings_take_numpy_and_tensor_scalars():

@@ -203,6 +203,12 @@ def test_bad_input_is_refused_before_work(model):
         model.tokenize(torch.zeros(1, c, size, size, dtype=torch.uint8))
     with pytest.raises(ValueError, match="divisible"):
         model.tokenize(torch.zeros(1, c, size + 1, size + 1))
+    # pixels in [0, 255] or NaN would give codes without a word; a resampling overshoot past [-1, 1] is taken
+    with pytest.raises(ValueError, match=r"finite and in \[-1, 1\], got values in \[.*\]: scale 8-bit pixels"):
+        model.tokenize(torch.rand(1, c, size, size) * 255)
+    with pytest.raises(ValueError, match=r"got values in \[nan, nan\]"):
+        model.tokenize(torch.full((1, c, size, size), float("nan")))
+    assert model.tokenize(torch.full((1, c, size, size), 1.2)).shape[0] == 1
     h, w = model.token_grid()
     with pytest.raises(ValueError, match=rf"\(B, {model.num_codebooks}, h, w\)"):
         model.indices_to_latents(torch.zeros(1, model.num_codebooks + 1, h, w, dtype=torch.long))

@@ -86,7 +86,21 @@ def test_bad_stage_inputs_are_refused_before_work(tmp_path, imagefolder, teacher
                      "--output_dir", str(tmp_path / "s1"), *COMMON])
     wide = {**VQKDTokenizer.presets["tiny-no-pixel-decoder"], "teacher_dim": 24}
     config.write_text(json.dumps(wide))
-    with pytest.raises(ValueError, match="16-wide patch features, the config's teacher_dim is 24"):
+    with pytest.raises(ValueError, match="16-wide patch features, the config's teacher_dim is 24: set teacher_dim "
+                                         "to 16"):
         stage1.main(["--tokenizer_config", str(config), "--teacher", str(teacher), "--dataset", str(imagefolder),
                      "--output_dir", str(tmp_path / "s1"), *COMMON])
+    config.write_text("{'teacher_dim': 16}")
+    with pytest.raises(ValueError, match=r"--tokenizer_config .*with-decoder.json is not valid JSON"):
+        stage1.main(["--tokenizer_config", str(config), "--teacher", str(teacher), "--dataset", str(imagefolder),
+                     "--output_dir", str(tmp_path / "s1"), *COMMON])
+    VQKDTokenizer.from_preset("tiny-no-pixel-decoder").save_pretrained(tmp_path / "stage1")
+    decoder = tmp_path / "decoder.json"
+    for text, message in (("{", r"--pixel_decoder .*decoder.json is not valid JSON"),
+                          (json.dumps({**VQKDTokenizer.presets["tiny"]["pixel_decoder"], "base_channels": 16}),
+                           "the decoder's base_channels must be a multiple of 32")):
+        decoder.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            stage2.main(["--tokenizer", str(tmp_path / "stage1"), "--pixel_decoder", str(decoder), "--dataset",
+                         str(imagefolder), "--output_dir", str(tmp_path / "s2"), "--perceptual_weight", "0", *COMMON])
     assert not (tmp_path / "s1").exists() and not (tmp_path / "s2").exists()

@@ -75,6 +75,9 @@ def check_class_labels(
 
     Their values are checked where `utils.may_read_values` allows (not in a training step off the CPU).
     """
+    if not isinstance(class_labels, torch.Tensor) and any(isinstance(label, str) for label in class_labels):
+        raise TypeError(f"class_labels must be class ids, got names {list(class_labels)}: the pipeline takes names "
+                        "(pipe.get_label_ids maps them), a generator takes ids")
     labels = torch.as_tensor(class_labels, device=device)
     if labels.dim() != 1 or labels.numel() == 0:
         raise ValueError(f"class_labels must be a non-empty 1-D list or tensor of ids, got shape {tuple(labels.shape)}")

@@ -16,7 +16,7 @@ import torch
 from diffusers.utils import BaseOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
-from ..utils import check_config_types
+from ..utils import check_config_types, may_read_values
 
 
 class _LossesOutput(BaseOutput):
@@ -77,6 +77,25 @@ class TokenizerOutput(_LossesOutput):
 
 # ABCMeta rather than abc.ABC: ABC's empty __slots__ makes FSDP2's `fully_shard`, which swaps in a subclass of the
 # model's class, fail with "object layout differs".
+# Past [-1, 1] by a margin for resampling overshoot (bicubic resizing rings); pixels in [0, 255], or normalised with
+# ImageNet's mean and std, land well beyond it.
+PIXEL_RANGE_MARGIN = 0.5
+
+
+def check_pixel_range(pixel_values: torch.Tensor) -> None:
+    """Raise a clear error for images that are not finite values in [-1, 1] (up to `PIXEL_RANGE_MARGIN`): a tokenizer
+    would turn them into codes without a word, and garbage ones."""
+    if pixel_values.numel() == 0:
+        return
+    low, high = (float(v) for v in torch.aminmax(pixel_values.detach()))
+    bound = 1 + PIXEL_RANGE_MARGIN
+    if not -bound <= low <= high <= bound:  # False for NaN too
+        raise ValueError(
+            f"pixel_values must be finite and in [-1, 1], got values in [{low:.4g}, {high:.4g}]: scale 8-bit pixels "
+            "with x / 127.5 - 1 (as diffusers' VaeImageProcessor.preprocess does)"
+        )
+
+
 class ImageTokenizerMixin(metaclass=abc.ABCMeta):
     """The contract of an image tokenizer; mix into a diffusers `ModelMixin` + `ConfigMixin` class.
 
@@ -204,6 +223,8 @@ class ImageTokenizerMixin(metaclass=abc.ABCMeta):
         """(B, C, H, W) images in [-1, 1] -> (B, k, h, w) indices; floating-point images are first cast to the
         model's dtype, as diffusers pipelines cast what they hand a VAE (`encode` takes them as they are)."""
         if isinstance(pixel_values, torch.Tensor) and pixel_values.is_floating_point():
+            if may_read_values(pixel_values.device):
+                check_pixel_range(pixel_values)
             pixel_values = pixel_values.to(self.dtype)
         return self.encode(pixel_values).indices
 

@@ -209,6 +209,9 @@ class Decoder(_CheckpointedTrunk):
         dropout: float = 0.0,
     ):
         super().__init__()
+        if base_channels % 32:
+            raise ValueError(f"the decoder's base_channels must be a multiple of 32 (GroupNorm(32)), "
+                             f"got {base_channels}")
         widths = [base_channels * m for m in channel_multipliers]
         block_in = widths[-1]
         self.conv_in = nn.Conv2d(z_channels, block_in, 3, padding=1)

@@ -180,7 +180,14 @@ def load_image_dataset(
             raise ValueError(f"Fashion-MNIST has one configuration; drop the configuration name {config_name!r}")
         ds = _load_fashion_mnist(split)
     else:
-        ds = load_dataset(source, config_name, split=split)
+        try:
+            ds = load_dataset(source, config_name, split=split)
+        except ValueError as err:
+            if not str(err).startswith("Unknown split"):
+                raise
+            # datasets names the splits there are; what to do is the command's split flag
+            raise ValueError(f"{source}: {err} Choose one with the command's split flag (--split, --test_split, "
+                             "--reference_split, ...)") from None
 
     image_column = _resolve_column(ds, image_column, "image")
     label_column = _resolve_column(ds, label_column, "label")

@@ -62,12 +62,22 @@ def read_model_config(
 
 def _config_file_or_preset(path: str, config_flag: str, presets: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
     if Path(path).is_file():
-        return json.loads(Path(path).read_text())
+        return read_json_file(path, f"--{config_flag}")
     if path in presets:
         # Through JSON, as a config file would come: the run's identity is compared with its JSON when resumed.
         return json.loads(json.dumps(presets[path]))
     names = f"nor one of the presets: {', '.join(sorted(presets))}" if presets else "(this script has no presets)"
     raise FileNotFoundError(f"--{config_flag} {path}: no such config file, {names}")
+
+
+def read_json_file(path: str | Path, flag: str) -> dict[str, Any]:
+    """The JSON in the file that `flag` names, or a clear error naming the flag."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{flag} {path}: no such file")
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{flag} {path} is not valid JSON: {err}") from None
 
 
 def describe_source(args: argparse.Namespace, config_flag: str) -> str:

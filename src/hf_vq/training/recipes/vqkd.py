@@ -12,7 +12,6 @@ the codes stay bit-identical.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,13 @@ from ...utils import save_pretrained_atomic
 from ..data import collate
 from ..loop import Phase, TrainingRecipe, unwrapped
 from ..losses import LPIPS_DOWNLOAD_HINT, PatchGANDiscriminator, PerceptualLoss
-from ..pretrained import add_model_source_arguments, describe_source, pretrained_source, read_model_config
+from ..pretrained import (
+    add_model_source_arguments,
+    describe_source,
+    pretrained_source,
+    read_json_file,
+    read_model_config,
+)
 from .tokenizer_gan import (
     TokenizerGANRecipe,
     add_gan_arguments,
@@ -81,7 +86,9 @@ class VQKDRecipe(TrainingRecipe):
         default_resolution(args, self.model_config, VQKDTokenizer)
         self.teacher_name = args.teacher or self.model_config.get("teacher_model")
         if not self.teacher_name:
-            raise ValueError("stage 1 needs a teacher: pass --teacher (a Hub id or folder) or set teacher_model")
+            raise ValueError("stage 1 needs a teacher: pass --teacher (a Hub id, a folder, or bundled:NAME for a "
+                             f"teacher shipped in the package: {', '.join(sorted(BUNDLED_TEACHERS))}) or set "
+                             "teacher_model")
 
     def run_identity(self) -> dict[str, Any]:
         args = self.args
@@ -97,7 +104,8 @@ class VQKDRecipe(TrainingRecipe):
         expected = self.model_config.get("teacher_dim", 768)
         if self.teacher.patch_dim != expected:
             raise ValueError(f"teacher {self.teacher_name!r} gives {self.teacher.patch_dim}-wide patch features, "
-                             f"the config's teacher_dim is {expected}")
+                             f"the config's teacher_dim is {expected}: set teacher_dim to {self.teacher.patch_dim} "
+                             "for this teacher")
         self.dataset = load_training_images(self.args, self.model_config.get("in_channels", 3))
 
     def build(self) -> None:
@@ -190,8 +198,10 @@ class VQKDPixelDecoderRecipe(TokenizerGANRecipe):
         levels = self.stage1["patch_size"].bit_length()
         default = dict(base_channels=128, channel_multipliers=[1, 1, 2, 2, 4, 4][:levels], num_res_blocks=2,
                        z_channels=256)
-        self.pixel_decoder = json.loads(Path(args.pixel_decoder).read_text()) if args.pixel_decoder else default
+        self.pixel_decoder = read_json_file(args.pixel_decoder, "--pixel_decoder") if args.pixel_decoder else default
         self.model_config = {**self.stage1, "pixel_decoder": self.pixel_decoder}
+        with torch.device("meta"):  # the sizes checked before any work, at no memory cost
+            VQKDTokenizer.from_config(self.model_config)
         self.teachers = []  # the teacher's job ended with stage 1
         if args.perceptual_weight > 0 and not (args.vgg16_path and args.lpips_path):
             raise SystemExit(f"--perceptual_weight {args.perceptual_weight} needs LPIPS weights. {LPIPS_DOWNLOAD_HINT}")
