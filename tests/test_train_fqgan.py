@@ -73,6 +73,15 @@ def test_a_preset_name_is_a_tokenizer_config_and_its_run_resumes(tmp_path, image
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1", "checkpoint-2"]
 
 
+def test_colour_images_for_a_grayscale_tokenizer_are_converted_with_a_warning(tmp_path, imagefolder, caplog):
+    from PIL import Image
+
+    for path in imagefolder.rglob("*.png"):
+        Image.open(path).convert("RGB").save(path)
+    run(tmp_path, imagefolder, "--max_train_steps", "1")
+    assert "the dataset's RGB images are converted to grayscale" in caplog.text
+
+
 def test_bad_runs_fail_before_training(tmp_path, imagefolder):
     with pytest.raises(SystemExit, match="LPIPS"):
         run(tmp_path, imagefolder, "--perceptual_weight", "1.0")

@@ -84,6 +84,11 @@ def load_training_images(args: argparse.Namespace, channels: int) -> Dataset:
                                  args.dataset_config_name)
     if args.max_train_samples is not None:  # as diffusers' scripts: a seeded shuffle, then the first N
         dataset = dataset.shuffle(seed=args.seed).select(range(min(args.max_train_samples, len(dataset))))
+    if channels == 1 and len(dataset) and dataset[0]["image"].mode in ("RGB", "RGBA", "CMYK", "YCbCr"):
+        # A config copied from a grayscale one would otherwise train a grayscale tokenizer on colour data unnoticed.
+        logger.warning("the tokenizer takes 1-channel images: the dataset's %s images are converted to grayscale "
+                       "(set in_channels and out_channels to 3 in the config to keep their colour)",
+                       dataset[0]["image"].mode)
     return with_image_transform(dataset, ImageTransform(args.resolution, channels=channels))
 
 
