@@ -239,8 +239,8 @@ def test_tensorboard_logging_without_tensorboard_is_refused_up_front(tmp_path, i
 
 @pytest.mark.parametrize("flag, value, message", [
     ("--max_grad_norm", "-1", "--max_grad_norm must be >= 0"),  # a negative norm would turn descent into ascent
-    ("--learning_rate", "-1", "--learning_rate must be > 0"),
-    ("--disc_learning_rate", "0", "--disc_learning_rate must be > 0"),
+    ("--learning_rate", "-1", "--learning_rate must be >= 0"),
+    ("--disc_learning_rate", "-0.5", "--disc_learning_rate must be >= 0"),
 ])
 def test_a_negative_clipping_norm_or_learning_rate_is_refused_before_training(tmp_path, imagefolder, flag, value,
                                                                              message):

@@ -266,8 +266,8 @@ def check_run_arguments(args: argparse.Namespace) -> None:
     if args.max_grad_norm < 0:  # clip_grad_norm_ would scale every gradient by a negative factor: ascent
         raise ValueError(f"--max_grad_norm must be >= 0 (0 turns clipping off), got {args.max_grad_norm}")
     for name, value in sorted(vars(args).items()):  # every optimizer's rate: --learning_rate, --disc_learning_rate
-        if name.endswith("learning_rate") and value is not None and not value > 0:
-            raise ValueError(f"--{name} must be > 0, got {value}")
+        if name.endswith("learning_rate") and value is not None and not value >= 0:  # 0: a step that changes nothing
+            raise ValueError(f"--{name} must be >= 0, got {value}")
     check_tracker(args.report_to)
 
 
