@@ -228,6 +228,33 @@ def test_names_keys_and_flags_the_spec_cannot_take(tmp_path):
         load_spec(write_spec(tmp_path, noise={"row": "VQGAN", "seeds": [1, 1]}))
 
 
+
+@pytest.mark.parametrize("changes, message", [
+    # each would fail only after tokenizers and generators had trained, or be dropped without a word
+    (dict(ar={"config": "ar.json", "sampling": {"guidance_scle": 2.0}}),
+     r"ar.sampling has unknown keys \['guidance_scle'\]"),
+    (dict(nar={"config": "nar.json", "sampling": {"output_type": "np"}}),
+     r"nar.sampling has unknown keys \['output_type'\]"),
+    (dict(ar={"config": "ar.json", "sampling": {"guidance_scale": "high"}}),
+     "ar.sampling: guidance_scale must be a finite"),
+    (dict(nar={"config": "nar.json", "sampling": {"num_inference_steps": 0}}), "num_inference_steps must be >= 1"),
+    (dict(train_args={"tokeniser": {"learning_rate": 1e-3}}), r"train_args names unknown stages \['tokeniser'\]"),
+    (dict(rows=[{"name": "VQGAN", "kind": "vqgan", "config": "vqgan.json", "train_args": {"AR": {}}}]),
+     r"row VQGAN: train_args names stages \['AR'\] that a vqgan row does not train"),
+    (dict(ar={"config": "vqgan.json"}), r"ar config sets \[.*'base_channels'.*\], which a FARConfig does not have"),
+    (dict(dataset={**QUICK["dataset"], "resolution": 30}), r"row 0 \(VQGAN\): at dataset.resolution 30: image size "),
+    (dict(rows=["VQGAN"]), r"row 0 must be an object with a \"name\""),
+    (dict(rows=[{"name": "VQGAN", "kind": "vqgan", "config": 5}]), "config must be a path"),
+    (dict(rows=[{"name": "VQGAN", "kind": "vqgan", "config": "vqgan.json", "stage_fraction": "half"}]),
+     "stage_fraction must be a number"),
+    (dict(noise={"row": "VQGAN", "seeds": "12"}), "noise must be"),
+    (dict(noise=[1, 2]), "noise must be"),
+])
+def test_a_spec_entry_that_would_fail_later_is_refused_when_it_loads(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        load_spec(write_spec(tmp_path, **changes))
+
+
 def test_table_only_needs_a_result_folder(tmp_path):
     (tmp_path / "results").mkdir()
     with pytest.raises(SystemExit, match="holds no benchmark results"):

@@ -75,6 +75,10 @@ def test_a_far_preset_takes_the_codes_sub_codebooks_and_a_gpt_one_refuses_them(c
         recipe("GPT-B")
     with pytest.raises(FileNotFoundError, match="nor one of the presets: .*FAR-Base, FAR-Large, GPT-3B, GPT-B"):
         recipe("FAR-Huge")
+    typo = codes / "typo.json"  # transformers would keep the key as an attribute and build the default width
+    typo.write_text(json.dumps({"hidden_sise": 32, "num_hidden_layers": 1}))
+    with pytest.raises(ValueError, match=r"sets \['hidden_sise'\], which a FARConfig does not have"):
+        recipe(str(typo))
 
 
 def far_args(codes, *extra: str) -> list[str]:

@@ -42,6 +42,9 @@ SPEC_KEYS = {"name", "dataset", "seed", "features", "feature_weights", "num_samp
              "train_args", "rows", "noise"}
 ROW_KEYS = {"name", "kind", "config", "pretrained", "pixel_decoder", "stage_fraction", "budget", "train_args"}
 DATASET_KEYS = {"name", "resolution", "train_split", "test_split"}
+# what a spec's "sampling" may set: the pipeline call's knobs (its labels, generators and output type are the runner's)
+SAMPLING_KEYS = {"ar": {"guidance_scale", "temperature", "top_k", "top_p", "compile"},
+                 "nar": {"guidance_scale", "temperature", "top_k", "top_p", "num_inference_steps"}}
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,9 @@ class TokenizerKind:
     quantizer: str | None = None  # the config's quantizer kind, when the kind fixes it
     multiple_codebooks: bool | None = None  # num_codebooks > 1 required (True), forbidden (False), or free (None)
 
-    def check_config(self, config: dict[str, Any], where: str) -> None:
-        """Refuse a tokenizer config that is not of this kind, or that its class refuses (built on the meta device:
-        no memory, no weights)."""
+    def check_config(self, config: dict[str, Any], where: str, resolution: int | None = None) -> None:
+        """Refuse a tokenizer config that is not of this kind, that its class refuses (built on the meta device:
+        no memory, no weights), or that cannot take `resolution` px images."""
         import torch
 
         from ..tokenizers import AutoImageTokenizer
@@ -77,9 +80,14 @@ class TokenizerKind:
             raise ValueError(f"{where}: this kind has one codebook, its config has num_codebooks={k}")
         try:
             with torch.device("meta"):
-                AutoImageTokenizer.from_config(dict(config), "FQGANTokenizer")
+                model = AutoImageTokenizer.from_config(dict(config), "FQGANTokenizer")
         except (ValueError, TypeError) as err:
             raise ValueError(f"{where}: its config is refused: {err}") from err
+        if resolution is not None:
+            try:
+                model.check_pixels(torch.empty(1, model.in_channels, resolution, resolution, device="meta"))
+            except ValueError as err:
+                raise ValueError(f"{where}: at dataset.resolution {resolution}: {err}") from None
 
 
 _GAN = "hf_vq.training.recipes.TokenizerGANRecipe"
@@ -298,15 +306,16 @@ def load_spec(path: str | Path) -> BenchmarkSpec:
         _known_keys(entry, {"config", "sampling"}, stage, path)
         config = _read_json(base / entry["config"], f"{stage} config", path)
         _check_generator_config(stage, config, path)
-        generators[stage] = GeneratorSpec(config, dict(entry.get("sampling") or {}))
+        generators[stage] = GeneratorSpec(config, _sampling(stage, entry.get("sampling"), path))
 
     rows, names = [], set()
     if not isinstance(raw["rows"], list) or not raw["rows"]:
         raise _fail(path, "rows must be a non-empty list")
+    resolution = _positive_int(dataset["resolution"], "dataset.resolution", path)
     for i, entry in enumerate(raw["rows"]):
-        where = f"row {i} ({entry.get('name', '?')})"
-        if not isinstance(entry, dict) or "name" not in entry or "kind" not in entry:
-            raise _fail(path, f"{where} needs a name and a kind")
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or "kind" not in entry:
+            raise _fail(path, f"row {i} must be an object with a \"name\" (a string) and a \"kind\", got {entry!r}")
+        where = f"row {i} ({entry['name']})"
         _known_keys(entry, ROW_KEYS, where, path)
         slug = Row(entry["name"], entry["kind"], None).slug
         clash = [name for name in names if Row(name, "", None).slug == slug]
@@ -325,35 +334,43 @@ def load_spec(path: str | Path) -> BenchmarkSpec:
         if ("config" in entry) == ("pretrained" in entry):
             raise _fail(path, f"{where} needs either a tokenizer config to train or a pretrained folder to reuse")
         config = pixel_decoder = pretrained = None
+        for key in ("config", "pretrained", "pixel_decoder"):
+            if key in entry and not isinstance(entry[key], str):
+                raise _fail(path, f"{where}: {key} must be a path (a string), got {entry[key]!r}")
         if "config" in entry:
             config = _read_json(base / entry["config"], f"{where}: tokenizer config", path)
-            kind.check_config(config, f"benchmark spec {path}: {where}")
+            kind.check_config(config, f"benchmark spec {path}: {where}", resolution)
             if "pixel_decoder" in entry:
                 if len(kind.stages) < 2:
                     raise _fail(path, f"{where}: a {entry['kind']} tokenizer has no separate pixel decoder stage")
                 pixel_decoder = _read_json(base / entry["pixel_decoder"], f"{where}: pixel decoder config", path)
-                kind.check_config({**config, "pixel_decoder": pixel_decoder}, f"benchmark spec {path}: {where}")
+                kind.check_config({**config, "pixel_decoder": pixel_decoder}, f"benchmark spec {path}: {where}",
+                                  resolution)
         else:
             folder = base / entry["pretrained"]
             config = _read_json(folder / "config.json", f"{where}: pretrained tokenizer", path)
-            kind.check_config(config, f"benchmark spec {path}: {where}")
+            kind.check_config(config, f"benchmark spec {path}: {where}", resolution)
             pretrained = str(folder)
         fraction = entry.get("stage_fraction", 0.5)
-        if not 0 < fraction < 1:
-            raise _fail(path, f"{where}: stage_fraction must be in (0, 1), got {fraction}")
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+            raise _fail(path, f"{where}: stage_fraction must be a number in (0, 1), got {fraction!r}")
         rows.append(Row(entry["name"], entry["kind"], config, pixel_decoder, pretrained, fraction,
                         _train_args(entry.get("train_args"), f"{where}.train_args", path)))
 
     noise = raw.get("noise") or {}
-    if noise and (noise.get("row") not in names or not noise.get("seeds")):
-        raise _fail(path, f"noise must name one of the rows ({sorted(names)}) and give extra seeds, got {noise}")
+    seeds = noise.get("seeds") if isinstance(noise, dict) else None
+    integers = isinstance(seeds, list) and all(not isinstance(v, bool) and isinstance(v, int) and 0 <= v < 2**31
+                                               for v in seeds)
+    if noise and (not isinstance(noise, dict) or noise.get("row") not in names or not seeds or not integers):
+        raise _fail(path, f"noise must be {{\"row\": one of {sorted(names)}, \"seeds\": [extra integer seeds]}}, "
+                          f"got {noise!r}")
     noise_seeds = list(noise.get("seeds", []))
     if seed in noise_seeds or len(set(noise_seeds)) != len(noise_seeds):
         raise _fail(path, f"noise seeds {noise_seeds} must be distinct and differ from the spec's seed {seed}")
 
     spec = BenchmarkSpec(
         name=raw.get("name", path.stem), path=path, dataset=str(dataset["name"]),
-        resolution=_positive_int(dataset["resolution"], "dataset.resolution", path),
+        resolution=resolution,
         train_split=dataset.get("train_split", "train"), test_split=dataset.get("test_split", "test"),
         seed=seed, features=raw.get("features", "fmnist"), feature_weights=raw.get("feature_weights"),
         num_samples=_positive_int(raw.get("num_samples", 10000), "num_samples", path), budget=budget,
@@ -361,10 +378,41 @@ def load_spec(path: str | Path) -> BenchmarkSpec:
         noise_seeds=tuple(noise.get("seeds", ())),
         train_args_spec=_train_args(raw.get("train_args"), "train_args", path),
     )
+    every_stage = {name for kind in TOKENIZER_KINDS.values() for name, _ in kind.stages} | set(GENERATOR_RECIPES)
+    unknown = sorted(set(spec.train_args_spec) - every_stage)
+    if unknown:  # flags under a misspelt stage would be dropped without a word
+        raise _fail(path, f"train_args names unknown stages {unknown}; stages: {sorted(every_stage)}")
     for row in spec.rows:
-        for stage, recipe in stage_recipes(row):
+        stages = dict(stage_recipes(row))
+        unknown = sorted(set(row.train_args) - set(stages))
+        if unknown:
+            raise _fail(path, f"row {row.name}: train_args names stages {unknown} that a {row.kind} row does not "
+                              f"train; its stages: {list(stages)}")
+        for stage, recipe in stages.items():
             check_flags(recipe, spec.train_args(row, stage), f"benchmark spec {path}: {row.name}, stage {stage}")
     return spec
+
+
+def _sampling(stage: str, raw: Any, path: Path) -> dict[str, Any]:
+    """The sampling settings of a proposal network, checked as the pipeline checks them (the vocabulary comes with
+    the codes: top_k's upper bound is checked when sampling)."""
+    from ..generators.sampling import as_number, check_sampling_args
+
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise _fail(path, f"{stage}.sampling must be an object of pipeline settings, got {raw!r}")
+    _known_keys(raw, SAMPLING_KEYS[stage], f"{stage}.sampling", path)
+    try:
+        check_sampling_args(raw.get("guidance_scale", 1.0), raw.get("temperature", 1.0), raw.get("top_k", 0),
+                            raw.get("top_p", 1.0), vocab_size=2**62)
+        if "num_inference_steps" in raw and as_number("num_inference_steps", raw["num_inference_steps"], True) < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {raw['num_inference_steps']}")
+    except ValueError as err:
+        raise _fail(path, f"{stage}.sampling: {err}") from None
+    if not isinstance(raw.get("compile", False), bool):
+        raise _fail(path, f"{stage}.sampling: compile must be true or false, got {raw['compile']!r}")
+    return dict(raw)
 
 
 def _known_keys(entry: dict[str, Any], known: set[str], where: str, path: Path) -> None:
@@ -381,6 +429,10 @@ def _check_generator_config(stage: str, config: dict[str, Any], path: Path) -> N
     recipe = ARGeneratorRecipe if stage == "ar" else NARGeneratorRecipe
     # what the codes fill in later: any valid placeholder values check the rest of the config
     placeholders = dict(vocab_size=16, num_codebooks=1, grid_size=2, num_classes=2)
+    unknown = recipe.config_class.unknown_keys(config)
+    if unknown:
+        raise _fail(path, f"{stage} config sets {unknown}, which a {recipe.config_class.__name__} does not have (a "
+                          "typo, or another model's config?)")
     try:
         recipe.config_class(**{**placeholders, **config})
     except (ValueError, TypeError) as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
@@ -65,6 +66,13 @@ class ClassConditionalGeneratorConfig(PreTrainedConfig):
         if self.intermediate_size is None:
             self.intermediate_size = round_up(8 * self.hidden_size // 3, 256)
         super().__post_init__(**kwargs)
+
+    @classmethod
+    def unknown_keys(cls, kwargs: dict[str, Any]) -> list[str]:
+        """The keys of `kwargs` that are no field of this config. transformers keeps extra keys as plain attributes,
+        so a typo ("hidden_sise") would build the default size without a word; a config read from a user's file is
+        checked with this first."""
+        return sorted(set(kwargs) - {f.name for f in dataclasses.fields(cls)} - {"model_type"})
 
     def validate_architecture(self):
         """Part of `@strict` validation: sizes that the model cannot be built with."""

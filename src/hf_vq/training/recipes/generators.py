@@ -76,6 +76,10 @@ class GeneratorRecipe(TrainingRecipe):
             raise ValueError(f"{args.codes_dir} holds codes of {k} sub-codebooks, but --tokenizer {args.tokenizer} "
                              f"has {self.tokenizer.num_codebooks}: extract the codes with the tokenizer you train for")
         self.model_kwargs = read_model_config(args, "model_config", self._saved_config, self.config_presets)
+        unknown = self.config_class.unknown_keys(self.model_kwargs) if args.model_config is not None else []
+        if unknown:
+            raise ValueError(f"{describe_source(args, 'model_config')} sets {unknown}, which a "
+                             f"{self.config_class.__name__} does not have (a typo, or another model's config?)")
         preset = args.model_config in self.config_presets and not Path(args.model_config).is_file()
         if preset and self.model_kwargs.get("num_codebooks", 1) > 1 and k > 1:
             # A FAR preset names the sizes; its factorized head serves any k > 1 (FQGAN's far_dual.py and
