@@ -194,6 +194,12 @@ def test_command_refuses_bad_input_before_any_work(tiny_pipeline, tmp_path, monk
         main([model, "--output", str(tmp_path / "probe.txt")])
     with pytest.raises(SystemExit, match="--max_train_images must be >= 1"):
         main([model, "--max_train_images", "0"])
+    for flags, message in ((["--val_fraction", "1.5"], r"--val_fraction must lie in \(0, 1\)"),
+                           (["--weight_decays", "nan"], "--weight_decays must be finite values >= 0"),
+                           (["--weight_decays", "-1"], "--weight_decays must be finite values >= 0"),
+                           (["--max_train_images", "5", "--val_fraction", "0.05"], "cannot be split")):
+        with pytest.raises(SystemExit, match=message):
+            main([model, *flags])
     unlabelled = tmp_path / "unlabelled"
     unlabelled.mkdir()
     for i in range(4):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -262,8 +263,8 @@ def linear_probe(
         raise ValueError(
             f"{len(blocks)} block ids for {len(train_features)} training and {len(test_features)} test feature sets"
         )
-    if not weight_decays or min(weight_decays) < 0:
-        raise ValueError(f"weight_decays must be a non-empty list of values >= 0, got {list(weight_decays)}")
+    if not weight_decays or not all(math.isfinite(decay) and decay >= 0 for decay in weight_decays):
+        raise ValueError(f"weight_decays must be a non-empty list of finite values >= 0, got {list(weight_decays)}")
     train_labels, test_labels = torch.as_tensor(train_labels).long(), torch.as_tensor(test_labels).long()
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     fit, val = validation_split(len(train_labels), val_fraction, seed)
@@ -405,6 +406,13 @@ def run_probe(args: argparse.Namespace) -> dict:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be >= 1, got {value}")
+    # checked again where they are used, after feature extraction: here, before minutes of it
+    if not 0 < args.val_fraction < 1:
+        raise ValueError(f"--val_fraction must lie in (0, 1), got {args.val_fraction}")
+    if not all(math.isfinite(decay) and decay >= 0 for decay in args.weight_decays):
+        raise ValueError(f"--weight_decays must be finite values >= 0, got {args.weight_decays}")
+    if args.max_train_images is not None:
+        validation_split(args.max_train_images, args.val_fraction, args.seed)  # too few images to split
     output = check_output_file(args.output, (".json",), "--output", args.overwrite) if args.output else None
     plot = check_output_file(args.plot, (".png",), "--plot", args.overwrite) if args.plot else None
     blocks = _parse_blocks(args.blocks)
