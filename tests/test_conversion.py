@@ -558,6 +558,13 @@ def test_tiny_vqkd_checkpoint_converts_loads_and_tokenizes(tmp_path):
         if new is not None:
             torch.testing.assert_close(ours[new], tensor, rtol=0, atol=0, msg=key)
     assert bool(loaded.quantize.initted)
+    # the inverse map turns a converted model back into a checkpoint the converter takes again, key for key
+    back = {hf_vqkd_key_to_official(key): tensor for key, tensor in ours.items()}
+    assert "quantize.embedding.initted" in back and set(back) <= set(state)
+    torch.save({"model": back}, tmp_path / "back.pth")
+    again = AutoImageTokenizer.from_pretrained(convert_checkpoint(tmp_path / "back.pth", tmp_path / "again",
+                                                                  num_heads=2))
+    assert all(torch.equal(again.state_dict()[key], tensor) for key, tensor in ours.items())
     x = images(8)
     indices = loaded.tokenize(x)
     assert indices.shape == (2, 1, 4, 4) and indices.dtype == torch.long and 0 <= indices.min() <= indices.max() < 16

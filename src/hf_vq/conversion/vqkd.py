@@ -72,6 +72,8 @@ def official_vqkd_key_to_hf(key: str) -> str | None:
 
 def hf_vqkd_key_to_official(key: str) -> str:
     """The official key of one of our VQ-KD keys (the inverse of `official_vqkd_key_to_hf`)."""
+    if key == "quantize.initted":  # the official flag the converter checks and drops; ours is set on conversion
+        return "quantize.embedding.initted"
     for official, ours in _RENAMES.items():
         key = key.replace(ours, official)
     return key
