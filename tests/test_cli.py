@@ -88,6 +88,9 @@ def test_push_uploads_a_saved_folder(pipe_dir, tmp_path, fake_hub, capsys):
     assert "pushed" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no such folder"):
         main(["push", str(tmp_path / "missing"), "me/x"])
+    (tmp_path / "eval.json").write_text("{'fid': 3}")
+    with pytest.raises(SystemExit, match=r"--evaluation .*eval.json is not valid JSON"):
+        main(["push", str(pipe_dir), "me/x", "--evaluation", str(tmp_path / "eval.json")])
 
 
 def test_push_takes_repo_id_then_folder(pipe_dir, fake_hub, capsys):

@@ -337,6 +337,8 @@ def test_build_quantizer():
         build_quantizer("fsq", 64, 3, levels=[3, 4, 5])
     with pytest.raises(ValueError, match="2\\*\\*dim codes"):
         build_quantizer("lfq", 100, 8)
+    with pytest.raises(ValueError, match="the 'vq' quantizer spec lacks codebook_size and dim"):
+        build_quantizer(**{"kind": "vq"})  # a partial override of a preset's spec
     with pytest.raises(ValueError, match="unknown quantizer kind"):
         build_quantizer("rvq", 64, 8)
 

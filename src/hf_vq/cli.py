@@ -99,9 +99,9 @@ def push(args: argparse.Namespace) -> None:
 
     The folder's README.md is written first when it has none, and rewritten from `--evaluation` JSONs.
     """
-    import json
 
     from .model_card import card_writer_for_push
+    from .training.pretrained import read_json_file
     from .utils import push_folder, require_hub_token, write_file_atomic
 
     repo_id, folder = args.repo_id, args.folder
@@ -112,7 +112,7 @@ def push(args: argparse.Namespace) -> None:
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"no such folder: {folder}")
     require_hub_token(f"uploading to {repo_id}", instead=None)
-    evaluation = [json.loads(Path(path).read_text()) for path in args.evaluation or []]
+    evaluation = [read_json_file(path, "--evaluation") for path in args.evaluation or []]
     write_card = card_writer_for_push(folder, repo_id, evaluation, args.dataset, args.overwrite_card)
     readme = Path(folder) / "README.md"
     card_before = readme.read_bytes() if readme.is_file() else None

@@ -19,7 +19,7 @@ QUANTIZERS: dict[str, type[Quantizer]] = {
 QUANTIZER_KINDS = tuple(QUANTIZERS)
 
 
-def build_quantizer(kind: str, codebook_size: int, dim: int, **kwargs) -> Quantizer:
+def build_quantizer(kind: str, codebook_size: int | None = None, dim: int | None = None, **kwargs) -> Quantizer:
     """Build a quantizer from its spec: `kind` ("vq", "fsq" with `levels=...`, "lfq"), codebook size, dim, own kwargs.
 
     A spec is stored in tokenizer configs as a dict, e.g. {"kind": "vq", "codebook_size": 16384, "dim": 8,
@@ -27,6 +27,11 @@ def build_quantizer(kind: str, codebook_size: int, dim: int, **kwargs) -> Quanti
     """
     if kind not in QUANTIZERS:
         raise ValueError(f"unknown quantizer kind {kind!r}; choose one of {QUANTIZER_KINDS}")
+    missing = [name for name, value in (("codebook_size", codebook_size), ("dim", dim)) if value is None]
+    if missing:  # a config override replaces the whole spec dict, so a partial one lands here
+        raise ValueError(f"the {kind!r} quantizer spec lacks {' and '.join(missing)}: a spec gives kind, "
+                         "codebook_size, dim and the kind's own settings, e.g. "
+                         "{'kind': 'vq', 'codebook_size': 16384, 'dim': 8}")
     return QUANTIZERS[kind].from_spec(codebook_size, dim, **kwargs)
 
 
