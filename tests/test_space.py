@@ -57,6 +57,14 @@ def test_built_space_requirements_resolve(tmp_path):
     assert installs["hf_vq"]["download_info"]["url"] == (out / WHEEL).as_uri()
 
 
+def test_a_torch_version_pip_cannot_pin_is_refused_before_the_build(tmp_path, capsys):
+    build = load_script(UPLOAD / "build_space.py")
+    with pytest.raises(SystemExit):
+        build.main(["--out", str(tmp_path / "space"), "--torch", "notaversion"])
+    assert "'notaversion' is not a torch version" in capsys.readouterr().err
+    assert not (tmp_path / "space").exists()
+
+
 def test_push_needs_a_token(tmp_path, monkeypatch):
     huggingface_hub = pytest.importorskip("huggingface_hub")
     needs_gradio()

@@ -62,11 +62,23 @@ def push_space(folder: Path, repo_id: str) -> str:
                              ignore_patterns=[OUTPUT_MARKER], commit_message="Upload with upload/build_space.py"))
 
 
+def torch_version_arg(value: str) -> str:
+    """argparse type of --torch: a version pip can pin (2.13.0, or 2.13.0+cpu for the CPU wheel)."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        Version(value)
+    except InvalidVersion:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a torch version (e.g. 2.13.0+cpu, or 2.13.0 for PyPI's "
+                                         "CUDA wheel)") from None
+    return value
+
+
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(ROOT / "build" / "space"), help="the Space folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out (moved aside if hf_vq did not write it)")
-    p.add_argument("--torch", default=None,
+    p.add_argument("--torch", default=None, type=torch_version_arg,
                    help="torch version to pin (default: the running one's CPU wheel, e.g. 2.13.0+cpu); "
                         "a version without +cpu (PyPI's CUDA wheel) for GPU hardware")
     p.add_argument("--push", metavar="OWNER/NAME", default=None, help="create or update this Space on the Hub")
