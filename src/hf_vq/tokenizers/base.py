@@ -75,8 +75,6 @@ class TokenizerOutput(_LossesOutput):
     usage: list[torch.Tensor | None] | None = None
 
 
-# ABCMeta rather than abc.ABC: ABC's empty __slots__ makes FSDP2's `fully_shard`, which swaps in a subclass of the
-# model's class, fail with "object layout differs".
 # Past [-1, 1] by a margin for resampling overshoot (bicubic resizing rings); pixels in [0, 255], or normalised with
 # ImageNet's mean and std, land well beyond it.
 PIXEL_RANGE_MARGIN = 0.5
@@ -87,7 +85,7 @@ def check_pixel_range(pixel_values: torch.Tensor) -> None:
     would turn them into codes without a word, and garbage ones."""
     if pixel_values.numel() == 0:
         return
-    low, high = (float(v) for v in torch.aminmax(pixel_values.detach()))
+    low, high = torch.stack(torch.aminmax(pixel_values.detach())).tolist()  # one read of the device
     bound = 1 + PIXEL_RANGE_MARGIN
     if not -bound <= low <= high <= bound:  # False for NaN too
         raise ValueError(
@@ -96,6 +94,8 @@ def check_pixel_range(pixel_values: torch.Tensor) -> None:
         )
 
 
+# ABCMeta rather than abc.ABC: ABC's empty __slots__ makes FSDP2's `fully_shard`, which swaps in a subclass of the
+# model's class, fail with "object layout differs".
 class ImageTokenizerMixin(metaclass=abc.ABCMeta):
     """The contract of an image tokenizer; mix into a diffusers `ModelMixin` + `ConfigMixin` class.
 

@@ -60,12 +60,17 @@ def read_model_config(
     return {k: v for k, v in config.items() if k == "_class_name" or not k.startswith("_")}
 
 
+def names_preset(value: str | None, presets: Mapping[str, dict[str, Any]]) -> bool:
+    """Whether a config flag's value names one of `presets` (a file of that name comes first)."""
+    return value in presets and not Path(value).is_file()
+
+
 def _config_file_or_preset(path: str, config_flag: str, presets: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
-    if Path(path).is_file():
-        return read_json_file(path, f"--{config_flag}")
-    if path in presets:
+    if names_preset(path, presets):
         # Through JSON, as a config file would come: the run's identity is compared with its JSON when resumed.
         return json.loads(json.dumps(presets[path]))
+    if Path(path).is_file():
+        return read_json_file(path, f"--{config_flag}")
     names = f"nor one of the presets: {', '.join(sorted(presets))}" if presets else "(this script has no presets)"
     raise FileNotFoundError(f"--{config_flag} {path}: no such config file, {names}")
 

@@ -34,7 +34,13 @@ from ...utils import save_image, save_pretrained_atomic, weights_digest
 from ..codes import codes_tokenizer_digest
 from ..loop import Phase, TrainingRecipe
 from ..optim import param_groups
-from ..pretrained import add_model_source_arguments, describe_source, pretrained_source, read_model_config
+from ..pretrained import (
+    add_model_source_arguments,
+    describe_source,
+    names_preset,
+    pretrained_source,
+    read_model_config,
+)
 from .tokenizer_gan import fine_tuning_identity
 
 
@@ -80,7 +86,7 @@ class GeneratorRecipe(TrainingRecipe):
         if unknown:
             raise ValueError(f"{describe_source(args, 'model_config')} sets {unknown}, which a "
                              f"{self.config_class.__name__} does not have (a typo, or another model's config?)")
-        preset = args.model_config in self.config_presets and not Path(args.model_config).is_file()
+        preset = names_preset(args.model_config, self.config_presets)
         if preset and self.model_kwargs.get("num_codebooks", 1) > 1 and k > 1:
             # A FAR preset names the sizes; its factorized head serves any k > 1 (FQGAN's far_dual.py and
             # far_triple.py build the same sizes for two and three sub-codebooks).
